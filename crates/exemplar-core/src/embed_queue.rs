@@ -1,0 +1,179 @@
+//! The one way async code reaches the CNN: a dedicated worker thread behind a bounded
+//! queue. Requests that arrive while a forward pass runs are batched into the next one;
+//! a full queue is refused at once ([`Error::QueueFull`]) instead of growing memory, so the
+//! server can answer 503 with `Retry-After`.
+
+use crate::descriptor::PooledFeature;
+use crate::error::{Error, Result};
+use crate::extractor::{ExtractError, FeatureExtractor};
+use futures_channel::oneshot;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+type Reply = oneshot::Sender<std::result::Result<PooledFeature, ExtractError>>;
+
+struct Job {
+    image: Vec<u8>,
+    reply: Reply,
+}
+
+pub struct EmbedQueue {
+    sender: Option<SyncSender<Job>>,
+    capacity: usize,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl EmbedQueue {
+    /// Starts the worker thread. `capacity` jobs may wait; `max_batch` go into one pass.
+    pub fn start(extractor: Arc<dyn FeatureExtractor>, capacity: usize, max_batch: usize) -> Self {
+        let (sender, receiver) = sync_channel::<Job>(capacity);
+        let max_batch = max_batch.max(1);
+        let worker = std::thread::Builder::new()
+            .name("exemplar-embed".into())
+            .spawn(move || run_worker(extractor.as_ref(), receiver, max_batch))
+            .expect("spawning the embedding thread");
+        Self {
+            sender: Some(sender),
+            capacity,
+            worker: Some(worker),
+        }
+    }
+
+    /// Queues one encoded image; await the returned receiver for its feature. Fails at
+    /// once, without waiting, when the queue is full.
+    pub fn submit(
+        &self,
+        image: Vec<u8>,
+    ) -> Result<impl std::future::Future<Output = Result<PooledFeature>>> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.sender.as_ref().ok_or(Error::WorkerStopped)?;
+        match sender.try_send(Job { image, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(Error::QueueFull {
+                    capacity: self.capacity,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(Error::WorkerStopped),
+        }
+        Ok(async move {
+            match answer.await {
+                Ok(result) => result.map_err(Error::from),
+                Err(_) => Err(Error::WorkerStopped),
+            }
+        })
+    }
+
+    /// Queues one image and waits for its feature.
+    pub async fn embed(&self, image: Vec<u8>) -> Result<PooledFeature> {
+        self.submit(image)?.await
+    }
+}
+
+impl Drop for EmbedQueue {
+    fn drop(&mut self) {
+        // Closing the channel lets the worker finish what is queued, then exit.
+        self.sender.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn run_worker(extractor: &dyn FeatureExtractor, receiver: Receiver<Job>, max_batch: usize) {
+    while let Ok(first) = receiver.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let images: Vec<&[u8]> = jobs.iter().map(|j| j.image.as_slice()).collect();
+        let results = extractor.extract_batch(&images);
+        tracing::debug!(batch = jobs.len(), "embedded batch");
+        for (job, result) in jobs.into_iter().zip(results) {
+            // The requester may have gone away (client disconnected): nothing to do.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extractor::ModelInfo;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Returns the first byte as a 1-d feature; records batch sizes; can be held shut.
+    struct Fake {
+        info: ModelInfo,
+        batches: Mutex<Vec<usize>>,
+        gate: Mutex<()>,
+        entered: AtomicUsize,
+    }
+
+    impl FeatureExtractor for Fake {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn extract_batch(&self, images: &[&[u8]]) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+        let _open = self.gate.lock().unwrap();
+            self.batches.lock().unwrap().push(images.len());
+            images
+                .iter()
+                .map(|i| match i.first() {
+                    Some(b) => Ok(PooledFeature(vec![*b as f32])),
+                    None => Err(ExtractError::CorruptImage("empty".into())),
+                })
+                .collect()
+        }
+    }
+
+    fn fake() -> Arc<Fake> {
+        Arc::new(Fake {
+            info: ModelInfo {
+                id: "fake".into(),
+                feature_dim: 1,
+            },
+            batches: Mutex::new(vec![]),
+            gate: Mutex::new(()),
+            entered: AtomicUsize::new(0),
+        })
+    }
+
+    #[test]
+    fn answers_in_order_and_reports_bad_images_individually() {
+        let queue = EmbedQueue::start(fake(), 8, 4);
+        let a = queue.submit(vec![7]).unwrap();
+        let b = queue.submit(vec![]).unwrap();
+        assert_eq!(futures_executor::block_on(a).unwrap(), PooledFeature(vec![7.0]));
+        let err = futures_executor::block_on(b).unwrap_err();
+        assert!(matches!(err, Error::Extract(ExtractError::CorruptImage(_))));
+    }
+
+    #[test]
+    fn waiting_requests_are_batched_and_a_full_queue_is_refused() {
+        let extractor = fake();
+        let queue = EmbedQueue::start(extractor.clone(), 3, 8);
+        let held = extractor.gate.lock().unwrap();
+        // The worker takes the first job and blocks on the gate...
+        let first = queue.submit(vec![1]).unwrap();
+        while extractor.entered.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...so three more fill the queue and the fifth is refused.
+        let waiting: Vec<_> = (2..5).map(|i| queue.submit(vec![i]).unwrap()).collect();
+        assert!(matches!(queue.submit(vec![9]), Err(Error::QueueFull { capacity: 3 })));
+        drop(held);
+        assert_eq!(futures_executor::block_on(first).unwrap().0, vec![1.0]);
+        for (i, w) in waiting.into_iter().enumerate() {
+            assert_eq!(futures_executor::block_on(w).unwrap().0, vec![(i + 2) as f32]);
+        }
+        assert_eq!(*extractor.batches.lock().unwrap(), vec![1, 3]);
+    }
+}

@@ -1,0 +1,377 @@
+//! Retrieval evaluation over a labelled folder: ground-truth parsing and exact
+//! (brute-force) metrics. The CLI embeds the images; everything here is pure.
+
+use crate::descriptor::cosine;
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// File extensions treated as images when a folder is listed.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+
+/// Recall cut-offs reported for query/reference sets.
+pub const RECALL_AT: &[usize] = &[1, 5, 10, 20, 50];
+
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// A labelled folder, as described by its `groundtruth.tsv` header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroundTruth {
+    /// `path  group  is_query`: every query ranks all other images (INRIA Holidays).
+    Groups {
+        images: Vec<PathBuf>,
+        groups: Vec<String>,
+        is_query: Vec<bool>,
+    },
+    /// `query  reference  [attribute]`: queries are ranked against the catalogue, which is
+    /// every image in the folders that hold the referenced files. An empty reference means
+    /// the query's item is not in the catalogue.
+    QueryReference {
+        catalogue: Vec<PathBuf>,
+        queries: Vec<QueryCase>,
+        /// Name of the third column (e.g. `camera`), if any.
+        attribute: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryCase {
+    pub query: PathBuf,
+    /// Index into the catalogue.
+    pub reference: Option<usize>,
+    pub attribute: Option<String>,
+}
+
+impl GroundTruth {
+    /// Reads `DIR/groundtruth.tsv` (or the given TSV file); paths in it are relative to
+    /// the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let tsv = if path.is_dir() {
+            path.join("groundtruth.tsv")
+        } else {
+            path.to_path_buf()
+        };
+        let root = tsv.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let gt_err = |reason: String| Error::GroundTruth {
+            path: tsv.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&tsv).map_err(|e| gt_err(e.to_string()))?;
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let header: Vec<&str> = lines
+            .next()
+            .ok_or_else(|| gt_err("empty file".into()))?
+            .split('\t')
+            .map(str::trim)
+            .collect();
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').map(str::trim).collect()).collect();
+        let column = |name: &str| header.iter().position(|h| *h == name);
+        fn cell<'a>(row: &[&'a str], i: usize) -> &'a str {
+            row.get(i).copied().unwrap_or("")
+        }
+
+        if let (Some(p), Some(g), Some(q)) = (column("path"), column("group"), column("is_query")) {
+            let mut images = Vec::new();
+            let mut groups = Vec::new();
+            let mut is_query = Vec::new();
+            for (n, row) in rows.iter().enumerate() {
+                if cell(row, p).is_empty() {
+                    return Err(gt_err(format!("row {}: empty path", n + 2)));
+                }
+                images.push(root.join(cell(row, p)));
+                groups.push(cell(row, g).to_string());
+                is_query.push(matches!(cell(row, q), "1" | "true" | "yes"));
+            }
+            if !is_query.iter().any(|q| *q) {
+                return Err(gt_err("no row has is_query=1".into()));
+            }
+            return Ok(GroundTruth::Groups {
+                images,
+                groups,
+                is_query,
+            });
+        }
+
+        let (Some(qc), Some(rc)) = (column("query"), column("reference")) else {
+            return Err(gt_err(format!(
+                "header {header:?}: expected `path group is_query` or `query reference [attribute]`"
+            )));
+        };
+        let attribute_col = (0..header.len()).find(|i| *i != qc && *i != rc);
+        let references: Vec<Option<PathBuf>> = rows
+            .iter()
+            .map(|r| Some(cell(r, rc)).filter(|s| !s.is_empty()).map(|s| root.join(s)))
+            .collect();
+        // The catalogue: every image in each folder that holds a reference, so that
+        // un-queried references (e.g. 265 DVD covers for 7 photos) compete too.
+        let folders: BTreeSet<PathBuf> = references
+            .iter()
+            .flatten()
+            .map(|r| r.parent().unwrap_or(&root).to_path_buf())
+            .collect();
+        let mut catalogue = BTreeSet::new();
+        for folder in &folders {
+            for entry in std::fs::read_dir(folder).map_err(|e| gt_err(format!("{}: {e}", folder.display())))? {
+                let entry = entry?.path();
+                if entry.is_file() && is_image_path(&entry) {
+                    catalogue.insert(entry);
+                }
+            }
+        }
+        let catalogue: Vec<PathBuf> = catalogue.into_iter().collect();
+        let mut queries = Vec::new();
+        for (n, (row, reference)) in rows.iter().zip(&references).enumerate() {
+            let reference = match reference {
+                None => None,
+                Some(r) => Some(catalogue.iter().position(|c| c == r).ok_or_else(|| {
+                    gt_err(format!("row {}: reference {} is not an image file", n + 2, r.display()))
+                })?),
+            };
+            queries.push(QueryCase {
+                query: root.join(cell(row, qc)),
+                reference,
+                attribute: attribute_col.map(|c| cell(row, c).to_string()),
+            });
+        }
+        Ok(GroundTruth::QueryReference {
+            catalogue,
+            queries,
+            attribute: attribute_col.map(|c| header[c].to_string()),
+        })
+    }
+
+    /// Every image that must be embedded, each once: catalogue first, then queries.
+    pub fn all_images(&self) -> Vec<PathBuf> {
+        match self {
+            GroundTruth::Groups { images, .. } => images.clone(),
+            GroundTruth::QueryReference {
+                catalogue, queries, ..
+            } => catalogue
+                .iter()
+                .cloned()
+                .chain(queries.iter().map(|q| q.query.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Average precision of one ranked list (non-interpolated, as in the Holidays scripts).
+pub fn average_precision(ranked_relevant: &[bool]) -> f64 {
+    let total = ranked_relevant.iter().filter(|r| **r).count();
+    if total == 0 {
+        return 0.0;
+    }
+    let mut hits = 0usize;
+    let mut sum = 0.0;
+    for (i, rel) in ranked_relevant.iter().enumerate() {
+        if *rel {
+            hits += 1;
+            sum += hits as f64 / (i + 1) as f64;
+        }
+    }
+    sum / total as f64
+}
+
+/// Holidays protocol: each query ranks every other image; mean of the APs.
+pub fn mean_average_precision(vectors: &[Vec<f32>], groups: &[String], is_query: &[bool]) -> f64 {
+    let mut aps = Vec::new();
+    for (q, _) in is_query.iter().enumerate().filter(|(_, q)| **q) {
+        let mut scored: Vec<(f32, bool)> = vectors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != q)
+            .map(|(i, v)| (cosine(&vectors[q], v), groups[i] == groups[q]))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let ranked: Vec<bool> = scored.iter().map(|s| s.1).collect();
+        aps.push(average_precision(&ranked));
+    }
+    aps.iter().sum::<f64>() / aps.len().max(1) as f64
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueryOutcome {
+    pub query: String,
+    pub reference: Option<String>,
+    /// 1-based rank of the reference (None when the query has no reference).
+    pub rank: Option<usize>,
+    pub best: String,
+    pub best_score: f32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RecallReport {
+    pub queries: usize,
+    pub top1: f64,
+    /// recall@k for k in [`RECALL_AT`], keyed `"1"`, `"5"`, ...
+    pub recall: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueryReferenceReport {
+    pub catalogue: usize,
+    #[serde(flatten)]
+    pub overall: RecallReport,
+    /// Per value of the third column, when it labels groups (e.g. `camera`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_attribute: BTreeMap<String, RecallReport>,
+    pub attribute: Option<String>,
+    /// Queries whose item is not in the catalogue, with the best (wrong) score they got.
+    pub expected_unknown: Vec<QueryOutcome>,
+    pub outcomes: Vec<QueryOutcome>,
+}
+
+fn recall_report(ranks: &[usize]) -> RecallReport {
+    let n = ranks.len().max(1) as f64;
+    let at = |k: usize| ranks.iter().filter(|r| **r <= k).count() as f64 / n;
+    RecallReport {
+        queries: ranks.len(),
+        top1: at(1),
+        recall: RECALL_AT.iter().map(|k| (k.to_string(), at(*k))).collect(),
+    }
+}
+
+/// Ranks every query against the catalogue by cosine.
+pub fn query_reference_report(
+    catalogue_paths: &[PathBuf],
+    catalogue: &[Vec<f32>],
+    queries: &[QueryCase],
+    query_vectors: &[Vec<f32>],
+    attribute: Option<&str>,
+    root: &Path,
+) -> QueryReferenceReport {
+    let name = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
+    let mut outcomes = Vec::new();
+    for (case, qv) in queries.iter().zip(query_vectors) {
+        let scores: Vec<f32> = catalogue.iter().map(|c| cosine(qv, c)).collect();
+        let (best, best_score) = scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, s)| (i, *s))
+            .unwrap_or((0, f32::NAN));
+        let rank = case
+            .reference
+            .map(|r| 1 + scores.iter().filter(|s| **s > scores[r]).count());
+        outcomes.push((
+            case,
+            QueryOutcome {
+                query: name(&case.query),
+                reference: case.reference.map(|r| name(&catalogue_paths[r])),
+                rank,
+                best: catalogue_paths.get(best).map(|p| name(p)).unwrap_or_default(),
+                best_score,
+            },
+        ));
+    }
+    let ranks: Vec<usize> = outcomes.iter().filter_map(|(_, o)| o.rank).collect();
+    // A third column whose values repeat labels groups (a camera); one whose values are all
+    // different is a free-text note, and a per-value breakdown of it would say nothing.
+    let values: BTreeSet<&str> = outcomes
+        .iter()
+        .filter_map(|(c, _)| c.attribute.as_deref())
+        .collect();
+    let mut by_attribute = BTreeMap::new();
+    if values.len() * 2 <= outcomes.len() {
+        for value in values {
+            let r: Vec<usize> = outcomes
+                .iter()
+                .filter(|(c, _)| c.attribute.as_deref() == Some(value))
+                .filter_map(|(_, o)| o.rank)
+                .collect();
+            by_attribute.insert(value.to_string(), recall_report(&r));
+        }
+    }
+    QueryReferenceReport {
+        catalogue: catalogue.len(),
+        overall: recall_report(&ranks),
+        by_attribute,
+        attribute: attribute.map(str::to_string),
+        expected_unknown: outcomes
+            .iter()
+            .filter(|(c, _)| c.reference.is_none())
+            .map(|(_, o)| o.clone())
+            .collect(),
+        outcomes: outcomes.into_iter().map(|(_, o)| o).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn average_precision_of_known_rankings() {
+        assert_eq!(average_precision(&[true, true, false]), 1.0);
+        assert!((average_precision(&[false, true, false, true]) - (0.5 + 0.5) / 2.0).abs() < 1e-12);
+        assert_eq!(average_precision(&[false, false]), 0.0);
+    }
+
+    #[test]
+    fn map_ranks_every_other_image_and_skips_the_query() {
+        let v = |x: f32, y: f32| {
+            let mut a = vec![x, y];
+            crate::l2_normalize(&mut a);
+            a
+        };
+        let vectors = vec![v(1.0, 0.0), v(0.9, 0.1), v(0.0, 1.0), v(0.1, 0.9)];
+        let groups: Vec<String> = ["a", "a", "b", "b"].iter().map(|s| s.to_string()).collect();
+        let q = [true, false, true, false];
+        assert_eq!(mean_average_precision(&vectors, &groups, &q), 1.0);
+        let swapped: Vec<String> = ["a", "b", "b", "a"].iter().map(|s| s.to_string()).collect();
+        // Each query's only relevant image now comes second of three.
+        assert!((mean_average_precision(&vectors, &swapped, &q) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn query_reference_ground_truth_builds_the_catalogue_from_reference_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let refs = dir.path().join("refs");
+        std::fs::create_dir_all(&refs).unwrap();
+        for f in ["a.jpg", "b.png", "c.JPG", "notes.txt"] {
+            std::fs::write(refs.join(f), b"x").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("groundtruth.tsv"),
+            "query\treference\tcamera\nq/1.jpg\trefs/b.png\tCanon\nq/2.jpg\t\tCanon\nq/3.jpg\trefs/a.jpg\tPalm\nq/4.jpg\trefs/a.jpg\tPalm\n",
+        )
+        .unwrap();
+        let GroundTruth::QueryReference {
+            catalogue,
+            queries,
+            attribute,
+        } = GroundTruth::load(dir.path()).unwrap()
+        else {
+            panic!("wrong kind");
+        };
+        assert_eq!(catalogue.len(), 3, "txt file is not an image");
+        assert_eq!(attribute.as_deref(), Some("camera"));
+        assert_eq!(queries[0].reference, Some(1));
+        assert_eq!(queries[1].reference, None);
+
+        let cat = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.7071, 0.7071]];
+        let qv = vec![vec![0.1, 0.99], vec![0.6, 0.8], vec![0.8, 0.6], vec![0.0, 1.0]];
+        let report = query_reference_report(&catalogue, &cat, &queries, &qv, Some("camera"), dir.path());
+        assert_eq!(report.overall.queries, 3);
+        assert!((report.overall.top1 - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(report.outcomes[2].rank, Some(2));
+        assert_eq!(report.outcomes[3].rank, Some(3));
+        assert_eq!(report.by_attribute["Canon"].top1, 1.0);
+        assert_eq!(report.by_attribute["Palm"].top1, 0.0);
+        assert_eq!(report.expected_unknown.len(), 1);
+        assert_eq!(report.expected_unknown[0].query, "q/2.jpg");
+    }
+
+    #[test]
+    fn unknown_header_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("groundtruth.tsv"), "a\tb\n1\t2\n").unwrap();
+        let err = GroundTruth::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("expected `path group is_query`"), "{err}");
+    }
+}

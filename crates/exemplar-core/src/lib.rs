@@ -1,0 +1,22 @@
+//! Exemplar's domain core: what a descriptor is, how raw CNN features become 256-d
+//! descriptors (versioned projections and when to refit them), the blocking-safe queue
+//! the server uses to reach a feature extractor, and the retrieval metrics of `exemplar eval`.
+//!
+//! Nothing here knows about Candle, HTTP, SQL or the ANN index: those crates implement
+//! the traits defined here.
+
+pub mod descriptor;
+pub mod embed_queue;
+pub mod error;
+pub mod eval;
+pub mod extractor;
+pub mod linalg;
+pub mod projection;
+pub mod refit;
+mod rng;
+
+pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};
+pub use error::{Error, Result};
+pub use extractor::{ExtractError, FeatureExtractor, ModelInfo};
+pub use projection::{Projection, ProjectionKind};
+pub use refit::RefitPolicy;

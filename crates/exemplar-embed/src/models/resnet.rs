@@ -1,0 +1,138 @@
+//! ResNet-18/34/50/101/152 (He et al.) with torchvision's tensor names, which timm's
+//! ResNets share: `conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}`, `downsample.{0,1}`, `fc`.
+
+use super::layers::{global_average, Activation, Conv, Padding, TensorSource};
+use super::Backbone;
+use crate::error::{EmbedError, Result};
+use candle_core::{Tensor, D};
+
+const BN_EPS: f64 = 1e-5;
+const WIDTHS: [usize; 4] = [64, 128, 256, 512];
+
+struct Block {
+    convs: Vec<Conv>,
+    downsample: Option<Conv>,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for conv in &self.convs {
+            h = conv.forward(&h)?;
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        Ok((h + shortcut)?.relu()?)
+    }
+}
+
+pub struct ResNet {
+    stem: Conv,
+    blocks: Vec<Block>,
+    classifier: Option<(Tensor, Tensor)>,
+    feature_dim: usize,
+}
+
+impl ResNet {
+    pub fn load(src: &dyn TensorSource, depth: u32) -> Result<Self> {
+        let (bottleneck, repeats) = match depth {
+            18 => (false, [2, 2, 2, 2]),
+            34 => (false, [3, 4, 6, 3]),
+            50 => (true, [3, 4, 6, 3]),
+            101 => (true, [3, 4, 23, 3]),
+            152 => (true, [3, 8, 36, 3]),
+            _ => {
+                return Err(EmbedError::UnknownSetting {
+                    what: "resnet depth",
+                    value: depth.to_string(),
+                    expected: "18, 34, 50, 101, 152".into(),
+                })
+            }
+        };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let conv = |name: &str, bn: &str, shape: [usize; 4], stride: usize, pad: usize, act: Activation| {
+            Conv::with_bn(src, name, bn, shape, BN_EPS, stride, Padding::Symmetric(pad), act)
+        };
+        let stem = conv("conv1", "bn1", [64, 3, 7, 7], 2, 3, Activation::Relu)?;
+        let mut blocks = Vec::new();
+        let mut inp = 64;
+        for (stage, (&width, &n)) in WIDTHS.iter().zip(&repeats).enumerate() {
+            for i in 0..n {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                let out = width * expansion;
+                let p = format!("layer{}.{i}", stage + 1);
+                let c = |k: usize| (format!("{p}.conv{k}"), format!("{p}.bn{k}"));
+                let convs = if bottleneck {
+                    // torchvision v1.5: the stride sits on the 3x3 convolution.
+                    let (c1, b1) = c(1);
+                    let (c2, b2) = c(2);
+                    let (c3, b3) = c(3);
+                    vec![
+                        conv(&c1, &b1, [width, inp, 1, 1], 1, 0, Activation::Relu)?,
+                        conv(&c2, &b2, [width, width, 3, 3], stride, 1, Activation::Relu)?,
+                        conv(&c3, &b3, [out, width, 1, 1], 1, 0, Activation::None)?,
+                    ]
+                } else {
+                    let (c1, b1) = c(1);
+                    let (c2, b2) = c(2);
+                    vec![
+                        conv(&c1, &b1, [width, inp, 3, 3], stride, 1, Activation::Relu)?,
+                        conv(&c2, &b2, [width, width, 3, 3], 1, 1, Activation::None)?,
+                    ]
+                };
+                let downsample = (stride != 1 || inp != out)
+                    .then(|| {
+                        conv(
+                            &format!("{p}.downsample.0"),
+                            &format!("{p}.downsample.1"),
+                            [out, inp, 1, 1],
+                            stride,
+                            0,
+                            Activation::None,
+                        )
+                    })
+                    .transpose()?;
+                blocks.push(Block { convs, downsample });
+                inp = out;
+            }
+        }
+        let classifier = if src.has("fc.weight") {
+            Some((src.tensor("fc.weight", &[1000, inp])?, src.tensor("fc.bias", &[1000])?))
+        } else {
+            None
+        };
+        Ok(Self {
+            stem,
+            blocks,
+            classifier,
+            feature_dim: inp,
+        })
+    }
+}
+
+impl Backbone for ResNet {
+    fn feature_map(&self, input: &Tensor) -> Result<Tensor> {
+        let x = self.stem.forward(input)?;
+        // Max-pool 3x3/2 with padding 1: inputs are >= 0 after ReLU, so zero padding
+        // is equivalent to PyTorch's -inf padding.
+        let mut x = x.pad_with_zeros(D::Minus2, 1, 1)?.pad_with_zeros(D::Minus1, 1, 1)?;
+        x = x.max_pool2d_with_stride(3, 2)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        debug_assert_eq!(x.dim(1)?, self.feature_dim);
+        Ok(x)
+    }
+
+    fn classifier_rows(&self) -> Option<&Tensor> {
+        self.classifier.as_ref().map(|(w, _)| w)
+    }
+
+    fn logits(&self, feature_map: &Tensor) -> Result<Option<Tensor>> {
+        let Some((w, b)) = &self.classifier else { return Ok(None) };
+        let pooled = global_average(feature_map)?;
+        Ok(Some(pooled.matmul(&w.t()?)?.broadcast_add(b)?))
+    }
+}

