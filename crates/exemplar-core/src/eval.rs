@@ -13,6 +13,24 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bm
 /// Recall cut-offs reported for query/reference sets.
 pub const RECALL_AT: &[usize] = &[1, 5, 10, 20, 50];
 
+/// Every image file under `dir`, recursively, sorted.
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if is_image_path(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 pub fn is_image_path(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -143,6 +161,22 @@ impl GroundTruth {
             queries,
             attribute: attribute_col.map(|c| header[c].to_string()),
         })
+    }
+
+    /// Adds images to the catalogue as references no query expects (query/reference
+    /// sets only; an image already there is not added twice). Returns how many were added.
+    pub fn add_distractors(&mut self, images: impl IntoIterator<Item = PathBuf>) -> Result<usize> {
+        let GroundTruth::QueryReference { catalogue, .. } = self else {
+            return Err(Error::GroundTruth {
+                path: "--distractors".into(),
+                reason: "distractors apply to query/reference sets, not to path/group/is_query ones".into(),
+            });
+        };
+        let known: BTreeSet<PathBuf> = catalogue.iter().cloned().collect();
+        let before = catalogue.len();
+        // Appended after the originals, so query reference indices stay valid.
+        catalogue.extend(images.into_iter().filter(|p| !known.contains(p)).collect::<BTreeSet<_>>());
+        Ok(catalogue.len() - before)
     }
 
     /// Every image that must be embedded, each once: catalogue first, then queries.
@@ -365,6 +399,25 @@ mod tests {
         assert_eq!(report.by_attribute["Palm"].top1, 0.0);
         assert_eq!(report.expected_unknown.len(), 1);
         assert_eq!(report.expected_unknown[0].query, "q/2.jpg");
+    }
+
+    #[test]
+    fn distractors_extend_the_catalogue_without_moving_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let refs = dir.path().join("refs");
+        let extra = dir.path().join("extra/sub");
+        std::fs::create_dir_all(&refs).unwrap();
+        std::fs::create_dir_all(&extra).unwrap();
+        std::fs::write(refs.join("z.jpg"), b"x").unwrap();
+        std::fs::write(extra.join("a.png"), b"x").unwrap();
+        std::fs::write(dir.path().join("groundtruth.tsv"), "query\treference\nq.jpg\trefs/z.jpg\n").unwrap();
+        let mut gt = GroundTruth::load(dir.path()).unwrap();
+        let mut added = images_under(&dir.path().join("extra")).unwrap();
+        added.push(refs.join("z.jpg"));
+        assert_eq!(gt.add_distractors(added).unwrap(), 1);
+        let GroundTruth::QueryReference { catalogue, queries, .. } = gt else { panic!() };
+        assert_eq!(catalogue.len(), 2);
+        assert_eq!(catalogue[queries[0].reference.unwrap()], refs.join("z.jpg"));
     }
 
     #[test]

@@ -167,9 +167,11 @@ impl FeatureExtractor for CnnEmbedder {
 }
 
 /// The projection a fresh service starts with, before it has a catalogue to fit on: the
-/// PCA of the model's own classifier when it has one, else a random orthogonal map.
+/// power-whitened PCA of the model's own classifier when it has one, else a random
+/// orthogonal map. Measured (README): on Holidays and SMVS the classifier prior beats a
+/// random map, and whitening 0.5 beats plain PCA.
 pub fn default_projection(embedder: &CnnEmbedder, dim: usize) -> Result<Projection> {
-    match embedder.classifier_projection(dim, 0.0)? {
+    match embedder.classifier_projection(dim, 0.5)? {
         Some(p) => Ok(p),
         None => Ok(Projection::random_orthogonal(embedder.info.feature_dim, dim, 0)),
     }

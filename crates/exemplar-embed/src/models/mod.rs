@@ -8,7 +8,7 @@ mod vgg;
 
 use crate::error::{EmbedError, Result};
 use crate::weights::StateDict;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -119,13 +119,16 @@ impl TensorSource for StateDict {
 /// weight files that look like torchvision's.
 pub struct SyntheticWeights {
     seed: u64,
+    with_classifier: bool,
     made: Mutex<BTreeMap<String, Tensor>>,
 }
 
 impl SyntheticWeights {
-    pub fn new(seed: u64) -> Self {
+    /// `with_classifier`: also generate the optional ImageNet head (VGG's is 120M values).
+    pub fn new(seed: u64, with_classifier: bool) -> Self {
         Self {
             seed,
+            with_classifier,
             made: Mutex::new(BTreeMap::new()),
         }
     }
@@ -142,22 +145,34 @@ impl TensorSource for SyntheticWeights {
         if let Some(t) = made.get(name) {
             return Ok(t.clone());
         }
-        Device::Cpu.set_seed(self.seed.wrapping_add(made.len() as u64))?;
-        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-        let t = if name.ends_with("running_var") {
-            (Tensor::rand(0.5f32, 1.5f32, shape, &Device::Cpu)?).to_dtype(DType::F32)?
-        } else if name.ends_with("running_mean") || name.ends_with("bias") {
-            Tensor::randn(0f32, 0.1f32, shape, &Device::Cpu)?
-        } else if shape.len() == 1 {
-            Tensor::rand(0.5f32, 1.5f32, shape, &Device::Cpu)?
-        } else {
-            // He initialisation keeps activations from exploding through 50+ layers.
-            Tensor::randn(0f32, (2.0 / fan_in as f32).sqrt(), shape, &Device::Cpu)?
+        // Candle's CPU generator cannot be seeded: derive values from the name instead,
+        // so the same architecture always gets the same weights.
+        let mut state = name.bytes().fold(self.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x1000_0000_01B3)
+        });
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
         };
+        let count: usize = shape.iter().product();
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let values: Vec<f32> = if name.ends_with("running_var") || (shape.len() == 1 && name.ends_with("weight")) {
+            (0..count).map(|_| 0.5 + uniform()).collect()
+        } else if shape.len() == 1 {
+            (0..count).map(|_| 0.2 * (uniform() - 0.5)).collect()
+        } else {
+            // Uniform with He variance keeps activations sane through 50+ layers.
+            let bound = (6.0 / fan_in as f32).sqrt();
+            (0..count).map(|_| bound * (2.0 * uniform() - 1.0)).collect()
+        };
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
         made.insert(name.to_string(), t.clone());
         Ok(t)
     }
+    /// Models ask `has` only for their optional classifier.
     fn has(&self, _name: &str) -> bool {
-        true
+        self.with_classifier
     }
 }

@@ -4,7 +4,7 @@
 use crate::cli::EvalArgs;
 use crate::progress::Progress;
 use anyhow::{bail, Context};
-use exemplar_core::eval::{mean_average_precision, query_reference_report, GroundTruth};
+use exemplar_core::eval::{images_under, mean_average_precision, query_reference_report, GroundTruth};
 use exemplar_core::refit::CATALOGUE_SOURCE;
 use exemplar_core::{FeatureExtractor, PooledFeature, Projection};
 use exemplar_embed::CnnEmbedder;
@@ -17,7 +17,11 @@ const CHUNK: usize = 16;
 
 pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let truth = GroundTruth::load(&args.dataset)?;
+    let mut truth = GroundTruth::load(&args.dataset)?;
+    for dir in &args.distractors {
+        let added = truth.add_distractors(images_under(dir)?)?;
+        eprintln!("{added} distractors from {}", dir.display());
+    }
     let root = if args.dataset.is_dir() {
         args.dataset.clone()
     } else {
@@ -72,6 +76,7 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
             "protocol": match truth { GroundTruth::Groups { .. } => "map", GroundTruth::QueryReference { .. } => "query-reference" },
             "model": embedder.info().id,
             "images": paths.len(),
+            "distractor_dirs": args.distractors.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
             "embed_seconds": embed_seconds,
             "embed_ms_per_image": embed_seconds * 1e3 / paths.len().max(1) as f64,
             "elapsed_seconds": started.elapsed().as_secs_f64(),
