@@ -78,6 +78,10 @@ pub enum Command {
         /// Measurement time after one warm-up pass.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Time the architecture with generated weights instead of loading any (speed does
+        /// not depend on the values; useful without hub access).
+        #[arg(long)]
+        random_weights: bool,
     },
 }
 
@@ -103,6 +107,10 @@ pub struct EvalArgs {
     /// expects (repeatable; query/reference sets only).
     #[arg(long)]
     pub distractors: Vec<PathBuf>,
+    /// Keep raw features in this folder (one file per model id) and reuse them on the
+    /// next run, to compare projections without running the CNN again.
+    #[arg(long)]
+    pub feature_cache: Option<PathBuf>,
     /// Include every query's rank and best match in the JSON.
     #[arg(long)]
     pub per_query: bool,

