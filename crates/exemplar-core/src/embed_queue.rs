@@ -120,9 +120,12 @@ mod tests {
         fn info(&self) -> &ModelInfo {
             &self.info
         }
-        fn extract_batch(&self, images: &[&[u8]]) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
+        fn extract_batch(
+            &self,
+            images: &[&[u8]],
+        ) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
             self.entered.fetch_add(1, Ordering::SeqCst);
-        let _open = self.gate.lock().unwrap();
+            let _open = self.gate.lock().unwrap();
             self.batches.lock().unwrap().push(images.len());
             images
                 .iter()
@@ -151,7 +154,10 @@ mod tests {
         let queue = EmbedQueue::start(fake(), 8, 4);
         let a = queue.submit(vec![7]).unwrap();
         let b = queue.submit(vec![]).unwrap();
-        assert_eq!(futures_executor::block_on(a).unwrap(), PooledFeature(vec![7.0]));
+        assert_eq!(
+            futures_executor::block_on(a).unwrap(),
+            PooledFeature(vec![7.0])
+        );
         let err = futures_executor::block_on(b).unwrap_err();
         assert!(matches!(err, Error::Extract(ExtractError::CorruptImage(_))));
     }
@@ -168,11 +174,17 @@ mod tests {
         }
         // ...so three more fill the queue and the fifth is refused.
         let waiting: Vec<_> = (2..5).map(|i| queue.submit(vec![i]).unwrap()).collect();
-        assert!(matches!(queue.submit(vec![9]), Err(Error::QueueFull { capacity: 3 })));
+        assert!(matches!(
+            queue.submit(vec![9]),
+            Err(Error::QueueFull { capacity: 3 })
+        ));
         drop(held);
         assert_eq!(futures_executor::block_on(first).unwrap().0, vec![1.0]);
         for (i, w) in waiting.into_iter().enumerate() {
-            assert_eq!(futures_executor::block_on(w).unwrap().0, vec![(i + 2) as f32]);
+            assert_eq!(
+                futures_executor::block_on(w).unwrap().0,
+                vec![(i + 2) as f32]
+            );
         }
         assert_eq!(*extractor.batches.lock().unwrap(), vec![1, 3]);
     }

@@ -87,7 +87,9 @@ impl GroundTruth {
             .split('\t')
             .map(str::trim)
             .collect();
-        let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').map(str::trim).collect()).collect();
+        let rows: Vec<Vec<&str>> = lines
+            .map(|l| l.split('\t').map(str::trim).collect())
+            .collect();
         let column = |name: &str| header.iter().position(|h| *h == name);
         fn cell<'a>(row: &[&'a str], i: usize) -> &'a str {
             row.get(i).copied().unwrap_or("")
@@ -123,7 +125,11 @@ impl GroundTruth {
         let attribute_col = (0..header.len()).find(|i| *i != qc && *i != rc);
         let references: Vec<Option<PathBuf>> = rows
             .iter()
-            .map(|r| Some(cell(r, rc)).filter(|s| !s.is_empty()).map(|s| root.join(s)))
+            .map(|r| {
+                Some(cell(r, rc))
+                    .filter(|s| !s.is_empty())
+                    .map(|s| root.join(s))
+            })
             .collect();
         // The catalogue: every image in each folder that holds a reference, so that
         // un-queried references (e.g. 265 DVD covers for 7 photos) compete too.
@@ -134,7 +140,9 @@ impl GroundTruth {
             .collect();
         let mut catalogue = BTreeSet::new();
         for folder in &folders {
-            for entry in std::fs::read_dir(folder).map_err(|e| gt_err(format!("{}: {e}", folder.display())))? {
+            for entry in std::fs::read_dir(folder)
+                .map_err(|e| gt_err(format!("{}: {e}", folder.display())))?
+            {
                 let entry = entry?.path();
                 if entry.is_file() && is_image_path(&entry) {
                     catalogue.insert(entry);
@@ -147,7 +155,11 @@ impl GroundTruth {
             let reference = match reference {
                 None => None,
                 Some(r) => Some(catalogue.iter().position(|c| c == r).ok_or_else(|| {
-                    gt_err(format!("row {}: reference {} is not an image file", n + 2, r.display()))
+                    gt_err(format!(
+                        "row {}: reference {} is not an image file",
+                        n + 2,
+                        r.display()
+                    ))
                 })?),
             };
             queries.push(QueryCase {
@@ -169,13 +181,20 @@ impl GroundTruth {
         let GroundTruth::QueryReference { catalogue, .. } = self else {
             return Err(Error::GroundTruth {
                 path: "--distractors".into(),
-                reason: "distractors apply to query/reference sets, not to path/group/is_query ones".into(),
+                reason:
+                    "distractors apply to query/reference sets, not to path/group/is_query ones"
+                        .into(),
             });
         };
         let known: BTreeSet<PathBuf> = catalogue.iter().cloned().collect();
         let before = catalogue.len();
         // Appended after the originals, so query reference indices stay valid.
-        catalogue.extend(images.into_iter().filter(|p| !known.contains(p)).collect::<BTreeSet<_>>());
+        catalogue.extend(
+            images
+                .into_iter()
+                .filter(|p| !known.contains(p))
+                .collect::<BTreeSet<_>>(),
+        );
         Ok(catalogue.len() - before)
     }
 
@@ -298,7 +317,10 @@ pub fn query_reference_report(
                 query: name(&case.query),
                 reference: case.reference.map(|r| name(&catalogue_paths[r])),
                 rank,
-                best: catalogue_paths.get(best).map(|p| name(p)).unwrap_or_default(),
+                best: catalogue_paths
+                    .get(best)
+                    .map(|p| name(p))
+                    .unwrap_or_default(),
                 best_score,
             },
         ));
@@ -388,9 +410,15 @@ mod tests {
         assert_eq!(queries[0].reference, Some(1));
         assert_eq!(queries[1].reference, None);
 
-        let cat = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.7071, 0.7071]];
-        let qv = vec![vec![0.1, 0.99], vec![0.6, 0.8], vec![0.8, 0.6], vec![0.0, 1.0]];
-        let report = query_reference_report(&catalogue, &cat, &queries, &qv, Some("camera"), dir.path());
+        let cat = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![std::f32::consts::FRAC_1_SQRT_2; 2]];
+        let qv = vec![
+            vec![0.1, 0.99],
+            vec![0.6, 0.8],
+            vec![0.8, 0.6],
+            vec![0.0, 1.0],
+        ];
+        let report =
+            query_reference_report(&catalogue, &cat, &queries, &qv, Some("camera"), dir.path());
         assert_eq!(report.overall.queries, 3);
         assert!((report.overall.top1 - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(report.outcomes[2].rank, Some(2));
@@ -410,12 +438,21 @@ mod tests {
         std::fs::create_dir_all(&extra).unwrap();
         std::fs::write(refs.join("z.jpg"), b"x").unwrap();
         std::fs::write(extra.join("a.png"), b"x").unwrap();
-        std::fs::write(dir.path().join("groundtruth.tsv"), "query\treference\nq.jpg\trefs/z.jpg\n").unwrap();
+        std::fs::write(
+            dir.path().join("groundtruth.tsv"),
+            "query\treference\nq.jpg\trefs/z.jpg\n",
+        )
+        .unwrap();
         let mut gt = GroundTruth::load(dir.path()).unwrap();
         let mut added = images_under(&dir.path().join("extra")).unwrap();
         added.push(refs.join("z.jpg"));
         assert_eq!(gt.add_distractors(added).unwrap(), 1);
-        let GroundTruth::QueryReference { catalogue, queries, .. } = gt else { panic!() };
+        let GroundTruth::QueryReference {
+            catalogue, queries, ..
+        } = gt
+        else {
+            panic!()
+        };
         assert_eq!(catalogue.len(), 2);
         assert_eq!(catalogue[queries[0].reference.unwrap()], refs.join("z.jpg"));
     }

@@ -72,10 +72,16 @@ mod tests {
         let mut exact: Vec<f64> = full.eigenvalues.iter().copied().collect();
         exact.sort_by(|a, b| b.total_cmp(a));
         for i in 0..10 {
-            assert!((values[i] - exact[i]).abs() / exact[i] < 1e-6, "eigenvalue {i}");
+            assert!(
+                (values[i] - exact[i]).abs() / exact[i] < 1e-6,
+                "eigenvalue {i}"
+            );
             let v = vectors.column(i);
             let residual = (&sym * v - v * values[i]).norm();
-            assert!(residual / values[i] < 1e-4, "eigenvector {i} residual {residual}");
+            assert!(
+                residual / values[i] < 1e-4,
+                "eigenvector {i} residual {residual}"
+            );
         }
     }
 

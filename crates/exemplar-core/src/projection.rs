@@ -65,8 +65,12 @@ impl Projection {
 
     /// Data-free projection: works on first start, before any catalogue exists.
     pub fn random_orthogonal(input_dim: usize, output_dim: usize, seed: u64) -> Self {
-        assert!(output_dim <= input_dim, "cannot project {input_dim}-d up to {output_dim}-d");
-        let basis = linalg::orthonormal_columns(linalg::gaussian_matrix(input_dim, output_dim, seed));
+        assert!(
+            output_dim <= input_dim,
+            "cannot project {input_dim}-d up to {output_dim}-d"
+        );
+        let basis =
+            linalg::orthonormal_columns(linalg::gaussian_matrix(input_dim, output_dim, seed));
         // Row r of the projection is basis column r (nalgebra stores columns contiguously).
         let mut rows = Vec::with_capacity(input_dim * output_dim);
         for r in 0..output_dim {
@@ -183,8 +187,12 @@ impl Projection {
             ),
             (
                 "matrix",
-                TensorView::new(Dtype::F32, vec![self.output_dim, self.input_dim], &matrix_bytes)
-                    .map_err(|e| file_err(e.to_string()))?,
+                TensorView::new(
+                    Dtype::F32,
+                    vec![self.output_dim, self.input_dim],
+                    &matrix_bytes,
+                )
+                .map_err(|e| file_err(e.to_string()))?,
             ),
         ];
         let metadata = HashMap::from([
@@ -209,8 +217,8 @@ impl Projection {
             reason,
         };
         let bytes = std::fs::read(path)?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| file_err(e.to_string()))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| file_err(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FILE_FORMAT) {
             return Err(file_err(format!("not an {FILE_FORMAT} file")));
@@ -218,7 +226,8 @@ impl Projection {
         let kind: ProjectionKind =
             serde_json::from_str(meta.get("kind").ok_or_else(|| file_err("no kind".into()))?)
                 .map_err(|e| file_err(e.to_string()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file_err(e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file_err(e.to_string()))?;
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
             let t = st.tensor(name).map_err(|e| file_err(e.to_string()))?;
             if t.dtype() != Dtype::F32 {
@@ -240,7 +249,9 @@ impl Projection {
         }
         let projection = Self::new(kind, mean, matrix, matrix_shape[0]);
         if meta.get("version") != Some(&projection.version) {
-            return Err(file_err("contents do not match the recorded version (corrupt?)".into()));
+            return Err(file_err(
+                "contents do not match the recorded version (corrupt?)".into(),
+            ));
         }
         Ok(projection)
     }
@@ -284,7 +295,10 @@ mod tests {
         let a = Projection::random_orthogonal(64, 16, 3);
         let b = Projection::random_orthogonal(64, 16, 3);
         assert_eq!(a, b);
-        assert_ne!(a.version(), Projection::random_orthogonal(64, 16, 4).version());
+        assert_ne!(
+            a.version(),
+            Projection::random_orthogonal(64, 16, 4).version()
+        );
         // Rows are orthonormal: a vector in the row space keeps its length exactly.
         let row0: Vec<f32> = a.matrix[..64].to_vec();
         let row0_norm: f32 = row0.iter().map(|x| x * x).sum();
@@ -339,7 +353,10 @@ mod tests {
         let p = Projection::random_orthogonal(8, 4, 0);
         assert!(matches!(
             p.apply(&PooledFeature(vec![0.0; 7])),
-            Err(Error::Dimension { expected: 8, got: 7 })
+            Err(Error::Dimension {
+                expected: 8,
+                got: 7
+            })
         ));
     }
 

@@ -40,7 +40,9 @@ impl RefitPolicy {
         match current.kind() {
             ProjectionKind::Pca {
                 source, samples, ..
-            } if source == CATALOGUE_SOURCE => exemplars as f64 >= *samples as f64 * self.growth_factor,
+            } if source == CATALOGUE_SOURCE => {
+                exemplars as f64 >= *samples as f64 * self.growth_factor
+            }
             _ => true,
         }
     }

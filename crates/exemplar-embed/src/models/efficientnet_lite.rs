@@ -52,12 +52,25 @@ pub struct EfficientNetLite0 {
 
 impl EfficientNetLite0 {
     pub fn load(src: &dyn TensorSource) -> Result<Self> {
-        let stem = Conv::with_bn(src, "_conv_stem", "_bn0", [STEM, 3, 3, 3], BN_EPS, 2, Padding::TfSame, ACT)?;
+        let stem = Conv::with_bn(
+            src,
+            "_conv_stem",
+            "_bn0",
+            [STEM, 3, 3, 3],
+            BN_EPS,
+            2,
+            Padding::TfSame,
+            ACT,
+        )?;
         let mut blocks = Vec::new();
         for (repeats, k, first_stride, expand, c_in, c_out) in STAGES {
             for r in 0..repeats {
                 let i = blocks.len();
-                let (inp, stride) = if r == 0 { (c_in, first_stride) } else { (c_out, 1) };
+                let (inp, stride) = if r == 0 {
+                    (c_in, first_stride)
+                } else {
+                    (c_out, 1)
+                };
                 let hidden = inp * expand;
                 let p = format!("_blocks.{i}");
                 let expand_conv = (expand != 1)
@@ -103,9 +116,21 @@ impl EfficientNetLite0 {
                 });
             }
         }
-        let head = Conv::with_bn(src, "_conv_head", "_bn1", [HEAD, 320, 1, 1], BN_EPS, 1, Padding::TfSame, ACT)?;
+        let head = Conv::with_bn(
+            src,
+            "_conv_head",
+            "_bn1",
+            [HEAD, 320, 1, 1],
+            BN_EPS,
+            1,
+            Padding::TfSame,
+            ACT,
+        )?;
         let classifier = if src.has("_fc.weight") {
-            Some((src.tensor("_fc.weight", &[CLASSES, HEAD])?, src.tensor("_fc.bias", &[CLASSES])?))
+            Some((
+                src.tensor("_fc.weight", &[CLASSES, HEAD])?,
+                src.tensor("_fc.bias", &[CLASSES])?,
+            ))
         } else {
             None
         };
@@ -132,7 +157,9 @@ impl Backbone for EfficientNetLite0 {
     }
 
     fn logits(&self, feature_map: &Tensor) -> Result<Option<Tensor>> {
-        let Some((w, b)) = &self.classifier else { return Ok(None) };
+        let Some((w, b)) = &self.classifier else {
+            return Ok(None);
+        };
         let pooled = global_average(feature_map)?;
         Ok(Some(pooled.matmul(&w.t()?)?.broadcast_add(b)?))
     }

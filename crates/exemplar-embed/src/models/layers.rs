@@ -94,7 +94,13 @@ pub struct Conv {
 }
 
 impl Conv {
-    pub fn new(weight: Tensor, bias: Tensor, stride: usize, padding: Padding, activation: Activation) -> Result<Self> {
+    pub fn new(
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Result<Self> {
         let (out, _, kernel, _) = weight.dims4()?;
         Ok(Self {
             bias: bias.reshape((1, out, 1, 1))?,
@@ -107,6 +113,7 @@ impl Conv {
     }
 
     /// Loads `{conv}.weight` with `{bn}` folded in.
+    #[allow(clippy::too_many_arguments)] // mirrors the layer's own hyper-parameters
     pub fn with_bn(
         src: &dyn TensorSource,
         conv: &str,
@@ -139,7 +146,11 @@ impl Conv {
             if top == bottom && left == right && top == left {
                 x.conv2d(&self.weight, top, self.stride, 1, 1)?
             } else {
-                let padded = x.pad_with_zeros(D::Minus2, top, bottom)?.pad_with_zeros(D::Minus1, left, right)?;
+                let padded = x.pad_with_zeros(D::Minus2, top, bottom)?.pad_with_zeros(
+                    D::Minus1,
+                    left,
+                    right,
+                )?;
                 padded.conv2d(&self.weight, 0, self.stride, 1, 1)?
             }
         };

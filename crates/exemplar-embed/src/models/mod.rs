@@ -82,7 +82,9 @@ impl Architecture {
     /// Builds the network from `weights`, checking every tensor's name and shape.
     pub fn build(&self, weights: &dyn TensorSource) -> Result<Box<dyn Backbone>> {
         Ok(match *self {
-            Architecture::EfficientNetLite0 => Box::new(efficientnet_lite::EfficientNetLite0::load(weights)?),
+            Architecture::EfficientNetLite0 => {
+                Box::new(efficientnet_lite::EfficientNetLite0::load(weights)?)
+            }
             Architecture::ResNet(depth) => Box::new(resnet::ResNet::load(weights, depth)?),
             Architecture::Vgg(depth) => Box::new(vgg::Vgg::load(weights, depth)?),
         })
@@ -147,9 +149,11 @@ impl TensorSource for SyntheticWeights {
         }
         // Candle's CPU generator cannot be seeded: derive values from the name instead,
         // so the same architecture always gets the same weights.
-        let mut state = name.bytes().fold(self.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x1000_0000_01B3)
-        });
+        let mut state = name
+            .bytes()
+            .fold(self.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x1000_0000_01B3)
+            });
         let mut uniform = move || {
             state ^= state << 13;
             state ^= state >> 7;
@@ -158,15 +162,18 @@ impl TensorSource for SyntheticWeights {
         };
         let count: usize = shape.iter().product();
         let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-        let values: Vec<f32> = if name.ends_with("running_var") || (shape.len() == 1 && name.ends_with("weight")) {
-            (0..count).map(|_| 0.5 + uniform()).collect()
-        } else if shape.len() == 1 {
-            (0..count).map(|_| 0.2 * (uniform() - 0.5)).collect()
-        } else {
-            // Uniform with He variance keeps activations sane through 50+ layers.
-            let bound = (6.0 / fan_in as f32).sqrt();
-            (0..count).map(|_| bound * (2.0 * uniform() - 1.0)).collect()
-        };
+        let values: Vec<f32> =
+            if name.ends_with("running_var") || (shape.len() == 1 && name.ends_with("weight")) {
+                (0..count).map(|_| 0.5 + uniform()).collect()
+            } else if shape.len() == 1 {
+                (0..count).map(|_| 0.2 * (uniform() - 0.5)).collect()
+            } else {
+                // Uniform with He variance keeps activations sane through 50+ layers.
+                let bound = (6.0 / fan_in as f32).sqrt();
+                (0..count)
+                    .map(|_| bound * (2.0 * uniform() - 1.0))
+                    .collect()
+            };
         let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
         made.insert(name.to_string(), t.clone());
         Ok(t)

@@ -52,8 +52,22 @@ impl ResNet {
             }
         };
         let expansion = if bottleneck { 4 } else { 1 };
-        let conv = |name: &str, bn: &str, shape: [usize; 4], stride: usize, pad: usize, act: Activation| {
-            Conv::with_bn(src, name, bn, shape, BN_EPS, stride, Padding::Symmetric(pad), act)
+        let conv = |name: &str,
+                    bn: &str,
+                    shape: [usize; 4],
+                    stride: usize,
+                    pad: usize,
+                    act: Activation| {
+            Conv::with_bn(
+                src,
+                name,
+                bn,
+                shape,
+                BN_EPS,
+                stride,
+                Padding::Symmetric(pad),
+                act,
+            )
         };
         let stem = conv("conv1", "bn1", [64, 3, 7, 7], 2, 3, Activation::Relu)?;
         let mut blocks = Vec::new();
@@ -99,7 +113,10 @@ impl ResNet {
             }
         }
         let classifier = if src.has("fc.weight") {
-            Some((src.tensor("fc.weight", &[1000, inp])?, src.tensor("fc.bias", &[1000])?))
+            Some((
+                src.tensor("fc.weight", &[1000, inp])?,
+                src.tensor("fc.bias", &[1000])?,
+            ))
         } else {
             None
         };
@@ -117,7 +134,9 @@ impl Backbone for ResNet {
         let x = self.stem.forward(input)?;
         // Max-pool 3x3/2 with padding 1: inputs are >= 0 after ReLU, so zero padding
         // is equivalent to PyTorch's -inf padding.
-        let mut x = x.pad_with_zeros(D::Minus2, 1, 1)?.pad_with_zeros(D::Minus1, 1, 1)?;
+        let mut x = x
+            .pad_with_zeros(D::Minus2, 1, 1)?
+            .pad_with_zeros(D::Minus1, 1, 1)?;
         x = x.max_pool2d_with_stride(3, 2)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
@@ -131,7 +150,9 @@ impl Backbone for ResNet {
     }
 
     fn logits(&self, feature_map: &Tensor) -> Result<Option<Tensor>> {
-        let Some((w, b)) = &self.classifier else { return Ok(None) };
+        let Some((w, b)) = &self.classifier else {
+            return Ok(None);
+        };
         let pooled = global_average(feature_map)?;
         Ok(Some(pooled.matmul(&w.t()?)?.broadcast_add(b)?))
     }

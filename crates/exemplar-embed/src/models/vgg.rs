@@ -40,7 +40,13 @@ impl Vgg {
             for _ in 0..n {
                 let w = src.tensor(&format!("features.{index}.weight"), &[width, inp, 3, 3])?;
                 let b = src.tensor(&format!("features.{index}.bias"), &[width])?;
-                layers.push(Layer::Conv(Conv::new(w, b, 1, Padding::Symmetric(1), Activation::Relu)?));
+                layers.push(Layer::Conv(Conv::new(
+                    w,
+                    b,
+                    1,
+                    Padding::Symmetric(1),
+                    Activation::Relu,
+                )?));
                 index += 2;
                 inp = width;
             }
@@ -49,22 +55,36 @@ impl Vgg {
         }
         let classifier = if src.has("classifier.0.weight") {
             Some(vec![
-                (src.tensor("classifier.0.weight", &[4096, 512 * 7 * 7])?, src.tensor("classifier.0.bias", &[4096])?),
-                (src.tensor("classifier.3.weight", &[4096, 4096])?, src.tensor("classifier.3.bias", &[4096])?),
-                (src.tensor("classifier.6.weight", &[1000, 4096])?, src.tensor("classifier.6.bias", &[1000])?),
+                (
+                    src.tensor("classifier.0.weight", &[4096, 512 * 7 * 7])?,
+                    src.tensor("classifier.0.bias", &[4096])?,
+                ),
+                (
+                    src.tensor("classifier.3.weight", &[4096, 4096])?,
+                    src.tensor("classifier.3.bias", &[4096])?,
+                ),
+                (
+                    src.tensor("classifier.6.weight", &[1000, 4096])?,
+                    src.tensor("classifier.6.bias", &[1000])?,
+                ),
             ])
         } else if src.has("pre_logits.fc1.weight") {
             // timm stores the first two layers as 7x7 and 1x1 convolutions.
             Some(vec![
                 (
-                    src.tensor("pre_logits.fc1.weight", &[4096, 512, 7, 7])?.reshape((4096, 512 * 7 * 7))?,
+                    src.tensor("pre_logits.fc1.weight", &[4096, 512, 7, 7])?
+                        .reshape((4096, 512 * 7 * 7))?,
                     src.tensor("pre_logits.fc1.bias", &[4096])?,
                 ),
                 (
-                    src.tensor("pre_logits.fc2.weight", &[4096, 4096, 1, 1])?.reshape((4096, 4096))?,
+                    src.tensor("pre_logits.fc2.weight", &[4096, 4096, 1, 1])?
+                        .reshape((4096, 4096))?,
                     src.tensor("pre_logits.fc2.bias", &[4096])?,
                 ),
-                (src.tensor("head.fc.weight", &[1000, 4096])?, src.tensor("head.fc.bias", &[1000])?),
+                (
+                    src.tensor("head.fc.weight", &[1000, 4096])?,
+                    src.tensor("head.fc.bias", &[1000])?,
+                ),
             ])
         } else {
             None
@@ -93,7 +113,9 @@ impl Backbone for Vgg {
     }
 
     fn logits(&self, feature_map: &Tensor) -> Result<Option<Tensor>> {
-        let Some(layers) = &self.classifier else { return Ok(None) };
+        let Some(layers) = &self.classifier else {
+            return Ok(None);
+        };
         let pooled = feature_map.max_pool2d_with_stride(2, 2)?;
         let (batch, c, h, w) = pooled.dims4()?;
         if (h, w) != (7, 7) {

@@ -15,7 +15,9 @@ pub fn run(embedder: &CnnEmbedder, batch: usize, seconds: f64) -> anyhow::Result
         .map(|i| PreparedImage {
             height: h,
             width: w,
-            chw: (0..3 * h * w).map(|j| (((i * 7919 + j) % 255) as f32 / 127.5) - 1.0).collect(),
+            chw: (0..3 * h * w)
+                .map(|j| (((i * 7919 + j) % 255) as f32 / 127.5) - 1.0)
+                .collect(),
         })
         .collect();
     // One warm-up pass: first-touch allocations and lazy initialisation are not steady state.
@@ -31,7 +33,11 @@ pub fn run(embedder: &CnnEmbedder, batch: usize, seconds: f64) -> anyhow::Result
     passes.sort_by(f64::total_cmp);
     let median = passes[passes.len() / 2];
     let ips = (passes.len() * batch) as f64 / total;
-    eprintln!("{} passes of batch {batch}: {ips:.2} images/s, median pass {:.1} ms", passes.len(), median * 1e3);
+    eprintln!(
+        "{} passes of batch {batch}: {ips:.2} images/s, median pass {:.1} ms",
+        passes.len(),
+        median * 1e3
+    );
     println!(
         "{}",
         json!({

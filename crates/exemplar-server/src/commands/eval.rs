@@ -4,7 +4,9 @@
 use crate::cli::EvalArgs;
 use crate::progress::Progress;
 use anyhow::{bail, Context};
-use exemplar_core::eval::{images_under, mean_average_precision, query_reference_report, GroundTruth};
+use exemplar_core::eval::{
+    images_under, mean_average_precision, query_reference_report, GroundTruth,
+};
 use exemplar_core::refit::CATALOGUE_SOURCE;
 use exemplar_core::{FeatureExtractor, PooledFeature, Projection};
 use exemplar_embed::CnnEmbedder;
@@ -25,7 +27,10 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
     let root = if args.dataset.is_dir() {
         args.dataset.clone()
     } else {
-        args.dataset.parent().unwrap_or(Path::new(".")).to_path_buf()
+        args.dataset
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
     };
     let paths = truth.all_images();
     let embed_started = Instant::now();
@@ -38,9 +43,10 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
     // Which features a catalogue-fitted projection may learn from: the indexed images.
     let catalogue_features: Vec<&[f32]> = match &truth {
         GroundTruth::Groups { .. } => features.iter().map(|f| f.0.as_slice()).collect(),
-        GroundTruth::QueryReference { catalogue, .. } => {
-            features[..catalogue.len()].iter().map(|f| f.0.as_slice()).collect()
-        }
+        GroundTruth::QueryReference { catalogue, .. } => features[..catalogue.len()]
+            .iter()
+            .map(|f| f.0.as_slice())
+            .collect(),
     };
 
     let mut results = Vec::new();
@@ -53,13 +59,18 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        if let (Some(p), Some(path), true) = (&projection, &args.save_projection, name == "catalogue") {
+        if let (Some(p), Some(path), true) =
+            (&projection, &args.save_projection, name == "catalogue")
+        {
             p.save(path)?;
             eprintln!("saved projection {} to {}", p.version(), path.display());
         }
         let vectors: Vec<Vec<f32>> = match &projection {
             None => features.iter().map(|f| f.0.clone()).collect(),
-            Some(p) => features.iter().map(|f| p.apply(f)).collect::<Result<_, _>>()?,
+            Some(p) => features
+                .iter()
+                .map(|f| p.apply(f))
+                .collect::<Result<_, _>>()?,
         };
         let mut result = json!({
             "projection": name,
@@ -109,7 +120,11 @@ fn embed_all(embedder: &CnnEmbedder, paths: &[PathBuf]) -> anyhow::Result<Vec<Po
 
 /// Features from `dir`'s cache file for this model; the missing ones are embedded and
 /// appended (one JSON line per image: path and feature).
-fn cached_features(embedder: &CnnEmbedder, paths: &[PathBuf], dir: &Path) -> anyhow::Result<Vec<PooledFeature>> {
+fn cached_features(
+    embedder: &CnnEmbedder,
+    paths: &[PathBuf],
+    dir: &Path,
+) -> anyhow::Result<Vec<PooledFeature>> {
     use std::collections::HashMap;
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
@@ -117,7 +132,13 @@ fn cached_features(embedder: &CnnEmbedder, paths: &[PathBuf], dir: &Path) -> any
         .info()
         .id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let file = dir.join(format!("{name}.jsonl"));
     let mut known: HashMap<PathBuf, PooledFeature> = HashMap::new();
@@ -129,11 +150,23 @@ fn cached_features(embedder: &CnnEmbedder, paths: &[PathBuf], dir: &Path) -> any
             }
         }
     }
-    let missing: Vec<PathBuf> = paths.iter().filter(|p| !known.contains_key(*p)).cloned().collect();
-    eprintln!("feature cache {}: {} cached, {} to embed", file.display(), paths.len() - missing.len(), missing.len());
+    let missing: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| !known.contains_key(*p))
+        .cloned()
+        .collect();
+    eprintln!(
+        "feature cache {}: {} cached, {} to embed",
+        file.display(),
+        paths.len() - missing.len(),
+        missing.len()
+    );
     if !missing.is_empty() {
         let fresh = embed_all(embedder, &missing)?;
-        let mut out = std::fs::OpenOptions::new().create(true).append(true).open(&file)?;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)?;
         for (path, feature) in missing.into_iter().zip(fresh) {
             writeln!(out, "{}", serde_json::to_string(&(&path, &feature.0))?)?;
             known.insert(path, feature);
@@ -158,7 +191,12 @@ fn resolve_projection(
                 .classifier_projection(args.dim, args.whitening)?
                 .context("this model has no linear classifier to derive a projection from")?,
         ),
-        "catalogue" => Some(Projection::fit_pca(catalogue, args.dim, args.whitening, CATALOGUE_SOURCE)?),
+        "catalogue" => Some(Projection::fit_pca(
+            catalogue,
+            args.dim,
+            args.whitening,
+            CATALOGUE_SOURCE,
+        )?),
         path => {
             let path = Path::new(path);
             if !path.is_file() {
@@ -171,7 +209,9 @@ fn resolve_projection(
 
 fn score(truth: &GroundTruth, vectors: &[Vec<f32>], root: &Path, per_query: bool) -> Value {
     match truth {
-        GroundTruth::Groups { groups, is_query, .. } => json!({
+        GroundTruth::Groups {
+            groups, is_query, ..
+        } => json!({
             "queries": is_query.iter().filter(|q| **q).count(),
             "map": mean_average_precision(vectors, groups, is_query),
         }),
@@ -181,7 +221,8 @@ fn score(truth: &GroundTruth, vectors: &[Vec<f32>], root: &Path, per_query: bool
             attribute,
         } => {
             let (cat, qv) = vectors.split_at(catalogue.len());
-            let report = query_reference_report(catalogue, cat, queries, qv, attribute.as_deref(), root);
+            let report =
+                query_reference_report(catalogue, cat, queries, qv, attribute.as_deref(), root);
             let mut value = serde_json::to_value(&report).expect("serialisable");
             if !per_query {
                 value.as_object_mut().expect("object").remove("outcomes");
@@ -201,7 +242,10 @@ fn summary_line(r: &Value) -> String {
     let name = r["projection"].as_str().unwrap_or("?");
     let dim = &r["dim"];
     match r.get("map") {
-        Some(map) => format!("{name} ({dim}-d): mAP {:.4}", map.as_f64().unwrap_or(f64::NAN)),
+        Some(map) => format!(
+            "{name} ({dim}-d): mAP {:.4}",
+            map.as_f64().unwrap_or(f64::NAN)
+        ),
         None => format!(
             "{name} ({dim}-d): top-1 {:.4} recall@5 {:.4} recall@20 {:.4} by {}: {}",
             r["top1"].as_f64().unwrap_or(f64::NAN),

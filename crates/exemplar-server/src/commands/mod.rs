@@ -12,8 +12,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             images,
             manifest,
             golden,
-        } => classify::run(&load(&cli.model)?, &images, manifest.as_deref(), golden.as_deref()),
+        } => classify::run(
+            &load(&cli.model)?,
+            &images,
+            manifest.as_deref(),
+            golden.as_deref(),
+        ),
         Command::Eval(args) => eval::run(&load(&cli.model)?, &args),
+        Command::FetchWeights => {
+            let embedder = load(&cli.model)?;
+            println!("{}", exemplar_core::FeatureExtractor::info(&embedder).id);
+            Ok(())
+        }
         Command::Bench {
             batch,
             seconds,
@@ -33,7 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn load(model: &crate::cli::ModelArgs) -> anyhow::Result<CnnEmbedder> {
     let config = model.embedder_config();
     let started = std::time::Instant::now();
-    let embedder = CnnEmbedder::load(config).with_context(|| format!("loading model {}", model.model))?;
+    let embedder =
+        CnnEmbedder::load(config).with_context(|| format!("loading model {}", model.model))?;
     tracing::info!(model = %exemplar_core::FeatureExtractor::info(&embedder).id, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
     Ok(embedder)
 }
