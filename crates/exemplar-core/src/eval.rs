@@ -410,7 +410,11 @@ mod tests {
         assert_eq!(queries[0].reference, Some(1));
         assert_eq!(queries[1].reference, None);
 
-        let cat = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![std::f32::consts::FRAC_1_SQRT_2; 2]];
+        let cat = vec![
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![std::f32::consts::FRAC_1_SQRT_2; 2],
+        ];
         let qv = vec![
             vec![0.1, 0.99],
             vec![0.6, 0.8],
