@@ -163,3 +163,44 @@ fn bench_reports_throughput_as_json() {
         .unwrap()
         .starts_with("resnet18@random/"));
 }
+
+#[test]
+fn hub_weights_come_from_the_hugging_face_cache_when_offline() {
+    use exemplar_embed::{models::SyntheticWeights, Architecture};
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--timm--resnet18.tv_in1k");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+    std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+    let weights = SyntheticWeights::new(3, false);
+    Architecture::ResNet(18).build(&weights).unwrap();
+    candle_core::safetensors::save(
+        &weights.tensors().into_iter().collect(),
+        repo.join("snapshots/abc123/model.safetensors"),
+    )
+    .unwrap();
+
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_exemplar"))
+            .args(["--model", model, "fetch-weights"])
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let ok = run("resnet18");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("resnet18@"));
+    let missing = run("resnet50");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("timm/resnet50.tv_in1k") && stderr.contains("HF_HUB_OFFLINE"),
+        "{stderr}"
+    );
+}
