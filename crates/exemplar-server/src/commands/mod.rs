@@ -9,15 +9,23 @@ use exemplar_embed::CnnEmbedder;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Classify {
-            images,
+            mut images,
             manifest,
+            samples,
             golden,
-        } => classify::run(
-            &load(&cli.model)?,
-            &images,
-            manifest.as_deref(),
-            golden.as_deref(),
-        ),
+        } => {
+            if samples {
+                use exemplar_embed::fetch::{wheel_file, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
+                images.push(wheel_file(&SKIMAGE_CHELSEA)?);
+                images.push(wheel_file(&SKIMAGE_COFFEE)?);
+            }
+            classify::run(
+                &load(&cli.model)?,
+                &images,
+                manifest.as_deref(),
+                golden.as_deref(),
+            )
+        }
         Command::Eval(args) => eval::run(&load(&cli.model)?, &args),
         Command::FetchWeights => {
             let embedder = load(&cli.model)?;
