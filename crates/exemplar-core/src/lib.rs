@@ -5,6 +5,7 @@
 //! Nothing here knows about Candle, HTTP, SQL or the ANN index: those crates implement
 //! the traits defined here.
 
+pub mod catalogue;
 pub mod descriptor;
 pub mod embed_queue;
 pub mod error;

@@ -1,0 +1,142 @@
+//! The catalogue's records and the storage trait the SQL backends implement.
+//!
+//! The database is the source of truth: an exemplar is acknowledged only once its row is
+//! committed, and every addition or removal appends to a monotonic change log that the
+//! ANN index (a cache) replays to catch up after a restart or a crash.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use thiserror::Error;
+
+pub type ClassId = i64;
+pub type ExemplarId = i64;
+/// Position in the change log; 0 is "before any change".
+pub type Sequence = i64;
+/// String key/values attached to a class (e.g. `artist`, `format`), filterable in search.
+pub type Metadata = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassRecord {
+    pub id: ClassId,
+    pub label: String,
+    pub metadata: Metadata,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub exemplars: i64,
+}
+
+/// An exemplar about to be stored: its photo's hash and both vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExemplar {
+    pub sha256: String,
+    pub original_name: Option<String>,
+    pub raw_feature: Vec<f32>,
+    pub descriptor: Vec<f32>,
+    pub model: String,
+    pub projection: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExemplarRecord {
+    pub id: ExemplarId,
+    pub class_id: ClassId,
+    pub sha256: String,
+    pub original_name: Option<String>,
+    pub model: String,
+    pub projection: String,
+    pub created_at_ms: i64,
+}
+
+/// What happened to each submitted exemplar, in submission order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Added(ExemplarId),
+    /// The class already holds these exact bytes: not stored twice.
+    Duplicate(ExemplarId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    ExemplarAdded { seq: Sequence, exemplar: ExemplarId },
+    ExemplarRemoved { seq: Sequence, exemplar: ExemplarId },
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("class {0} not found")]
+    ClassNotFound(ClassId),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// Durable catalogue storage. Every write is one transaction: all of it or none.
+pub trait CatalogueStore: Send + Sync + 'static {
+    /// Creates a class with its first exemplars.
+    fn create_class(
+        &self,
+        label: &str,
+        metadata: &Metadata,
+        exemplars: &[NewExemplar],
+    ) -> impl Future<Output = StoreResult<(ClassRecord, Vec<Stored>)>> + Send;
+
+    fn add_exemplars(
+        &self,
+        class: ClassId,
+        exemplars: &[NewExemplar],
+    ) -> impl Future<Output = StoreResult<Vec<Stored>>> + Send;
+
+    fn class(
+        &self,
+        id: ClassId,
+    ) -> impl Future<Output = StoreResult<Option<(ClassRecord, Vec<ExemplarRecord>)>>> + Send;
+
+    /// Classes in id order, after `after` (keyset pagination).
+    fn list_classes(
+        &self,
+        after: ClassId,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<ClassRecord>>> + Send;
+
+    /// Deletes a class and its exemplars; returns the removed exemplar ids.
+    fn delete_class(
+        &self,
+        id: ClassId,
+    ) -> impl Future<Output = StoreResult<Vec<ExemplarId>>> + Send;
+
+    /// Returns false when there was no such exemplar.
+    fn delete_exemplar(&self, id: ExemplarId) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Changes with a sequence number above `after`, in order.
+    fn changes_since(
+        &self,
+        after: Sequence,
+    ) -> impl Future<Output = StoreResult<Vec<Change>>> + Send;
+
+    /// Descriptors of the given live exemplars (missing ids are skipped).
+    fn descriptors(
+        &self,
+        ids: &[ExemplarId],
+    ) -> impl Future<Output = StoreResult<Vec<(ExemplarId, Vec<f32>)>>> + Send;
+}
+
+/// Little-endian f32 bytes, the storage form of vectors.
+pub fn vector_to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn vector_from_bytes(bytes: &[u8]) -> StoreResult<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(StoreError::Backend(format!(
+            "vector blob of {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}

@@ -1,0 +1,324 @@
+//! Catalogue storage in SQL through sqlx: a SQLite file by default (WAL, synchronous
+//! commits, so an acknowledged write survives a crash or power loss).
+
+use exemplar_core::catalogue::{
+    vector_from_bytes, vector_to_bytes, CatalogueStore, Change, ClassId, ClassRecord, ExemplarId,
+    ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError, StoreResult, Stored,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before it returns, so an acknowledged write is
+            // never lost, power cut included.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        sqlx::migrate!("../../migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    async fn insert_exemplars(
+        tx: &mut Transaction<'_, Sqlite>,
+        class: ClassId,
+        exemplars: &[NewExemplar],
+    ) -> StoreResult<Vec<Stored>> {
+        let mut stored = Vec::with_capacity(exemplars.len());
+        for e in exemplars {
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM exemplars WHERE class_id = ? AND sha256 = ?")
+                    .bind(class)
+                    .bind(&e.sha256)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+            if let Some(id) = existing {
+                stored.push(Stored::Duplicate(id));
+                continue;
+            }
+            let at = now_ms();
+            let id = sqlx::query(
+                "INSERT INTO exemplars (class_id, sha256, original_name, raw_feature, descriptor, model, projection, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(class)
+            .bind(&e.sha256)
+            .bind(&e.original_name)
+            .bind(vector_to_bytes(&e.raw_feature))
+            .bind(vector_to_bytes(&e.descriptor))
+            .bind(&e.model)
+            .bind(&e.projection)
+            .bind(at)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?
+            .last_insert_rowid();
+            sqlx::query(
+                "INSERT INTO changes (kind, exemplar_id, at) VALUES ('exemplar_added', ?, ?)",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+            stored.push(Stored::Added(id));
+        }
+        Ok(stored)
+    }
+
+    async fn class_record(&self, id: ClassId) -> StoreResult<Option<ClassRecord>> {
+        let row = sqlx::query(
+            "SELECT c.id, c.label, c.metadata, c.created_at, c.updated_at,
+                    (SELECT count(*) FROM exemplars e WHERE e.class_id = c.id) AS n
+             FROM classes c WHERE c.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|r| class_from_row(&r)).transpose()
+    }
+}
+
+fn class_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<ClassRecord> {
+    let metadata: String = r.get("metadata");
+    Ok(ClassRecord {
+        id: r.get("id"),
+        label: r.get("label"),
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Backend(format!("metadata: {e}")))?,
+        created_at_ms: r.get("created_at"),
+        updated_at_ms: r.get("updated_at"),
+        exemplars: r.get("n"),
+    })
+}
+
+impl CatalogueStore for SqliteStore {
+    async fn create_class(
+        &self,
+        label: &str,
+        metadata: &Metadata,
+        exemplars: &[NewExemplar],
+    ) -> StoreResult<(ClassRecord, Vec<Stored>)> {
+        if label.trim().is_empty() {
+            return Err(StoreError::Invalid("label is empty".into()));
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let at = now_ms();
+        let id = sqlx::query(
+            "INSERT INTO classes (label, metadata, created_at, updated_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(label)
+        .bind(serde_json::to_string(metadata).expect("string map"))
+        .bind(at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .last_insert_rowid();
+        let stored = Self::insert_exemplars(&mut tx, id, exemplars).await?;
+        tx.commit().await.map_err(backend)?;
+        let record = self
+            .class_record(id)
+            .await?
+            .ok_or(StoreError::ClassNotFound(id))?;
+        Ok((record, stored))
+    }
+
+    async fn add_exemplars(
+        &self,
+        class: ClassId,
+        exemplars: &[NewExemplar],
+    ) -> StoreResult<Vec<Stored>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM classes WHERE id = ?")
+            .bind(class)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if exists.is_none() {
+            return Err(StoreError::ClassNotFound(class));
+        }
+        let stored = Self::insert_exemplars(&mut tx, class, exemplars).await?;
+        sqlx::query("UPDATE classes SET updated_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(class)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(stored)
+    }
+
+    async fn class(&self, id: ClassId) -> StoreResult<Option<(ClassRecord, Vec<ExemplarRecord>)>> {
+        let Some(record) = self.class_record(id).await? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT id, class_id, sha256, original_name, model, projection, created_at
+             FROM exemplars WHERE class_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let exemplars = rows
+            .iter()
+            .map(|r| ExemplarRecord {
+                id: r.get("id"),
+                class_id: r.get("class_id"),
+                sha256: r.get("sha256"),
+                original_name: r.get("original_name"),
+                model: r.get("model"),
+                projection: r.get("projection"),
+                created_at_ms: r.get("created_at"),
+            })
+            .collect();
+        Ok(Some((record, exemplars)))
+    }
+
+    async fn list_classes(&self, after: ClassId, limit: u32) -> StoreResult<Vec<ClassRecord>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.label, c.metadata, c.created_at, c.updated_at,
+                    (SELECT count(*) FROM exemplars e WHERE e.class_id = c.id) AS n
+             FROM classes c WHERE c.id > ? ORDER BY c.id LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(class_from_row).collect()
+    }
+
+    async fn delete_class(&self, id: ClassId) -> StoreResult<Vec<ExemplarId>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let removed: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM exemplars WHERE class_id = ? ORDER BY id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let at = now_ms();
+        for exemplar in &removed {
+            sqlx::query(
+                "INSERT INTO changes (kind, exemplar_id, at) VALUES ('exemplar_removed', ?, ?)",
+            )
+            .bind(exemplar)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        sqlx::query("DELETE FROM exemplars WHERE class_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let deleted = sqlx::query("DELETE FROM classes WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::ClassNotFound(id));
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(removed)
+    }
+
+    async fn delete_exemplar(&self, id: ExemplarId) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let deleted = sqlx::query("DELETE FROM exemplars WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if deleted > 0 {
+            sqlx::query(
+                "INSERT INTO changes (kind, exemplar_id, at) VALUES ('exemplar_removed', ?, ?)",
+            )
+            .bind(id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted > 0)
+    }
+
+    async fn changes_since(&self, after: Sequence) -> StoreResult<Vec<Change>> {
+        let rows =
+            sqlx::query("SELECT seq, kind, exemplar_id FROM changes WHERE seq > ? ORDER BY seq")
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let (seq, exemplar): (i64, i64) = (r.get("seq"), r.get("exemplar_id"));
+                match r.get::<String, _>("kind").as_str() {
+                    "exemplar_added" => Ok(Change::ExemplarAdded { seq, exemplar }),
+                    "exemplar_removed" => Ok(Change::ExemplarRemoved { seq, exemplar }),
+                    other => Err(StoreError::Backend(format!("unknown change kind {other}"))),
+                }
+            })
+            .collect()
+    }
+
+    async fn descriptors(&self, ids: &[ExemplarId]) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT id, descriptor FROM exemplars WHERE id IN ({placeholders}) ORDER BY id"
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(backend)? {
+                let bytes: Vec<u8> = row.get("descriptor");
+                out.push((row.get("id"), vector_from_bytes(&bytes)?));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,132 @@
+//! The SQLite catalogue on a real file.
+
+use exemplar_core::catalogue::{CatalogueStore, Change, Metadata, NewExemplar, StoreError, Stored};
+use exemplar_store::SqliteStore;
+
+fn exemplar(sha: &str, x: f32) -> NewExemplar {
+    NewExemplar {
+        sha256: sha.into(),
+        original_name: Some(format!("{sha}.jpg")),
+        raw_feature: vec![x; 4],
+        descriptor: vec![x, 1.0 - x],
+        model: "m".into(),
+        projection: "p".into(),
+    }
+}
+
+fn metadata(pairs: &[(&str, &str)]) -> Metadata {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn classes_exemplars_and_the_change_log_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalogue.sqlite");
+    let store = SqliteStore::open(&path).await.unwrap();
+
+    let (class, stored) = store
+        .create_class(
+            "Abbey Road",
+            &metadata(&[("format", "CD")]),
+            &[exemplar("a", 0.1), exemplar("b", 0.2), exemplar("a", 0.1)],
+        )
+        .await
+        .unwrap();
+    let (first, second) = match (stored[0], stored[1]) {
+        (Stored::Added(a), Stored::Added(b)) => (a, b),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        stored[2],
+        Stored::Duplicate(first),
+        "same bytes twice in a class are stored once"
+    );
+    assert_eq!(class.exemplars, 2);
+    assert_eq!(class.metadata["format"], "CD");
+
+    let (other, _) = store
+        .create_class("Help!", &Metadata::new(), &[exemplar("a", 0.3)])
+        .await
+        .unwrap();
+    assert!(store.delete_exemplar(second).await.unwrap());
+    assert!(
+        !store.delete_exemplar(second).await.unwrap(),
+        "second delete is a no-op"
+    );
+    drop(store);
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (record, exemplars) = store.class(class.id).await.unwrap().unwrap();
+    assert_eq!(record.label, "Abbey Road");
+    assert_eq!(
+        exemplars.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![first]
+    );
+    let changes = store.changes_since(0).await.unwrap();
+    assert_eq!(changes.len(), 4);
+    assert!(matches!(changes[3], Change::ExemplarRemoved { exemplar, .. } if exemplar == second));
+    let Change::ExemplarAdded { seq, .. } = changes[2] else {
+        panic!()
+    };
+    assert_eq!(store.changes_since(seq).await.unwrap().len(), 1);
+
+    let descriptors = store.descriptors(&[first, second, 999]).await.unwrap();
+    assert_eq!(descriptors, vec![(first, vec![0.1, 0.9])]);
+
+    let removed = store.delete_class(other.id).await.unwrap();
+    assert_eq!(removed.len(), 1);
+    assert!(store.class(other.id).await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_class(other.id).await,
+        Err(StoreError::ClassNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn bad_writes_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_class("  ", &Metadata::new(), &[exemplar("a", 0.1)])
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.add_exemplars(42, &[exemplar("a", 0.1)]).await,
+        Err(StoreError::ClassNotFound(42))
+    ));
+    assert!(store.changes_since(0).await.unwrap().is_empty());
+    assert!(store.list_classes(0, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn classes_page_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        store
+            .create_class(&format!("item {i}"), &Metadata::new(), &[])
+            .await
+            .unwrap();
+    }
+    let page1 = store.list_classes(0, 2).await.unwrap();
+    let page2 = store.list_classes(page1[1].id, 2).await.unwrap();
+    let page3 = store.list_classes(page2[1].id, 2).await.unwrap();
+    let labels: Vec<String> = [page1, page2, page3]
+        .concat()
+        .into_iter()
+        .map(|c| c.label)
+        .collect();
+    assert_eq!(
+        labels,
+        (0..5).map(|i| format!("item {i}")).collect::<Vec<_>>()
+    );
+}
