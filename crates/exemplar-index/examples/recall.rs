@@ -1,6 +1,6 @@
 //! Recall@10 of the HNSW index against exact search on random unit vectors, for several
 //! ef_search values, with build and query times. Last line: JSON.
-//!   cargo run --release -p exemplar-index --example recall -- [POINTS] [DIM] [QUERIES]
+//!   cargo run --release -p exemplar-index --example recall -- [POINTS] [DIM] [QUERIES] [M] [EF_CONSTRUCTION]
 
 use exemplar_index::{AnnIndex, IndexParams};
 use std::time::Instant;
@@ -30,8 +30,14 @@ fn main() {
     let items: Vec<(u64, Vec<f32>)> = (0..n).map(|i| (i as u64, unit(i))).collect();
     let queries: Vec<Vec<f32>> = (0..nq).map(&mut unit).collect();
 
+    let defaults = IndexParams::default();
+    let params = IndexParams {
+        m: args.get(3).copied().unwrap_or(defaults.m),
+        ef_construction: args.get(4).copied().unwrap_or(defaults.ef_construction),
+        ..defaults
+    };
     let t = Instant::now();
-    let mut index = AnnIndex::build(dim, IndexParams::default(), &items).expect("build");
+    let mut index = AnnIndex::build(dim, params, &items).expect("build");
     let build_s = t.elapsed().as_secs_f64();
     eprintln!("built {n} x {dim} in {build_s:.1} s");
 
@@ -64,8 +70,9 @@ fn main() {
         ));
     }
     println!(
-        "{{\"points\":{n},\"dim\":{dim},\"queries\":{nq},\"build_seconds\":{build_s:.2},\"params\":{:?},\"results\":[{}]}}",
-        format!("{:?}", IndexParams::default()),
+        "{{\"points\":{n},\"dim\":{dim},\"queries\":{nq},\"m\":{},\"ef_construction\":{},\"build_seconds\":{build_s:.2},\"results\":[{}]}}",
+        params.m,
+        params.ef_construction,
         rows.join(",")
     );
 }

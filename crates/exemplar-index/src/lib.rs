@@ -57,10 +57,12 @@ pub struct IndexParams {
 
 impl Default for IndexParams {
     fn default() -> Self {
+        // Measured (README): on random 256-d unit vectors, the hardest case, M=16 reaches
+        // recall@10 0.80 on 20k points only at ef_search 256; M=48 reaches 0.92 at 128.
         Self {
-            m: 16,
-            ef_construction: 200,
-            ef_search: 96,
+            m: 48,
+            ef_construction: 300,
+            ef_search: 128,
         }
     }
 }

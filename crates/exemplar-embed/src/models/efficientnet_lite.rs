@@ -2,7 +2,7 @@
 //! `efficientnet_lite_pytorch` package: no squeeze-excitation, ReLU6, TensorFlow "SAME"
 //! padding, batch-norm eps 1e-3.
 
-use super::layers::{global_average, Activation, Conv, Depthwise, Padding, TensorSource};
+use super::layers::{average_pool_linear, Activation, Conv, Depthwise, Padding, TensorSource};
 use super::Backbone;
 use crate::error::Result;
 use candle_core::Tensor;
@@ -160,7 +160,6 @@ impl Backbone for EfficientNetLite0 {
         let Some((w, b)) = &self.classifier else {
             return Ok(None);
         };
-        let pooled = global_average(feature_map)?;
-        Ok(Some(pooled.matmul(&w.t()?)?.broadcast_add(b)?))
+        Ok(Some(average_pool_linear(feature_map, w, b)?))
     }
 }

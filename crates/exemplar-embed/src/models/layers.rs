@@ -213,9 +213,10 @@ impl Depthwise {
     }
 }
 
-/// `(batch, c, h, w)` → `(batch, c)` spatial mean.
-pub fn global_average(x: &Tensor) -> Result<Tensor> {
-    Ok(x.flatten_from(2)?.mean(2)?)
+/// An ImageNet head on a feature map: spatial mean, then `x W^T + b`.
+pub fn average_pool_linear(feature_map: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let pooled = feature_map.flatten_from(2)?.mean(2)?;
+    Ok(pooled.matmul(&weight.t()?)?.broadcast_add(bias)?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! ResNet-18/34/50/101/152 (He et al.) with torchvision's tensor names, which timm's
 //! ResNets share: `conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}`, `downsample.{0,1}`, `fc`.
 
-use super::layers::{global_average, Activation, Conv, Padding, TensorSource};
+use super::layers::{average_pool_linear, Activation, Conv, Padding, TensorSource};
 use super::Backbone;
 use crate::error::{EmbedError, Result};
 use candle_core::{Tensor, D};
@@ -153,7 +153,6 @@ impl Backbone for ResNet {
         let Some((w, b)) = &self.classifier else {
             return Ok(None);
         };
-        let pooled = global_average(feature_map)?;
-        Ok(Some(pooled.matmul(&w.t()?)?.broadcast_add(b)?))
+        Ok(Some(average_pool_linear(feature_map, w, b)?))
     }
 }
