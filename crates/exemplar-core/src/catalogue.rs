@@ -55,6 +55,15 @@ pub enum Stored {
     Duplicate(ExemplarId),
 }
 
+/// The class an exemplar belongs to, as search results need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExemplarOwner {
+    pub exemplar: ExemplarId,
+    pub class: ClassId,
+    pub label: String,
+    pub metadata: Metadata,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     ExemplarAdded { seq: Sequence, exemplar: ExemplarId },
@@ -115,6 +124,12 @@ pub trait CatalogueStore: Send + Sync + 'static {
         &self,
         after: Sequence,
     ) -> impl Future<Output = StoreResult<Vec<Change>>> + Send;
+
+    /// Owners of the given live exemplars (deleted or unknown ids are skipped).
+    fn owners(
+        &self,
+        ids: &[ExemplarId],
+    ) -> impl Future<Output = StoreResult<Vec<ExemplarOwner>>> + Send;
 
     /// Descriptors of the given live exemplars (missing ids are skipped).
     fn descriptors(

@@ -5,6 +5,7 @@
 //! Nothing here knows about Candle, HTTP, SQL or the ANN index: those crates implement
 //! the traits defined here.
 
+pub mod ann;
 pub mod catalogue;
 pub mod descriptor;
 pub mod embed_queue;
@@ -15,6 +16,7 @@ pub mod linalg;
 pub mod projection;
 pub mod refit;
 mod rng;
+pub mod service;
 
 pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};
 pub use error::{Error, Result};

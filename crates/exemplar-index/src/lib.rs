@@ -313,6 +313,38 @@ fn load_graph(dir: &Path) -> std::result::Result<Hnsw<'static, f32, DistL2>, Str
     loader.load_hnsw::<f32, DistL2>().map_err(|e| e.to_string())
 }
 
+impl exemplar_core::ann::VectorIndex for AnnIndex {
+    fn insert_batch(&mut self, items: &[(i64, Vec<f32>)]) -> std::result::Result<(), String> {
+        let items: Vec<(u64, Vec<f32>)> = items
+            .iter()
+            .map(|(id, v)| {
+                u64::try_from(*id)
+                    .map(|id| (id, v.clone()))
+                    .map_err(|_| format!("negative id {id}"))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        AnnIndex::insert_batch(self, &items).map_err(|e| e.to_string())
+    }
+
+    fn remove(&mut self, id: i64) -> bool {
+        u64::try_from(id).is_ok_and(|id| AnnIndex::remove(self, id))
+    }
+
+    fn search(&self, query: &[f32], k: usize) -> std::result::Result<Vec<(i64, f32)>, String> {
+        AnnIndex::search(self, query, k)
+            .map(|hits| hits.into_iter().map(|h| (h.id as i64, h.score)).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        u64::try_from(id).is_ok_and(|id| AnnIndex::contains(self, id))
+    }
+
+    fn len(&self) -> usize {
+        AnnIndex::len(self)
+    }
+}
+
 /// Where [`AnnIndex::save`] keeps a dump inside a data directory.
 pub fn dump_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("index")

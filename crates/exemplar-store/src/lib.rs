@@ -3,7 +3,8 @@
 
 use exemplar_core::catalogue::{
     vector_from_bytes, vector_to_bytes, CatalogueStore, Change, ClassId, ClassRecord, ExemplarId,
-    ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError, StoreResult, Stored,
+    ExemplarOwner, ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError, StoreResult,
+    Stored,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -301,6 +302,32 @@ impl CatalogueStore for SqliteStore {
                 }
             })
             .collect()
+    }
+
+    async fn owners(&self, ids: &[ExemplarId]) -> StoreResult<Vec<ExemplarOwner>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT e.id AS exemplar, c.id AS class, c.label, c.metadata
+                 FROM exemplars e JOIN classes c ON c.id = e.class_id WHERE e.id IN ({placeholders})"
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(backend)? {
+                let metadata: String = row.get("metadata");
+                out.push(ExemplarOwner {
+                    exemplar: row.get("exemplar"),
+                    class: row.get("class"),
+                    label: row.get("label"),
+                    metadata: serde_json::from_str(&metadata)
+                        .map_err(|e| StoreError::Backend(format!("metadata: {e}")))?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn descriptors(&self, ids: &[ExemplarId]) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {

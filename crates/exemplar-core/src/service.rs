@@ -1,0 +1,504 @@
+//! The catalogue service: what `POST /classes`, `POST /search` and the deletes do, over
+//! any store, index and feature extractor.
+//!
+//! Order of a write: embed every image (a bad one rejects the request before anything is
+//! written), commit to the store (the acknowledgement point), then insert into the index,
+//! so the answer is searchable as soon as it is sent. The index is a cache: after a crash
+//! [`Catalogue::catch_up`] replays the store's change log into it.
+
+use crate::ann::VectorIndex;
+use crate::catalogue::{
+    CatalogueStore, Change, ClassId, ClassRecord, ExemplarId, Metadata, NewExemplar, Sequence,
+    StoreError, Stored,
+};
+use crate::embed_queue::EmbedQueue;
+use crate::error::Error;
+use crate::projection::Projection;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use thiserror::Error;
+
+/// One uploaded photo.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub bytes: Vec<u8>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_label_chars: usize,
+    pub max_images_per_request: usize,
+    pub max_metadata_entries: usize,
+    pub max_k: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_label_chars: 200,
+            max_images_per_request: 32,
+            max_metadata_entries: 32,
+            max_k: 100,
+        }
+    }
+}
+
+/// When the best class is named rather than `unknown`. This is the first honest rule,
+/// global similarity only: a class must be both close and clearly ahead of the next one.
+/// Cover recognition (issue 4) replaces it with verified geometric evidence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VerdictRule {
+    pub accept_score: f32,
+    pub min_margin: f32,
+}
+
+impl Default for VerdictRule {
+    fn default() -> Self {
+        Self {
+            accept_score: 0.85,
+            min_margin: 0.05,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The request is wrong; `kind` is a stable machine-readable name.
+    #[error("{message}")]
+    BadRequest { kind: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    /// Too much work queued: retry later.
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ClassNotFound(id) => {
+                ServiceError::NotFound(format!("class {id} not found"))
+            }
+            StoreError::Invalid(m) => ServiceError::BadRequest {
+                kind: "invalid",
+                message: m,
+            },
+            StoreError::Backend(m) => ServiceError::Internal(m),
+        }
+    }
+}
+
+fn bad(kind: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::BadRequest {
+        kind,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExemplarOutcome {
+    pub id: ExemplarId,
+    pub name: Option<String>,
+    /// The class already held these exact bytes.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbour {
+    pub exemplar_id: ExemplarId,
+    pub class_id: ClassId,
+    pub label: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassScore {
+    pub class_id: ClassId,
+    pub label: String,
+    pub metadata: Metadata,
+    /// The best neighbour's score.
+    pub score: f32,
+    /// How many of the returned neighbours belong to the class.
+    pub support: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Match {
+        class_id: ClassId,
+        label: String,
+        score: f32,
+        margin: f32,
+    },
+    Unknown {
+        best_score: Option<f32>,
+        margin: Option<f32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchAnswer {
+    pub neighbours: Vec<Neighbour>,
+    pub classes: Vec<ClassScore>,
+    pub verdict: Verdict,
+}
+
+pub struct Catalogue<S, I> {
+    store: S,
+    index: RwLock<I>,
+    queue: EmbedQueue,
+    projection: RwLock<Arc<Projection>>,
+    model: String,
+    limits: Limits,
+    verdict: VerdictRule,
+}
+
+impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
+    pub fn new(
+        store: S,
+        index: I,
+        queue: EmbedQueue,
+        projection: Projection,
+        model: String,
+        limits: Limits,
+        verdict: VerdictRule,
+    ) -> Self {
+        Self {
+            store,
+            index: RwLock::new(index),
+            queue,
+            projection: RwLock::new(Arc::new(projection)),
+            model,
+            limits,
+            verdict,
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The index, read-locked (e.g. to dump it).
+    pub fn read_index(&self) -> std::sync::RwLockReadGuard<'_, I> {
+        self.index.read().expect("index lock")
+    }
+
+    pub fn indexed(&self) -> usize {
+        self.index.read().expect("index lock").len()
+    }
+
+    fn check_label(&self, label: &str) -> Result<(), ServiceError> {
+        if label.trim().is_empty() {
+            return Err(bad("empty_label", "label must not be empty"));
+        }
+        let chars = label.chars().count();
+        if chars > self.limits.max_label_chars {
+            return Err(bad(
+                "label_too_long",
+                format!(
+                    "label has {chars} characters, the limit is {}",
+                    self.limits.max_label_chars
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_metadata(&self, metadata: &Metadata) -> Result<(), ServiceError> {
+        if metadata.len() > self.limits.max_metadata_entries {
+            return Err(bad(
+                "metadata_too_large",
+                format!(
+                    "{} metadata entries, the limit is {}",
+                    metadata.len(),
+                    self.limits.max_metadata_entries
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Embeds and projects every upload; the first bad image fails the whole request.
+    async fn embed_uploads(&self, uploads: &[Upload]) -> Result<Vec<NewExemplar>, ServiceError> {
+        if uploads.is_empty() {
+            return Err(bad("no_image", "at least one image is required"));
+        }
+        if uploads.len() > self.limits.max_images_per_request {
+            return Err(bad(
+                "too_many_images",
+                format!(
+                    "{} images, the limit is {} per request",
+                    uploads.len(),
+                    self.limits.max_images_per_request
+                ),
+            ));
+        }
+        // Queue everything first so the worker can batch the request's images together.
+        let pending = uploads
+            .iter()
+            .map(|u| self.queue.submit(u.bytes.clone()).map_err(queue_error))
+            .collect::<Result<Vec<_>, _>>()?;
+        let projection = self.projection.read().expect("projection lock").clone();
+        let mut out = Vec::with_capacity(uploads.len());
+        for (i, (upload, pending)) in uploads.iter().zip(pending).enumerate() {
+            let raw = pending.await.map_err(|e| match e {
+                Error::Extract(x) if x.is_bad_input() => bad(
+                    "bad_image",
+                    format!(
+                        "image {} ({}): {x}",
+                        i + 1,
+                        upload.name.as_deref().unwrap_or("unnamed")
+                    ),
+                ),
+                other => queue_error(other),
+            })?;
+            let descriptor = projection
+                .apply(&raw)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            out.push(NewExemplar {
+                sha256: Sha256::digest(&upload.bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+                original_name: upload.name.clone(),
+                raw_feature: raw.0,
+                descriptor,
+                model: self.model.clone(),
+                projection: projection.version().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn index_added(
+        &self,
+        exemplars: &[NewExemplar],
+        stored: &[Stored],
+    ) -> Result<Vec<ExemplarOutcome>, ServiceError> {
+        let added: Vec<(ExemplarId, Vec<f32>)> = exemplars
+            .iter()
+            .zip(stored)
+            .filter_map(|(e, s)| match s {
+                Stored::Added(id) => Some((*id, e.descriptor.clone())),
+                Stored::Duplicate(_) => None,
+            })
+            .collect();
+        self.index
+            .write()
+            .expect("index lock")
+            .insert_batch(&added)
+            .map_err(ServiceError::Internal)?;
+        Ok(exemplars
+            .iter()
+            .zip(stored)
+            .map(|(e, s)| match *s {
+                Stored::Added(id) => ExemplarOutcome {
+                    id,
+                    name: e.original_name.clone(),
+                    duplicate: false,
+                },
+                Stored::Duplicate(id) => ExemplarOutcome {
+                    id,
+                    name: e.original_name.clone(),
+                    duplicate: true,
+                },
+            })
+            .collect())
+    }
+
+    pub async fn add_class(
+        &self,
+        label: &str,
+        metadata: &Metadata,
+        uploads: &[Upload],
+    ) -> Result<(ClassRecord, Vec<ExemplarOutcome>), ServiceError> {
+        self.check_label(label)?;
+        self.check_metadata(metadata)?;
+        let exemplars = self.embed_uploads(uploads).await?;
+        let (class, stored) = self
+            .store
+            .create_class(label.trim(), metadata, &exemplars)
+            .await?;
+        let outcomes = self.index_added(&exemplars, &stored)?;
+        Ok((class, outcomes))
+    }
+
+    pub async fn add_exemplars(
+        &self,
+        class: ClassId,
+        uploads: &[Upload],
+    ) -> Result<Vec<ExemplarOutcome>, ServiceError> {
+        let exemplars = self.embed_uploads(uploads).await?;
+        let stored = self.store.add_exemplars(class, &exemplars).await?;
+        self.index_added(&exemplars, &stored)
+    }
+
+    pub async fn delete_class(&self, class: ClassId) -> Result<(), ServiceError> {
+        let removed = self.store.delete_class(class).await?;
+        let mut index = self.index.write().expect("index lock");
+        for id in removed {
+            index.remove(id);
+        }
+        Ok(())
+    }
+
+    pub async fn delete_exemplar(&self, id: ExemplarId) -> Result<(), ServiceError> {
+        if !self.store.delete_exemplar(id).await? {
+            return Err(ServiceError::NotFound(format!("exemplar {id} not found")));
+        }
+        self.index.write().expect("index lock").remove(id);
+        Ok(())
+    }
+
+    /// Nearest exemplars of the photo, classes ranked by their best exemplar, and a verdict.
+    /// `filters`: only classes whose metadata holds every key=value pair.
+    pub async fn search(
+        &self,
+        upload: &Upload,
+        k: usize,
+        filters: &Metadata,
+    ) -> Result<SearchAnswer, ServiceError> {
+        if k == 0 || k > self.limits.max_k {
+            return Err(bad(
+                "bad_k",
+                format!("k must be between 1 and {}", self.limits.max_k),
+            ));
+        }
+        let query = self
+            .embed_uploads(std::slice::from_ref(upload))
+            .await?
+            .remove(0)
+            .descriptor;
+        // Fetch more than asked: filtered-out and just-deleted neighbours are dropped.
+        let wanted = if filters.is_empty() {
+            k
+        } else {
+            (k * 8).max(64)
+        };
+        let hits = self
+            .index
+            .read()
+            .expect("index lock")
+            .search(&query, wanted)
+            .map_err(ServiceError::Internal)?;
+        let ids: Vec<ExemplarId> = hits.iter().map(|(id, _)| *id).collect();
+        let owners: BTreeMap<ExemplarId, _> = self
+            .store
+            .owners(&ids)
+            .await?
+            .into_iter()
+            .map(|o| (o.exemplar, o))
+            .collect();
+        let mut neighbours = Vec::new();
+        let mut classes: BTreeMap<ClassId, ClassScore> = BTreeMap::new();
+        for (id, score) in hits {
+            let Some(owner) = owners.get(&id) else {
+                continue;
+            };
+            if !filters
+                .iter()
+                .all(|(key, value)| owner.metadata.get(key) == Some(value))
+            {
+                continue;
+            }
+            if neighbours.len() == k {
+                break;
+            }
+            neighbours.push(Neighbour {
+                exemplar_id: id,
+                class_id: owner.class,
+                label: owner.label.clone(),
+                score,
+            });
+            let entry = classes.entry(owner.class).or_insert_with(|| ClassScore {
+                class_id: owner.class,
+                label: owner.label.clone(),
+                metadata: owner.metadata.clone(),
+                score,
+                support: 0,
+            });
+            entry.score = entry.score.max(score);
+            entry.support += 1;
+        }
+        let mut classes: Vec<ClassScore> = classes.into_values().collect();
+        classes.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let verdict = self.decide(&classes);
+        Ok(SearchAnswer {
+            neighbours,
+            classes,
+            verdict,
+        })
+    }
+
+    fn decide(&self, classes: &[ClassScore]) -> Verdict {
+        let Some(best) = classes.first() else {
+            return Verdict::Unknown {
+                best_score: None,
+                margin: None,
+            };
+        };
+        // With a single candidate class the margin is to "nothing else found" (score 0).
+        let margin = best.score - classes.get(1).map_or(0.0, |c| c.score);
+        if best.score >= self.verdict.accept_score && margin >= self.verdict.min_margin {
+            Verdict::Match {
+                class_id: best.class_id,
+                label: best.label.clone(),
+                score: best.score,
+                margin,
+            }
+        } else {
+            Verdict::Unknown {
+                best_score: Some(best.score),
+                margin: Some(margin),
+            }
+        }
+    }
+
+    /// Replays the store's changes after `after` into the index (after a restart from a
+    /// stale dump, or a crash between a commit and an index update). Returns the last
+    /// sequence applied.
+    pub async fn catch_up(&self, after: Sequence) -> Result<Sequence, ServiceError> {
+        let changes = self.store.changes_since(after).await?;
+        let added: Vec<ExemplarId> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::ExemplarAdded { exemplar, .. } => Some(*exemplar),
+                Change::ExemplarRemoved { .. } => None,
+            })
+            .collect();
+        // Only exemplars still alive come back from the store.
+        let descriptors = self.store.descriptors(&added).await?;
+        let mut index = self.index.write().expect("index lock");
+        let mut last = after;
+        let mut fresh = Vec::new();
+        for change in &changes {
+            match *change {
+                Change::ExemplarAdded { seq, exemplar } => {
+                    let live = descriptors.iter().find(|(id, _)| *id == exemplar);
+                    if let (Some((_, d)), false) = (live, index.contains(exemplar)) {
+                        fresh.push((exemplar, d.clone()));
+                    }
+                    last = seq;
+                }
+                Change::ExemplarRemoved { seq, exemplar } => {
+                    index.remove(exemplar);
+                    fresh.retain(|(id, _)| *id != exemplar);
+                    last = seq;
+                }
+            }
+        }
+        index.insert_batch(&fresh).map_err(ServiceError::Internal)?;
+        Ok(last)
+    }
+}
+
+fn queue_error(e: Error) -> ServiceError {
+    match e {
+        Error::QueueFull { .. } => ServiceError::Busy(e.to_string()),
+        other => ServiceError::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,237 @@
+//! The catalogue service over the real SQLite store and HNSW index, with a stand-in
+//! feature extractor (the real CNN is tested in exemplar-embed).
+
+use exemplar_core::catalogue::{CatalogueStore, Metadata};
+use exemplar_core::embed_queue::EmbedQueue;
+use exemplar_core::service::{Catalogue, Limits, ServiceError, Upload, Verdict, VerdictRule};
+use exemplar_core::{
+    l2_normalize, ExtractError, FeatureExtractor, ModelInfo, PooledFeature, Projection,
+};
+use exemplar_index::{AnnIndex, IndexParams};
+use exemplar_store::SqliteStore;
+use std::sync::Arc;
+
+const DIM: usize = 16;
+
+/// "Images" are text: `item-N` (optionally `item-N/shot-M`) maps to a feature near
+/// direction N, so different shots of one item are close and items are far apart;
+/// anything not starting with `item-` is a corrupt image.
+struct TextFeatures(ModelInfo);
+
+impl FeatureExtractor for TextFeatures {
+    fn info(&self) -> &ModelInfo {
+        &self.0
+    }
+    fn extract_batch(&self, images: &[&[u8]]) -> Vec<Result<PooledFeature, ExtractError>> {
+        images
+            .iter()
+            .map(|bytes| {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| ExtractError::CorruptImage("binary".into()))?;
+                let rest = text
+                    .strip_prefix("item-")
+                    .ok_or_else(|| ExtractError::CorruptImage("not an item".into()))?;
+                let (item, shot) = rest.split_once("/shot-").unwrap_or((rest, "0"));
+                let item: usize = item
+                    .parse()
+                    .map_err(|_| ExtractError::CorruptImage("bad item".into()))?;
+                let shot: usize = shot.parse().unwrap_or(0);
+                let mut v = vec![0.01f32; DIM];
+                v[item % DIM] = 1.0;
+                v[(item + 1 + shot) % DIM] += 0.05 * shot as f32;
+                l2_normalize(&mut v);
+                Ok(PooledFeature(v))
+            })
+            .collect()
+    }
+}
+
+fn upload(text: &str) -> Upload {
+    Upload {
+        bytes: text.as_bytes().to_vec(),
+        name: Some(format!("{text}.jpg")),
+    }
+}
+
+async fn catalogue(path: &std::path::Path, index: AnnIndex) -> Catalogue<SqliteStore, AnnIndex> {
+    let extractor = Arc::new(TextFeatures(ModelInfo {
+        id: "text".into(),
+        feature_dim: DIM,
+    }));
+    let store = SqliteStore::open(path).await.unwrap();
+    // An identity-like projection keeps the test's geometry readable.
+    let projection = Projection::random_orthogonal(DIM, DIM, 0);
+    Catalogue::new(
+        store,
+        index,
+        EmbedQueue::start(extractor, 64, 8),
+        projection,
+        "text".into(),
+        Limits::default(),
+        VerdictRule::default(),
+    )
+}
+
+fn fresh_index() -> AnnIndex {
+    AnnIndex::new(DIM, IndexParams::default(), 100)
+}
+
+#[tokio::test]
+async fn added_classes_are_searchable_at_once_and_deletes_take_effect_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalogue(&dir.path().join("c.sqlite"), fresh_index()).await;
+    let cd: Metadata = [("format".to_string(), "CD".to_string())].into();
+    let (abbey, outcomes) = cat
+        .add_class(
+            "Abbey Road",
+            &cd,
+            &[upload("item-1"), upload("item-1/shot-1"), upload("item-1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.duplicate).count(),
+        1,
+        "same bytes stored once"
+    );
+    let (help, _) = cat
+        .add_class("Help!", &Metadata::new(), &[upload("item-2")])
+        .await
+        .unwrap();
+
+    let answer = cat
+        .search(&upload("item-1/shot-2"), 5, &Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.classes[0].class_id, abbey.id);
+    assert_eq!(answer.classes[0].support, 2);
+    assert!(matches!(answer.verdict, Verdict::Match { class_id, .. } if class_id == abbey.id));
+
+    // Filters keep only matching classes.
+    let only_cd = cat.search(&upload("item-2"), 5, &cd).await.unwrap();
+    assert!(only_cd.classes.iter().all(|c| c.class_id == abbey.id));
+
+    // Something far from everything is unknown.
+    let stranger = cat
+        .search(&upload("item-9"), 5, &Metadata::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(stranger.verdict, Verdict::Unknown { .. }),
+        "{:?}",
+        stranger.verdict
+    );
+
+    cat.delete_class(help.id).await.unwrap();
+    let after = cat
+        .search(&upload("item-2"), 5, &Metadata::new())
+        .await
+        .unwrap();
+    assert!(after.neighbours.iter().all(|n| n.class_id != help.id));
+    let first = outcomes[0].id;
+    cat.delete_exemplar(first).await.unwrap();
+    let after = cat
+        .search(&upload("item-1"), 5, &Metadata::new())
+        .await
+        .unwrap();
+    assert!(after.neighbours.iter().all(|n| n.exemplar_id != first));
+    assert!(matches!(
+        cat.delete_exemplar(first).await,
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalogue(&dir.path().join("c.sqlite"), fresh_index()).await;
+    fn kind<T>(r: Result<T, ServiceError>) -> &'static str {
+        match r {
+            Err(ServiceError::BadRequest { kind, .. }) => kind,
+            Err(other) => panic!("expected a bad request, got {other}"),
+            Ok(_) => panic!("expected a bad request, got success"),
+        }
+    }
+    let none = Metadata::new();
+    assert_eq!(
+        kind(cat.add_class("", &none, &[upload("item-1")]).await),
+        "empty_label"
+    );
+    assert_eq!(
+        kind(
+            cat.add_class(&"x".repeat(201), &none, &[upload("item-1")])
+                .await
+        ),
+        "label_too_long"
+    );
+    assert_eq!(kind(cat.add_class("A", &none, &[]).await), "no_image");
+    // One corrupt image among good ones: nothing is stored.
+    let err = cat
+        .add_class("A", &none, &[upload("item-1"), upload("garbage")])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("image 2 (garbage.jpg)"), "{err}");
+    assert!(cat.store().list_classes(0, 10).await.unwrap().is_empty());
+    assert_eq!(cat.indexed(), 0);
+    assert_eq!(kind(cat.search(&upload("item-1"), 0, &none).await), "bad_k");
+    assert!(matches!(
+        cat.add_exemplars(77, &[upload("item-1")]).await,
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_restarted_index_catches_up_from_its_dump_and_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let dump = dir.path().join("index");
+    let (a, b, c, watermark) = {
+        let cat = catalogue(&db, fresh_index()).await;
+        let (a, _) = cat
+            .add_class("A", &Metadata::new(), &[upload("item-3")])
+            .await
+            .unwrap();
+        let (b, _) = cat
+            .add_class("B", &Metadata::new(), &[upload("item-4")])
+            .await
+            .unwrap();
+        // Replaying on a live index adds nothing twice; it returns the log's head.
+        let watermark = cat.catch_up(0).await.unwrap();
+        assert_eq!(cat.indexed(), 2);
+        cat.read_index().save(&dump, watermark as u64).unwrap();
+        // More happens after the dump, then the process dies.
+        let (c, _) = cat
+            .add_class("C", &Metadata::new(), &[upload("item-5")])
+            .await
+            .unwrap();
+        cat.delete_class(b.id).await.unwrap();
+        (a, b, c, watermark)
+    };
+    let (index, meta) = AnnIndex::load(&dump, DIM).unwrap();
+    assert_eq!(meta.watermark, watermark as u64);
+    assert_eq!(index.len(), 2, "the dump is stale: it has B and not C");
+    let cat = catalogue(&db, index).await;
+    cat.catch_up(meta.watermark as i64).await.unwrap();
+    assert_eq!(cat.indexed(), 2);
+    for (probe, class) in [("item-3", a.id), ("item-5", c.id)] {
+        let answer = cat
+            .search(&upload(probe), 1, &Metadata::new())
+            .await
+            .unwrap();
+        assert_eq!(answer.neighbours[0].class_id, class, "{probe}");
+    }
+    let answer = cat
+        .search(&upload("item-4"), 3, &Metadata::new())
+        .await
+        .unwrap();
+    assert!(
+        answer.neighbours.iter().all(|n| n.class_id != b.id),
+        "deleted class is gone"
+    );
+
+    // The same catalogue rebuilt from nothing: replaying the whole log.
+    drop(cat);
+    let cat = catalogue(&db, fresh_index()).await;
+    cat.catch_up(0).await.unwrap();
+    assert_eq!(cat.indexed(), 2);
+}
