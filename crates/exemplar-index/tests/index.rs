@@ -123,6 +123,20 @@ fn a_dump_reloads_with_its_tombstones_and_watermark() {
 }
 
 #[test]
+fn an_empty_index_dumps_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    AnnIndex::new(8, IndexParams::default(), 10)
+        .save(&path, 5)
+        .unwrap();
+    let (mut index, meta) = AnnIndex::load(&path, 8).unwrap();
+    assert_eq!((index.len(), meta.watermark), (0, 5));
+    let v = unit_vectors(1, 8, 9).remove(0);
+    index.insert(1, &v).unwrap();
+    assert_eq!(index.search(&v, 1).unwrap()[0].id, 1);
+}
+
+#[test]
 fn missing_corrupt_or_mismatched_dumps_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index");

@@ -73,8 +73,38 @@ impl ModelArgs {
     }
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EXEMPLAR_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+    /// Where the catalogue (SQLite), the projection and the index dump live.
+    #[arg(long, env = "EXEMPLAR_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// When set, every write needs `Authorization: Bearer <key>`.
+    #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body.
+    #[arg(long, env = "EXEMPLAR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Images that may wait for the model before requests get 503 + Retry-After.
+    #[arg(long, env = "EXEMPLAR_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+    /// HNSW: neighbours per node (M).
+    #[arg(long, env = "EXEMPLAR_HNSW_M", default_value_t = 48)]
+    pub hnsw_m: usize,
+    /// HNSW: candidate list while inserting.
+    #[arg(long, env = "EXEMPLAR_HNSW_EF_CONSTRUCTION", default_value_t = 300)]
+    pub hnsw_ef_construction: usize,
+    /// HNSW: candidate list while searching.
+    #[arg(long, env = "EXEMPLAR_HNSW_EF_SEARCH", default_value_t = 128)]
+    pub hnsw_ef_search: usize,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
     /// Print each image's ImageNet top-5 (checks weights and preprocessing). Last line: JSON.
     Classify {
         /// Images to classify.

@@ -3,5 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod http;
 pub mod progress;
+pub mod serve;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use exemplar_embed::CnnEmbedder;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => crate::serve::run(args, load(&cli.model)?),
         Command::Classify {
             mut images,
             manifest,

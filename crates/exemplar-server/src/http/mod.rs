@@ -1,0 +1,97 @@
+//! The HTTP API (axum).
+
+mod error;
+mod routes;
+
+pub use error::ApiError;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use exemplar_core::service::Catalogue;
+use exemplar_index::AnnIndex;
+use exemplar_store::SqliteStore;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+pub type AppCatalogue = Catalogue<SqliteStore, AnnIndex>;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub catalogue: Arc<AppCatalogue>,
+    /// sha256 of the API key, when one is configured.
+    pub api_key_hash: Option<[u8; 32]>,
+}
+
+impl AppState {
+    pub fn new(catalogue: Arc<AppCatalogue>, api_key: Option<&str>) -> Self {
+        Self {
+            catalogue,
+            api_key_hash: api_key.map(|k| Sha256::digest(k.as_bytes()).into()),
+        }
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(
+            "/classes",
+            post(routes::create_class).get(routes::list_classes),
+        )
+        .route(
+            "/classes/{id}",
+            get(routes::get_class).delete(routes::delete_class),
+        )
+        .route("/classes/{id}/exemplars", post(routes::add_exemplars))
+        .route("/exemplars/{id}", delete(routes::delete_exemplar))
+        .route("/search", post(routes::search))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_key_for_writes,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// With an API key configured, every write needs `Authorization: Bearer <key>`. Keys are
+/// compared as sha256 digests with a constant-time loop, and never logged.
+async fn require_key_for_writes(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.api_key_hash else {
+        return Ok(next.run(request).await);
+    };
+    let is_read = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    // Searching is a read, even though the photo travels in a POST body.
+    if is_read || request.uri().path() == "/search" {
+        return Ok(next.run(request).await);
+    }
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| -> [u8; 32] { Sha256::digest(k.as_bytes()).into() });
+    match presented {
+        Some(hash)
+            if hash
+                .iter()
+                .zip(expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0 =>
+        {
+            Ok(next.run(request).await)
+        }
+        _ => Err(ApiError::unauthorized()),
+    }
+}

@@ -1,0 +1,400 @@
+//! The real `exemplar serve` process on port 0 with a temp data dir and the real
+//! EfficientNet-Lite0 weights, driven over HTTP.
+
+use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
+use image::{imageops, DynamicImage, RgbImage};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_exemplar"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting exemplar serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "server exited before listening"
+            );
+            if let Some(addr) = line.trim().strip_prefix("listening on http://") {
+                break addr.to_string();
+            }
+        };
+        // Keep draining stdout so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Server { child, addr }
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response);
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .expect("status line")
+            .parse()
+            .unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn multipart(&self, path: &str, parts: &[Part], headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut body = Vec::new();
+        for part in parts {
+            body.extend_from_slice(b"--XBOUNDARYX\r\n");
+            match part {
+                Part::Text(name, value) => {
+                    body.extend_from_slice(
+                        format!(
+                            "Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                }
+                Part::File(name, file, bytes) => {
+                    body.extend_from_slice(
+                        format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+                    );
+                    body.extend_from_slice(bytes);
+                    body.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        body.extend_from_slice(b"--XBOUNDARYX--\r\n");
+        let mut all = vec![("Content-Type", "multipart/form-data; boundary=XBOUNDARYX")];
+        all.extend_from_slice(headers);
+        self.request("POST", path, &all, &body)
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(self.child.wait().unwrap().success(), "graceful shutdown");
+    }
+}
+
+enum Part {
+    Text(&'static str, String),
+    File(&'static str, &'static str, Vec<u8>),
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(img.clone())
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+fn photo(file: &fetch::WheelFile) -> RgbImage {
+    image::open(fetch::wheel_file(file).unwrap())
+        .unwrap()
+        .to_rgb8()
+}
+
+fn another_shot(img: &RgbImage) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let crop = imageops::crop_imm(img, w / 12, h / 10, w * 5 / 6, h * 5 / 6).to_image();
+    png(&imageops::resize(
+        &crop,
+        w * 2 / 3,
+        h * 2 / 3,
+        imageops::FilterType::Triangle,
+    ))
+}
+
+fn create(server: &Server, label: &str, metadata: &str, image: Vec<u8>) -> (u16, Value) {
+    server.multipart(
+        "/classes",
+        &[
+            Part::Text("label", label.into()),
+            Part::Text("metadata", metadata.into()),
+            Part::File("image", "a.png", image),
+        ],
+        &[],
+    )
+}
+
+#[test]
+fn classes_are_searchable_at_once_filtered_and_deletable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (cat, coffee) = (photo(&SKIMAGE_CHELSEA), photo(&SKIMAGE_COFFEE));
+    let (status, chelsea) = create(&server, "Chelsea", r#"{"kind":"cat"}"#, png(&cat));
+    assert_eq!(status, 201, "{chelsea}");
+    assert_eq!(chelsea["exemplars"].as_array().unwrap().len(), 1);
+    let (status, espresso) = create(&server, "Espresso", r#"{"kind":"drink"}"#, png(&coffee));
+    assert_eq!(status, 201, "{espresso}");
+
+    let search = |image: Vec<u8>, extra: Vec<Part>| {
+        let mut parts = vec![Part::File("image", "q.png", image)];
+        parts.extend(extra);
+        server.multipart("/search", &parts, &[])
+    };
+    let (status, answer) = search(another_shot(&cat), vec![]);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["classes"][0]["label"], "Chelsea", "{answer}");
+    assert_eq!(answer["neighbours"][0]["class_id"], chelsea["id"]);
+    // The same photo again is a near-duplicate: a confident match.
+    let (_, same) = search(png(&cat), vec![]);
+    assert_eq!(same["verdict"]["status"], "match", "{same}");
+    assert_eq!(same["verdict"]["label"], "Chelsea");
+
+    let (_, filtered) = search(
+        another_shot(&cat),
+        vec![Part::Text("filter", "kind=drink".into())],
+    );
+    assert!(
+        filtered["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["label"] == "Espresso"),
+        "{filtered}"
+    );
+
+    let (status, list) = server.request("GET", "/classes?limit=1", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(list["classes"].as_array().unwrap().len(), 1);
+    let (_, rest) = server.request(
+        "GET",
+        &format!("/classes?after={}", list["next_after"]),
+        &[],
+        b"",
+    );
+    assert_eq!(rest["classes"][0]["label"], "Espresso");
+    let (status, one) = server.request("GET", &format!("/classes/{}", chelsea["id"]), &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(one["metadata"]["kind"], "cat");
+
+    let exemplar = chelsea["exemplars"][0]["id"].as_i64().unwrap();
+    let (status, _) = server.request("DELETE", &format!("/exemplars/{exemplar}"), &[], b"");
+    assert_eq!(status, 204);
+    let (_, after) = search(png(&cat), vec![]);
+    assert!(
+        after["neighbours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["exemplar_id"] != exemplar),
+        "{after}"
+    );
+    let (status, gone) = server.request("DELETE", &format!("/exemplars/{exemplar}"), &[], b"");
+    assert_eq!((status, gone["kind"].as_str()), (404, Some("not_found")));
+    server.stop();
+}
+
+#[test]
+fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-body-bytes", "2000000"]);
+    let good = png(&photo(&SKIMAGE_COFFEE));
+    let cases: Vec<(Vec<Part>, u16, &str)> = vec![
+        (
+            vec![Part::File("image", "a.png", good.clone())],
+            400,
+            "missing_label",
+        ),
+        (
+            vec![
+                Part::Text("label", " ".into()),
+                Part::File("image", "a.png", good.clone()),
+            ],
+            400,
+            "empty_label",
+        ),
+        (
+            vec![
+                Part::Text("label", "x".repeat(201)),
+                Part::File("image", "a.png", good.clone()),
+            ],
+            400,
+            "label_too_long",
+        ),
+        (
+            vec![
+                Part::Text("label", "A".into()),
+                Part::Text("metadata", "[1,2]".into()),
+                Part::File("image", "a.png", good.clone()),
+            ],
+            400,
+            "bad_metadata",
+        ),
+        (
+            vec![
+                Part::Text("label", "A".into()),
+                Part::Text("metadata", r#"{"n":1}"#.into()),
+                Part::File("image", "a.png", good.clone()),
+            ],
+            400,
+            "bad_metadata",
+        ),
+        (vec![Part::Text("label", "A".into())], 400, "no_image"),
+        (
+            vec![
+                Part::Text("label", "A".into()),
+                Part::File("image", "a.png", good.clone()),
+                Part::File("image", "b.jpg", b"not a photo".to_vec()),
+            ],
+            400,
+            "bad_image",
+        ),
+        (
+            vec![
+                Part::Text("label", "A".into()),
+                Part::File("image", "big.bin", vec![0u8; 2_100_000]),
+            ],
+            413,
+            "body_too_large",
+        ),
+        (
+            vec![Part::Text("colour", "red".into())],
+            400,
+            "unknown_field",
+        ),
+    ];
+    for (parts, status, kind) in cases {
+        let (got, body) = server.multipart("/classes", &parts, &[]);
+        assert_eq!((got, body["kind"].as_str()), (status, Some(kind)), "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+    let (status, body) = server.request(
+        "POST",
+        "/classes",
+        &[("Content-Type", "multipart/form-data; boundary=B")],
+        b"garbage",
+    );
+    assert_eq!(status, 400, "malformed multipart: {body}");
+    let (status, body) = server.multipart(
+        "/classes/999/exemplars",
+        &[Part::File("image", "a.png", good.clone())],
+        &[],
+    );
+    assert_eq!((status, body["kind"].as_str()), (404, Some("not_found")));
+    let (status, body) = server.multipart(
+        "/search",
+        &[
+            Part::File("image", "q.png", good.clone()),
+            Part::Text("k", "zero".into()),
+        ],
+        &[],
+    );
+    assert_eq!((status, body["kind"].as_str()), (400, Some("bad_k")));
+    let (_, list) = server.request("GET", "/classes", &[], b"");
+    assert!(
+        list["classes"].as_array().unwrap().is_empty(),
+        "nothing half-written: {list}"
+    );
+    server.stop();
+}
+
+#[test]
+fn with_an_api_key_writes_need_it_and_reads_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--api-key", "s3cret"]);
+    let image = png(&photo(&SKIMAGE_COFFEE));
+    let parts = || {
+        vec![
+            Part::Text("label", "A".into()),
+            Part::File("image", "a.png", image.clone()),
+        ]
+    };
+    let (status, body) = server.multipart("/classes", &parts(), &[]);
+    assert_eq!((status, body["kind"].as_str()), (401, Some("unauthorized")));
+    let (status, _) = server.multipart("/classes", &parts(), &[("Authorization", "Bearer wrong")]);
+    assert_eq!(status, 401);
+    let (status, _) = server.multipart("/classes", &parts(), &[("Authorization", "Bearer s3cret")]);
+    assert_eq!(status, 201);
+    let (status, _) = server.request("GET", "/classes", &[], b"");
+    assert_eq!(status, 200);
+    let (status, _) = server.multipart(
+        "/search",
+        &[Part::File("image", "q.png", image.clone())],
+        &[],
+    );
+    assert_eq!(status, 200);
+    server.stop();
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill_and_deletes_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, coffee) = (photo(&SKIMAGE_CHELSEA), photo(&SKIMAGE_COFFEE));
+    let server = Server::start(dir.path(), &[]);
+    let (_, chelsea) = create(&server, "Chelsea", "{}", png(&cat));
+    let (_, espresso) = create(&server, "Espresso", "{}", png(&coffee));
+    server.kill(); // SIGKILL: no dump written
+
+    let server = Server::start(dir.path(), &[]);
+    let (_, answer) = server.multipart("/search", &[Part::File("image", "q.png", png(&cat))], &[]);
+    assert_eq!(answer["verdict"]["class_id"], chelsea["id"], "{answer}");
+    let (status, _) = server.request("DELETE", &format!("/classes/{}", espresso["id"]), &[], b"");
+    assert_eq!(status, 204);
+    server.stop(); // graceful: dump written
+
+    let server = Server::start(dir.path(), &[]);
+    let (_, answer) = server.multipart(
+        "/search",
+        &[Part::File("image", "q.png", png(&coffee))],
+        &[],
+    );
+    assert!(
+        answer["neighbours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["class_id"] != espresso["id"]),
+        "{answer}"
+    );
+    let (_, ready) = server.request("GET", "/readyz", &[], b"");
+    assert_eq!(ready["indexed"], 1);
+    server.kill();
+}
