@@ -1,8 +1,8 @@
 //! The real `exemplar serve` process on port 0 with a temp data dir and the real
 //! EfficientNet-Lite0 weights, driven over HTTP.
 
-use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
-use image::{imageops, DynamicImage, RgbImage};
+use crate::common::{another_shot, photo, png};
+use exemplar_embed::fetch::{SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -123,31 +123,6 @@ enum Part {
     File(&'static str, &'static str, Vec<u8>),
 }
 
-fn png(img: &RgbImage) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    DynamicImage::ImageRgb8(img.clone())
-        .write_to(&mut out, image::ImageFormat::Png)
-        .unwrap();
-    out.into_inner()
-}
-
-fn photo(file: &fetch::WheelFile) -> RgbImage {
-    image::open(fetch::wheel_file(file).unwrap())
-        .unwrap()
-        .to_rgb8()
-}
-
-fn another_shot(img: &RgbImage) -> Vec<u8> {
-    let (w, h) = img.dimensions();
-    let crop = imageops::crop_imm(img, w / 12, h / 10, w * 5 / 6, h * 5 / 6).to_image();
-    png(&imageops::resize(
-        &crop,
-        w * 2 / 3,
-        h * 2 / 3,
-        imageops::FilterType::Triangle,
-    ))
-}
-
 fn create(server: &Server, label: &str, metadata: &str, image: Vec<u8>) -> (u16, Value) {
     server.multipart(
         "/classes",
@@ -176,7 +151,7 @@ fn classes_are_searchable_at_once_filtered_and_deletable() {
         parts.extend(extra);
         server.multipart("/search", &parts, &[])
     };
-    let (status, answer) = search(another_shot(&cat), vec![]);
+    let (status, answer) = search(png(&another_shot(&cat)), vec![]);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["classes"][0]["label"], "Chelsea", "{answer}");
     assert_eq!(answer["neighbours"][0]["class_id"], chelsea["id"]);
@@ -186,7 +161,7 @@ fn classes_are_searchable_at_once_filtered_and_deletable() {
     assert_eq!(same["verdict"]["label"], "Chelsea");
 
     let (_, filtered) = search(
-        another_shot(&cat),
+        png(&another_shot(&cat)),
         vec![Part::Text("filter", "kind=drink".into())],
     );
     assert!(

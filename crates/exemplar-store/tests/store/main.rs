@@ -1,4 +1,6 @@
-//! The SQLite catalogue on a real file.
+//! The SQLite catalogue on a real file, and the catalogue service on top of it.
+
+mod service;
 
 use exemplar_core::catalogue::{CatalogueStore, Change, Metadata, NewExemplar, StoreError, Stored};
 use exemplar_store::SqliteStore;

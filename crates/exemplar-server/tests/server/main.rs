@@ -1,0 +1,6 @@
+//! The `exemplar` binary as a user runs it: the CLI commands, and the HTTP service on
+//! port 0 with a temp data dir, both with the real EfficientNet-Lite0 weights.
+
+mod cli;
+mod common;
+mod http;
