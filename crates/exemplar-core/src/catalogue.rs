@@ -110,6 +110,14 @@ pub trait CatalogueStore: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<ClassRecord>>> + Send;
 
+    /// Changes the label and/or metadata (metadata is replaced whole).
+    fn update_class(
+        &self,
+        id: ClassId,
+        label: Option<&str>,
+        metadata: Option<&Metadata>,
+    ) -> impl Future<Output = StoreResult<ClassRecord>> + Send;
+
     /// Deletes a class and its exemplars; returns the removed exemplar ids.
     fn delete_class(
         &self,

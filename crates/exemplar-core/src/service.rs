@@ -337,6 +337,26 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         self.index_added(&exemplars, &stored)
     }
 
+    /// Renames a class and/or replaces its metadata; the index is untouched (it holds
+    /// exemplar ids, and search joins labels from the store).
+    pub async fn update_class(
+        &self,
+        class: ClassId,
+        label: Option<&str>,
+        metadata: Option<&Metadata>,
+    ) -> Result<ClassRecord, ServiceError> {
+        if let Some(label) = label {
+            self.check_label(label)?;
+        }
+        if let Some(metadata) = metadata {
+            self.check_metadata(metadata)?;
+        }
+        Ok(self
+            .store
+            .update_class(class, label.map(str::trim), metadata)
+            .await?)
+    }
+
     pub async fn delete_class(&self, class: ClassId) -> Result<(), ServiceError> {
         let removed = self.store.delete_class(class).await?;
         let mut index = self.index.write().expect("index lock");

@@ -226,6 +226,34 @@ impl CatalogueStore for SqliteStore {
         rows.iter().map(class_from_row).collect()
     }
 
+    async fn update_class(
+        &self,
+        id: ClassId,
+        label: Option<&str>,
+        metadata: Option<&Metadata>,
+    ) -> StoreResult<ClassRecord> {
+        if label.is_some_and(|l| l.trim().is_empty()) {
+            return Err(StoreError::Invalid("label is empty".into()));
+        }
+        let updated = sqlx::query(
+            "UPDATE classes SET label = coalesce(?, label), metadata = coalesce(?, metadata), updated_at = ? WHERE id = ?",
+        )
+        .bind(label)
+        .bind(metadata.map(|m| serde_json::to_string(m).expect("string map")))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::ClassNotFound(id));
+        }
+        self.class_record(id)
+            .await?
+            .ok_or(StoreError::ClassNotFound(id))
+    }
+
     async fn delete_class(&self, id: ClassId) -> StoreResult<Vec<ExemplarId>> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let removed: Vec<i64> =

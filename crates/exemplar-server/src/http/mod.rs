@@ -43,7 +43,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route(
             "/classes/{id}",
-            get(routes::get_class).delete(routes::delete_class),
+            get(routes::get_class)
+                .patch(routes::update_class)
+                .delete(routes::delete_class),
         )
         .route("/classes/{id}/exemplars", post(routes::add_exemplars))
         .route("/exemplars/{id}", delete(routes::delete_exemplar))

@@ -186,6 +186,53 @@ pub async fn get_class(
     Ok(Json(body))
 }
 
+/// `{"label": "...", "metadata": {...}}`, either or both.
+pub async fn update_class(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("body is not JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            "body must be a JSON object",
+        ));
+    };
+    let label = match fields.remove("label") {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_label",
+                format!("label must be a string, got {other}"),
+            ))
+        }
+    };
+    let metadata = fields
+        .remove("metadata")
+        .map(|m| parse_metadata(&m.to_string()))
+        .transpose()?;
+    if let Some(unknown) = fields.keys().next() {
+        return Err(ApiError::bad_request(
+            "unknown_field",
+            format!("unknown field `{unknown}`; expected: label, metadata"),
+        ));
+    }
+    if label.is_none() && metadata.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing_to_update",
+            "give `label` and/or `metadata`",
+        ));
+    }
+    let class = state
+        .catalogue
+        .update_class(id, label.as_deref(), metadata.as_ref())
+        .await?;
+    Ok(Json(class_json(&class)))
+}
+
 pub async fn delete_class(
     State(state): State<AppState>,
     Path(id): Path<i64>,

@@ -118,6 +118,14 @@ impl Server {
     }
 }
 
+/// A failing test must not leave its server running (and holding the test's pipes).
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 enum Part {
     Text(&'static str, String),
     File(&'static str, &'static str, Vec<u8>),
@@ -186,6 +194,39 @@ fn classes_are_searchable_at_once_filtered_and_deletable() {
     let (status, one) = server.request("GET", &format!("/classes/{}", chelsea["id"]), &[], b"");
     assert_eq!(status, 200);
     assert_eq!(one["metadata"]["kind"], "cat");
+
+    let patch = |body: &str| {
+        server.request(
+            "PATCH",
+            &format!("/classes/{}", chelsea["id"]),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let (status, renamed) = patch(r#"{"label":"Chelsea the cat","metadata":{"kind":"pet"}}"#);
+    assert_eq!(status, 200, "{renamed}");
+    let (_, answer) = search(png(&cat), vec![]);
+    assert_eq!(
+        answer["classes"][0]["label"], "Chelsea the cat",
+        "search sees the new label"
+    );
+    assert_eq!(answer["classes"][0]["metadata"]["kind"], "pet");
+    for (body, kind) in [
+        (r#"{"label":""}"#, "empty_label"),
+        (r#"{"metadata":"x"}"#, "bad_metadata"),
+        (r#"{"colour":"red"}"#, "unknown_field"),
+        (r#"{}"#, "nothing_to_update"),
+        ("not json", "bad_json"),
+    ] {
+        let (status, err) = patch(body);
+        assert_eq!(
+            (status, err["kind"].as_str()),
+            (400, Some(kind)),
+            "{body}: {err}"
+        );
+    }
+    let (status, _) = server.request("PATCH", "/classes/999", &[], br#"{"label":"x"}"#);
+    assert_eq!(status, 404);
 
     let exemplar = chelsea["exemplars"][0]["id"].as_i64().unwrap();
     let (status, _) = server.request("DELETE", &format!("/exemplars/{exemplar}"), &[], b"");
