@@ -139,6 +139,9 @@ pub trait CatalogueStore: Send + Sync + 'static {
         ids: &[ExemplarId],
     ) -> impl Future<Output = StoreResult<Vec<ExemplarOwner>>> + Send;
 
+    /// Every live exemplar's class and photo hash (what an import skips as already done).
+    fn exemplar_hashes(&self) -> impl Future<Output = StoreResult<Vec<(ClassId, String)>>> + Send;
+
     /// Descriptors of the given live exemplars (missing ids are skipped).
     fn descriptors(
         &self,

@@ -78,15 +78,23 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "EXEMPLAR_BIND", default_value = "127.0.0.1:8080")]
     pub bind: std::net::SocketAddr,
-    /// Where the catalogue (SQLite), the projection and the index dump live.
-    #[arg(long, env = "EXEMPLAR_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub catalogue: CatalogueArgs,
     /// When set, every write needs `Authorization: Bearer <key>`.
     #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Largest request body.
     #[arg(long, env = "EXEMPLAR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+}
+
+/// Where the catalogue lives and how its index is built: shared by `serve` and the CLI
+/// commands that work on the same data directory.
+#[derive(Debug, Clone, Args)]
+pub struct CatalogueArgs {
+    /// Where the catalogue (SQLite), the projection and the index dump live.
+    #[arg(long, env = "EXEMPLAR_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
     /// Images that may wait for the model before requests get 503 + Retry-After.
     #[arg(long, env = "EXEMPLAR_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,
@@ -101,10 +109,53 @@ pub struct ServeArgs {
     pub hnsw_ef_search: usize,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// A folder: each sub-folder is a class named after it (all images under it are its
+    /// exemplars); each image directly in the folder is a class of its own, named after
+    /// the file (without extension).
+    #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
+    pub dir: Option<PathBuf>,
+    /// A CSV with a header: `label`, `image` (path, relative to the CSV's folder) and
+    /// any other columns as metadata. Rows with the same label form one class.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Classes imported at the same time (the model still runs one batch at a time).
+    #[arg(long, env = "EXEMPLAR_IMPORT_JOBS", default_value_t = 4)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub catalogue: CatalogueArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
     Serve(ServeArgs),
+    /// Add classes from a folder or a CSV manifest to the data directory (stop the server
+    /// first: one process owns a data directory). Resumable: an image already in its class
+    /// (same sha256) is skipped. Last line: JSON.
+    Import(ImportArgs),
+    /// Search the data directory's catalogue with photos, as `POST /search` would.
+    /// Works beside a running server (reads only). Last line: JSON.
+    Search {
+        /// Photos to search with.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Nearest exemplars to return.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Only classes with this metadata (key=value, repeatable).
+        #[arg(long)]
+        filter: Vec<String>,
+        #[command(flatten)]
+        catalogue: CatalogueArgs,
+    },
+    /// List the data directory's classes (no model needed). Last line: JSON.
+    Classes {
+        /// Where the catalogue lives.
+        #[arg(long, env = "EXEMPLAR_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
     /// Print each image's ImageNet top-5 (checks weights and preprocessing). Last line: JSON.
     Classify {
         /// Images to classify.

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod data_dir;
 pub mod http;
 pub mod progress;
 pub mod serve;

@@ -358,6 +358,17 @@ impl CatalogueStore for SqliteStore {
         Ok(out)
     }
 
+    async fn exemplar_hashes(&self) -> StoreResult<Vec<(ClassId, String)>> {
+        let rows = sqlx::query("SELECT class_id, sha256 FROM exemplars")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("class_id"), r.get("sha256")))
+            .collect())
+    }
+
     async fn descriptors(&self, ids: &[ExemplarId]) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {

@@ -1,6 +1,9 @@
 mod bench;
+mod classes;
 mod classify;
 mod eval;
+pub mod import;
+mod search;
 
 use crate::cli::{Cli, Command};
 use anyhow::Context;
@@ -9,6 +12,14 @@ use exemplar_embed::CnnEmbedder;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args, load(&cli.model)?),
+        Command::Import(args) => import::run(load(&cli.model)?, &args),
+        Command::Search {
+            images,
+            k,
+            filter,
+            catalogue,
+        } => search::run(load(&cli.model)?, &images, k, &filter, &catalogue),
+        Command::Classes { data_dir } => classes::run(&data_dir),
         Command::Classify {
             mut images,
             manifest,

@@ -1,6 +1,10 @@
 //! The HTTP API (axum).
 
+mod docs;
+pub mod dto;
 mod error;
+mod forms;
+pub mod metrics;
 mod routes;
 
 pub use error::ApiError;
@@ -16,6 +20,8 @@ use exemplar_index::AnnIndex;
 use exemplar_store::SqliteStore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
 
 pub type AppCatalogue = Catalogue<SqliteStore, AnnIndex>;
 
@@ -52,11 +58,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/search", post(routes::search))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(metrics::render))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", docs::ApiDoc::openapi()))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_key_for_writes,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Outermost: the span and the counts cover auth and body-limit rejections too.
+        .route_layer(middleware::from_fn(metrics::track_requests))
         .with_state(state)
 }
 

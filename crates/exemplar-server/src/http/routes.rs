@@ -1,14 +1,19 @@
 //! Request handlers: parse, call the catalogue service, shape the JSON answer.
 
+use super::dto::{
+    AddedExemplars, Class, ClassDetail, ClassPage, CreatedClass, ErrorBody, Health, Readiness,
+    SearchResult, StoredExemplar, UploadedExemplar,
+};
+use super::forms::{ClassUpdate, ImagesForm, NewClassForm, SearchForm};
 use super::{ApiError, AppState};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
-use exemplar_core::catalogue::{CatalogueStore, ClassRecord, Metadata};
-use exemplar_core::service::{ExemplarOutcome, SearchAnswer, Upload, Verdict};
+use exemplar_core::catalogue::{CatalogueStore, Metadata};
+use exemplar_core::service::{ExemplarOutcome, Upload};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::IntoParams;
 
 /// The parts of a multipart form this API understands.
 #[derive(Default)]
@@ -87,28 +92,24 @@ fn parse_metadata(text: &str) -> Result<Metadata, ApiError> {
         .collect()
 }
 
-fn class_json(class: &ClassRecord) -> Value {
-    json!({
-        "id": class.id,
-        "label": class.label,
-        "metadata": class.metadata,
-        "exemplar_count": class.exemplars,
-        "created_at_ms": class.created_at_ms,
-        "updated_at_ms": class.updated_at_ms,
-    })
+fn uploaded(outcomes: &[ExemplarOutcome]) -> Vec<UploadedExemplar> {
+    outcomes.iter().map(UploadedExemplar::from).collect()
 }
 
-fn outcomes_json(outcomes: &[ExemplarOutcome]) -> Value {
-    outcomes
-        .iter()
-        .map(|o| json!({"id": o.id, "name": o.name, "duplicate": o.duplicate}))
-        .collect()
-}
-
+/// Add a class (an item to recognise) with its first exemplar photos. It is searchable
+/// as soon as this answers.
+#[utoipa::path(post, path = "/classes", tag = "classes",
+    request_body(content = NewClassForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = CreatedClass),
+        (status = 400, body = ErrorBody, description = "missing/empty/long label, bad metadata, no image, bad image"),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "busy: retry after the Retry-After header"),
+    ),
+    security((), ("api_key" = [])))]
 pub async fn create_class(
     State(state): State<AppState>,
     multipart: Multipart,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, Json<CreatedClass>), ApiError> {
     let form = read_form(multipart, &["label", "metadata", "image"]).await?;
     let label = form
         .label
@@ -118,35 +119,57 @@ pub async fn create_class(
         .catalogue
         .add_class(&label, &metadata, &form.images)
         .await?;
-    let mut body = class_json(&class);
-    body["exemplars"] = outcomes_json(&outcomes);
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedClass {
+            class: Class::from(&class),
+            exemplars: uploaded(&outcomes),
+        }),
+    ))
 }
 
+/// Add exemplar photos to a class.
+#[utoipa::path(post, path = "/classes/{id}/exemplars", tag = "classes",
+    params(("id" = i64, Path, description = "class id")),
+    request_body(content = ImagesForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = AddedExemplars),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security((), ("api_key" = [])))]
 pub async fn add_exemplars(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     multipart: Multipart,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, Json<AddedExemplars>), ApiError> {
     let form = read_form(multipart, &["image"]).await?;
     let outcomes = state.catalogue.add_exemplars(id, &form.images).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"class_id": id, "exemplars": outcomes_json(&outcomes)})),
+        Json(AddedExemplars {
+            class_id: id,
+            exemplars: uploaded(&outcomes),
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct Page {
+    /// Classes with an id above this one (the previous page's `next_after`).
     #[serde(default)]
     after: i64,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
 }
 
+/// Classes in id order, a page at a time.
+#[utoipa::path(get, path = "/classes", tag = "classes", params(Page),
+    responses((status = 200, body = ClassPage)))]
 pub async fn list_classes(
     State(state): State<AppState>,
     Query(page): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClassPage>, ApiError> {
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
     let classes = state
         .catalogue
@@ -157,16 +180,20 @@ pub async fn list_classes(
     let next = (classes.len() == limit as usize)
         .then(|| classes.last().map(|c| c.id))
         .flatten();
-    Ok(Json(json!({
-        "classes": classes.iter().map(class_json).collect::<Vec<_>>(),
-        "next_after": next,
-    })))
+    Ok(Json(ClassPage {
+        classes: classes.iter().map(Class::from).collect(),
+        next_after: next,
+    }))
 }
 
+/// A class with its exemplars.
+#[utoipa::path(get, path = "/classes/{id}", tag = "classes",
+    params(("id" = i64, Path, description = "class id")),
+    responses((status = 200, body = ClassDetail), (status = 404, body = ErrorBody)))]
 pub async fn get_class(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClassDetail>, ApiError> {
     let (class, exemplars) = state
         .catalogue
         .store()
@@ -178,20 +205,25 @@ pub async fn get_class(
                 "class {id} not found"
             )))
         })?;
-    let mut body = class_json(&class);
-    body["exemplars"] = exemplars
-        .iter()
-        .map(|e| json!({"id": e.id, "name": e.original_name, "sha256": e.sha256, "model": e.model, "projection": e.projection, "created_at_ms": e.created_at_ms}))
-        .collect();
-    Ok(Json(body))
+    Ok(Json(ClassDetail {
+        class: Class::from(&class),
+        exemplars: exemplars.iter().map(StoredExemplar::from).collect(),
+    }))
 }
 
-/// `{"label": "...", "metadata": {...}}`, either or both.
+/// Rename a class and/or replace its metadata: `{"label": "...", "metadata": {...}}`,
+/// either or both.
+#[utoipa::path(patch, path = "/classes/{id}", tag = "classes",
+    params(("id" = i64, Path, description = "class id")),
+    request_body(content = ClassUpdate, content_type = "application/json"),
+    responses((status = 200, body = Class), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
 pub async fn update_class(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Class>, ApiError> {
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("body is not JSON: {e}")))?;
     let Value::Object(mut fields) = value else {
@@ -230,9 +262,15 @@ pub async fn update_class(
         .catalogue
         .update_class(id, label.as_deref(), metadata.as_ref())
         .await?;
-    Ok(Json(class_json(&class)))
+    Ok(Json(Class::from(&class)))
 }
 
+/// Delete a class and its exemplars; none of them appears in a search answer after
+/// this returns.
+#[utoipa::path(delete, path = "/classes/{id}", tag = "classes",
+    params(("id" = i64, Path, description = "class id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
 pub async fn delete_class(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -241,6 +279,11 @@ pub async fn delete_class(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Delete one exemplar photo.
+#[utoipa::path(delete, path = "/exemplars/{id}", tag = "classes",
+    params(("id" = i64, Path, description = "exemplar id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
 pub async fn delete_exemplar(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -249,10 +292,19 @@ pub async fn delete_exemplar(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Recognise a photo: its nearest exemplars, the classes ranked by their evidence, and
+/// a verdict (`match` or an honest `unknown`).
+#[utoipa::path(post, path = "/search", tag = "search",
+    request_body(content = SearchForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, body = SearchResult),
+        (status = 400, body = ErrorBody, description = "no/bad image, bad k, bad filter, bad crop"),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
 pub async fn search(
     State(state): State<AppState>,
     multipart: Multipart,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SearchResult>, ApiError> {
     let form = read_form(multipart, &["image", "k", "filter"]).await?;
     let [image] = <[Upload; 1]>::try_from(form.images).map_err(|images| {
         ApiError::bad_request(
@@ -264,35 +316,22 @@ pub async fn search(
         .catalogue
         .search(&image, form.k.unwrap_or(10), &form.filters)
         .await?;
-    Ok(Json(search_json(&answer)))
+    Ok(Json(SearchResult::from(&answer)))
 }
 
-fn search_json(answer: &SearchAnswer) -> Value {
-    let verdict = match &answer.verdict {
-        Verdict::Match {
-            class_id,
-            label,
-            score,
-            margin,
-        } => {
-            json!({"status": "match", "class_id": class_id, "label": label, "score": score, "margin": margin})
-        }
-        Verdict::Unknown { best_score, margin } => {
-            json!({"status": "unknown", "best_score": best_score, "margin": margin})
-        }
-    };
-    json!({
-        "neighbours": answer.neighbours.iter().map(|n| json!({"exemplar_id": n.exemplar_id, "class_id": n.class_id, "label": n.label, "score": n.score})).collect::<Vec<_>>(),
-        "classes": answer.classes.iter().map(|c| json!({"class_id": c.class_id, "label": c.label, "metadata": c.metadata, "score": c.score, "support": c.support})).collect::<Vec<_>>(),
-        "verdict": verdict,
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
     })
 }
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
-
-/// The server only starts listening once the model and index are loaded.
-pub async fn readyz(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ready", "indexed": state.catalogue.indexed()}))
+/// Ready to answer: the server only starts listening once the model and index are loaded.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> Json<Readiness> {
+    Json(Readiness {
+        status: "ready".into(),
+        indexed: state.catalogue.indexed(),
+    })
 }

@@ -193,3 +193,118 @@ fn hub_weights_come_from_the_hugging_face_cache_when_offline() {
         "{stderr}"
     );
 }
+
+fn json_line(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
+}
+
+#[test]
+fn import_is_resumable_reports_failures_and_feeds_search_and_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = tmp.path().join("refs");
+    let data = tmp.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let cat = photo(&SKIMAGE_CHELSEA);
+    // A sub-folder is one class of many photos; a file at the top is a class of its own.
+    save(&cat, &refs.join("cat/chelsea.png"));
+    save(
+        &imageops::flip_horizontal(&cat),
+        &refs.join("cat/chelsea-flipped.png"),
+    );
+    save(&photo(&SKIMAGE_COFFEE), &refs.join("coffee.png"));
+    std::fs::write(refs.join("broken.jpg"), b"not a jpeg at all").unwrap();
+    std::fs::write(refs.join("notes.txt"), b"not an image, ignored").unwrap();
+
+    let first = exemplar(&["import", refs.to_str().unwrap(), "--data-dir", data_arg]);
+    assert!(!first.status.success(), "a failed image fails the run");
+    let summary = json_line(&first);
+    assert_eq!(summary["added"], 3, "{summary}");
+    assert_eq!(summary["classes_created"], 2, "{summary}");
+    let failed = summary["failed"].as_object().unwrap();
+    assert_eq!(failed.len(), 1, "{summary}");
+    let (path, reason) = failed.iter().next().unwrap();
+    assert!(path.ends_with("broken.jpg"), "{path}");
+    assert!(reason.as_str().unwrap().contains("image"), "{reason}");
+
+    // Rerun after fixing the bad file: only the new work is done.
+    std::fs::remove_file(refs.join("broken.jpg")).unwrap();
+    save(
+        &imageops::rotate180(&cat),
+        &refs.join("cat/chelsea-upside-down.png"),
+    );
+    let second = last_json(&exemplar(&[
+        "import",
+        refs.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+    ]));
+    assert_eq!(second["already_imported"], 3, "{second}");
+    assert_eq!(second["added"], 1, "{second}");
+    assert_eq!(second["classes_created"], 0, "{second}");
+
+    // A manifest adds a class with metadata; paths are relative to the CSV.
+    std::fs::write(
+        tmp.path().join("more.csv"),
+        "label,image,artist\ncoffee cup,refs/coffee.png,Barista\n",
+    )
+    .unwrap();
+    let manifest = tmp.path().join("more.csv");
+    let third = last_json(&exemplar(&[
+        "import",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+    ]));
+    assert_eq!(third["classes_created"], 1, "{third}");
+
+    let query = tmp.path().join("query.png");
+    save(&another_shot(&cat), &query);
+    let found = last_json(&exemplar(&[
+        "search",
+        query.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+    ]));
+    let result = &found["searches"][0]["result"];
+    assert_eq!(result["classes"][0]["label"], "cat", "{result}");
+    assert_eq!(result["verdict"]["status"], "match", "{result}");
+
+    let coffee = tmp.path().join("coffee-query.png");
+    save(&another_shot(&photo(&SKIMAGE_COFFEE)), &coffee);
+    let filtered = last_json(&exemplar(&[
+        "search",
+        coffee.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--filter",
+        "artist=Barista",
+    ]));
+    let classes = filtered["searches"][0]["result"]["classes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(classes.len(), 1, "{classes:?}");
+    assert_eq!(classes[0]["label"], "coffee cup");
+
+    let listed = last_json(&exemplar(&["classes", "--data-dir", data_arg]));
+    assert_eq!(listed["classes"], 3, "{listed}");
+    assert_eq!(listed["exemplars"], 5, "{listed}");
+    let labels: Vec<&str> = listed["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["cat", "coffee", "coffee cup"]);
+}
+
+#[test]
+fn read_commands_on_a_missing_catalogue_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = exemplar(&["classes", "--data-dir", tmp.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no catalogue in"), "{stderr}");
+}

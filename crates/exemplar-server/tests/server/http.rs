@@ -52,6 +52,18 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, Value) {
+        let (status, text) = self.raw(method, path, headers, body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Status and body text.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -73,7 +85,7 @@ impl Server {
             .parse()
             .unwrap();
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        (status, body.to_string())
     }
 
     fn multipart(&self, path: &str, parts: &[Part], headers: &[(&str, &str)]) -> (u16, Value) {
@@ -413,4 +425,70 @@ fn acknowledged_writes_survive_sigkill_and_deletes_survive_restarts() {
     let (_, ready) = server.request("GET", "/readyz", &[], b"");
     assert_eq!(ready["indexed"], 1);
     server.kill();
+}
+
+#[test]
+fn metrics_openapi_docs_and_one_owner_per_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let cat = png(&photo(&SKIMAGE_CHELSEA));
+    assert_eq!(create(&server, "cat", "{}", cat.clone()).0, 201);
+    let (status, _) = server.multipart("/search", &[Part::File("image", "q.png", cat)], &[]);
+    assert_eq!(status, 200);
+    assert_eq!(server.request("GET", "/classes/999", &[], b"").0, 404);
+
+    let (status, metrics) = server.raw("GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    for expected in [
+        r#"exemplar_http_requests_total{method="POST",route="/search",status="200"} 1"#,
+        r#"exemplar_http_requests_total{method="GET",route="/classes/{id}",status="404"} 1"#,
+        r#"exemplar_http_request_duration_seconds_bucket{method="POST",route="/classes",status="201",le="+Inf"} 1"#,
+        "exemplar_embedded_images_total 2",
+        "exemplar_index_exemplars 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing `{expected}` in:\n{metrics}"
+        );
+    }
+
+    let (status, spec) = server.request("GET", "/openapi.json", &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3."),
+        "{spec}"
+    );
+    for path in [
+        "/classes",
+        "/classes/{id}",
+        "/classes/{id}/exemplars",
+        "/exemplars/{id}",
+        "/search",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} not documented");
+    }
+    assert!(spec["components"]["schemas"]["SearchResult"].is_object());
+    let (status, page) = server.raw("GET", "/docs/", &[], b"");
+    assert_eq!(status, 200);
+    assert!(page.contains("swagger-ui"), "{page}");
+
+    // A second process on the same data dir would keep its own index: refused.
+    let second = Command::new(env!("CARGO_BIN_EXE_exemplar"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another exemplar process"),
+        "{stderr}"
+    );
+    server.stop();
 }

@@ -1,0 +1,43 @@
+//! `exemplar classes`: the data directory's classes, straight from the database.
+
+use crate::data_dir::existing_database;
+use crate::http::dto::Class;
+use exemplar_core::catalogue::CatalogueStore;
+use exemplar_store::SqliteStore;
+use serde_json::json;
+use std::path::Path;
+
+pub fn run(data_dir: &Path) -> anyhow::Result<()> {
+    let database = existing_database(data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let store = SqliteStore::open(&database).await?;
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.list_classes(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            all.extend(page.iter().map(Class::from));
+        }
+        println!("{:>8}  {:>9}  label  metadata", "id", "exemplars");
+        for class in &all {
+            println!(
+                "{:>8}  {:>9}  {}  {}",
+                class.id,
+                class.exemplar_count,
+                class.label,
+                serde_json::to_string(&class.metadata)?
+            );
+        }
+        let exemplars: i64 = all.iter().map(|c| c.exemplar_count).sum();
+        println!("{} classes, {exemplars} exemplars", all.len());
+        println!(
+            "{}",
+            json!({"classes": all.len(), "exemplars": exemplars, "list": all})
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,94 @@
+//! Telemetry of the HTTP service: a tracing span per request, and Prometheus metrics at
+//! `/metrics` (requests by route and status, their latency, model time, index size).
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use exemplar_core::{ExtractError, FeatureExtractor, ModelInfo, PooledFeature};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tracing::Instrument;
+
+use super::AppState;
+
+/// Request latency buckets, seconds: a search takes tens of milliseconds, a large
+/// upload can take seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide recorder (the `metrics` facade allows one per process).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("non-empty buckets")
+            .install_recorder()
+            .expect("one metrics recorder per process")
+    })
+}
+
+/// Wraps each request in a `request` span (method, route, id) and counts it.
+pub async fn track_requests(request: Request, next: Next) -> Response {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let method = request.method().as_str().to_owned();
+    // The route template (`/classes/{id}`), never the raw path: bounded label values.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!("request", id, %method, %route);
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16().to_string();
+    span.in_scope(|| {
+        tracing::info!(status = %status, ms = (seconds * 1000.0) as u64, "answered");
+    });
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("exemplar_http_requests_total", &labels).increment(1);
+    metrics::histogram!("exemplar_http_request_duration_seconds", &labels).record(seconds);
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    metrics::gauge!("exemplar_index_exemplars").set(state.catalogue.indexed() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+}
+
+/// A feature extractor that times each forward pass for `/metrics`.
+pub struct TimedExtractor<E> {
+    inner: Arc<E>,
+}
+
+impl<E> TimedExtractor<E> {
+    pub fn new(inner: Arc<E>) -> Self {
+        Self { inner }
+    }
+}
+
+impl<E: FeatureExtractor> FeatureExtractor for TimedExtractor<E> {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn extract_batch(&self, images: &[&[u8]]) -> Vec<Result<PooledFeature, ExtractError>> {
+        let started = Instant::now();
+        let out = self.inner.extract_batch(images);
+        metrics::histogram!("exemplar_embed_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("exemplar_embedded_images_total").increment(images.len() as u64);
+        let failed = out.iter().filter(|r| r.is_err()).count();
+        metrics::counter!("exemplar_rejected_images_total").increment(failed as u64);
+        out
+    }
+}
