@@ -5,7 +5,7 @@
 
 use crate::descriptor::PooledFeature;
 use crate::error::{Error, Result};
-use crate::extractor::{ExtractError, FeatureExtractor};
+use crate::extractor::{CropBox, ExtractError, FeatureExtractor, ImageInput};
 use futures_channel::oneshot;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ type Reply = oneshot::Sender<std::result::Result<PooledFeature, ExtractError>>;
 
 struct Job {
     image: Vec<u8>,
+    crop: Option<CropBox>,
     reply: Reply,
 }
 
@@ -40,15 +41,16 @@ impl EmbedQueue {
         }
     }
 
-    /// Queues one encoded image; await the returned receiver for its feature. Fails at
-    /// once, without waiting, when the queue is full.
+    /// Queues one encoded image (or the `crop` of it); await the returned future for its
+    /// feature. Fails at once, without waiting, when the queue is full.
     pub fn submit(
         &self,
         image: Vec<u8>,
+        crop: Option<CropBox>,
     ) -> Result<impl std::future::Future<Output = Result<PooledFeature>>> {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.as_ref().ok_or(Error::WorkerStopped)?;
-        match sender.try_send(Job { image, reply }) {
+        match sender.try_send(Job { image, crop, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(Error::QueueFull {
@@ -67,7 +69,7 @@ impl EmbedQueue {
 
     /// Queues one image and waits for its feature.
     pub async fn embed(&self, image: Vec<u8>) -> Result<PooledFeature> {
-        self.submit(image)?.await
+        self.submit(image, None)?.await
     }
 }
 
@@ -90,8 +92,14 @@ fn run_worker(extractor: &dyn FeatureExtractor, receiver: Receiver<Job>, max_bat
                 Err(_) => break,
             }
         }
-        let images: Vec<&[u8]> = jobs.iter().map(|j| j.image.as_slice()).collect();
-        let results = extractor.extract_batch(&images);
+        let images: Vec<ImageInput<'_>> = jobs
+            .iter()
+            .map(|j| ImageInput {
+                bytes: &j.image,
+                crop: j.crop,
+            })
+            .collect();
+        let results = extractor.extract(&images);
         tracing::debug!(batch = jobs.len(), "embedded batch");
         for (job, result) in jobs.into_iter().zip(results) {
             // The requester may have gone away (client disconnected): nothing to do.
@@ -120,16 +128,16 @@ mod tests {
         fn info(&self) -> &ModelInfo {
             &self.info
         }
-        fn extract_batch(
+        fn extract(
             &self,
-            images: &[&[u8]],
+            images: &[ImageInput<'_>],
         ) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
             self.entered.fetch_add(1, Ordering::SeqCst);
             let _open = self.gate.lock().unwrap();
             self.batches.lock().unwrap().push(images.len());
             images
                 .iter()
-                .map(|i| match i.first() {
+                .map(|i| match i.bytes.first() {
                     Some(b) => Ok(PooledFeature(vec![*b as f32])),
                     None => Err(ExtractError::CorruptImage("empty".into())),
                 })
@@ -152,8 +160,8 @@ mod tests {
     #[test]
     fn answers_in_order_and_reports_bad_images_individually() {
         let queue = EmbedQueue::start(fake(), 8, 4);
-        let a = queue.submit(vec![7]).unwrap();
-        let b = queue.submit(vec![]).unwrap();
+        let a = queue.submit(vec![7], None).unwrap();
+        let b = queue.submit(vec![], None).unwrap();
         assert_eq!(
             futures_executor::block_on(a).unwrap(),
             PooledFeature(vec![7.0])
@@ -168,14 +176,16 @@ mod tests {
         let queue = EmbedQueue::start(extractor.clone(), 3, 8);
         let held = extractor.gate.lock().unwrap();
         // The worker takes the first job and blocks on the gate...
-        let first = queue.submit(vec![1]).unwrap();
+        let first = queue.submit(vec![1], None).unwrap();
         while extractor.entered.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         // ...so three more fill the queue and the fifth is refused.
-        let waiting: Vec<_> = (2..5).map(|i| queue.submit(vec![i]).unwrap()).collect();
+        let waiting: Vec<_> = (2..5)
+            .map(|i| queue.submit(vec![i], None).unwrap())
+            .collect();
         assert!(matches!(
-            queue.submit(vec![9]),
+            queue.submit(vec![9], None),
             Err(Error::QueueFull { capacity: 3 })
         ));
         drop(held);

@@ -16,8 +16,87 @@ pub enum ExtractError {
         pixels: u64,
         limit: u64,
     },
+    /// The crop box lies (partly) outside the photo.
+    #[error("crop box {crop} is not inside the {width}x{height} photo")]
+    CropOutside {
+        crop: CropBox,
+        width: u32,
+        height: u32,
+    },
     #[error("inference failed: {0}")]
     Inference(String),
+}
+
+/// A rectangle of a photo, in pixels of the upright photo (after its EXIF orientation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CropBox {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl std::fmt::Display for CropBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{},{}", self.x, self.y, self.width, self.height)
+    }
+}
+
+impl std::str::FromStr for CropBox {
+    type Err = String;
+
+    /// `x,y,width,height`, all whole pixels, width and height above zero.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let numbers: Vec<u32> = text
+            .split(',')
+            .map(|n| n.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("crop must be x,y,width,height in whole pixels, got `{text}`"))?;
+        match numbers[..] {
+            [x, y, width, height] if width > 0 && height > 0 => Ok(Self {
+                x,
+                y,
+                width,
+                height,
+            }),
+            [_, _, _, _] => Err(format!(
+                "crop width and height must be above 0, got `{text}`"
+            )),
+            _ => Err(format!(
+                "crop must be four numbers x,y,width,height, got `{text}`"
+            )),
+        }
+    }
+}
+
+impl CropBox {
+    /// Checks the box against a photo's size.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), ExtractError> {
+        let inside = self.x as u64 + self.width as u64 <= width as u64
+            && self.y as u64 + self.height as u64 <= height as u64;
+        if inside {
+            Ok(())
+        } else {
+            Err(ExtractError::CropOutside {
+                crop: *self,
+                width,
+                height,
+            })
+        }
+    }
+}
+
+/// One image to embed: its encoded bytes and, optionally, the part of it to look at.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageInput<'a> {
+    pub bytes: &'a [u8],
+    pub crop: Option<CropBox>,
+}
+
+impl<'a> ImageInput<'a> {
+    pub fn whole(bytes: &'a [u8]) -> Self {
+        Self { bytes, crop: None }
+    }
 }
 
 impl ExtractError {
@@ -44,5 +123,43 @@ pub trait FeatureExtractor: Send + Sync + 'static {
 
     /// Embeds a batch in as few forward passes as the implementation can; one result per
     /// input, in order, so one bad image does not fail its neighbours.
-    fn extract_batch(&self, images: &[&[u8]]) -> Vec<Result<PooledFeature, ExtractError>>;
+    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<PooledFeature, ExtractError>>;
+
+    /// [`FeatureExtractor::extract`] of whole photos.
+    fn extract_batch(&self, images: &[&[u8]]) -> Vec<Result<PooledFeature, ExtractError>> {
+        let inputs: Vec<ImageInput<'_>> = images.iter().map(|b| ImageInput::whole(b)).collect();
+        self.extract(&inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_boxes_parse_and_must_lie_inside_the_photo() {
+        let crop: CropBox = " 10, 20,30 ,40".parse().unwrap();
+        assert_eq!(
+            crop,
+            CropBox {
+                x: 10,
+                y: 20,
+                width: 30,
+                height: 40
+            }
+        );
+        for bad in ["1,2,3", "1,2,3,4,5", "0,0,0,5", "-1,0,5,5", "a,b,c,d", ""] {
+            assert!(bad.parse::<CropBox>().is_err(), "{bad}");
+        }
+        assert!(crop.check(40, 60).is_ok());
+        assert!(crop.check(39, 60).is_err());
+        assert!(crop.check(40, 59).is_err());
+        let huge = CropBox {
+            x: u32::MAX,
+            y: 0,
+            width: u32::MAX,
+            height: 1,
+        };
+        assert!(huge.check(100, 100).is_err(), "no overflow");
+    }
 }

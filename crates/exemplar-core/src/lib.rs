@@ -20,6 +20,6 @@ pub mod service;
 
 pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};
 pub use error::{Error, Result};
-pub use extractor::{ExtractError, FeatureExtractor, ModelInfo};
+pub use extractor::{CropBox, ExtractError, FeatureExtractor, ImageInput, ModelInfo};
 pub use projection::{Projection, ProjectionKind};
 pub use refit::RefitPolicy;

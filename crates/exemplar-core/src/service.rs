@@ -13,6 +13,7 @@ use crate::catalogue::{
 };
 use crate::embed_queue::EmbedQueue;
 use crate::error::Error;
+use crate::extractor::{CropBox, ExtractError};
 use crate::projection::Projection;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -24,6 +25,18 @@ use thiserror::Error;
 pub struct Upload {
     pub bytes: Vec<u8>,
     pub name: Option<String>,
+    /// Look only at this part of the photo.
+    pub crop: Option<CropBox>,
+}
+
+impl Upload {
+    pub fn new(bytes: Vec<u8>, name: Option<String>) -> Self {
+        Self {
+            bytes,
+            name,
+            crop: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,12 +253,19 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         // Queue everything first so the worker can batch the request's images together.
         let pending = uploads
             .iter()
-            .map(|u| self.queue.submit(u.bytes.clone()).map_err(queue_error))
+            .map(|u| {
+                self.queue
+                    .submit(u.bytes.clone(), u.crop)
+                    .map_err(queue_error)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let projection = self.projection.read().expect("projection lock").clone();
         let mut out = Vec::with_capacity(uploads.len());
         for (i, (upload, pending)) in uploads.iter().zip(pending).enumerate() {
             let raw = pending.await.map_err(|e| match e {
+                Error::Extract(x @ ExtractError::CropOutside { .. }) => {
+                    bad("bad_crop", x.to_string())
+                }
                 Error::Extract(x) if x.is_bad_input() => bad(
                     "bad_image",
                     format!(

@@ -10,7 +10,7 @@ use crate::pooling::Pooling;
 use crate::weights::{file_fingerprint, StateDict, WeightsSource};
 use candle_core::{Device, Tensor};
 use exemplar_core::{
-    l2_normalize, ExtractError, FeatureExtractor, ModelInfo, PooledFeature, Projection,
+    l2_normalize, ExtractError, FeatureExtractor, ImageInput, ModelInfo, PooledFeature, Projection,
 };
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -93,16 +93,24 @@ impl CnnEmbedder {
 
     /// Decodes and resizes one image (CPU, no network).
     pub fn prepare(&self, bytes: &[u8]) -> std::result::Result<PreparedImage, ExtractError> {
-        self.prepare_with(bytes, self.config.geometry)
+        self.prepare_with(ImageInput::whole(bytes), self.config.geometry)
     }
 
     fn prepare_with(
         &self,
-        bytes: &[u8],
+        input: ImageInput<'_>,
         geometry: Geometry,
     ) -> std::result::Result<PreparedImage, ExtractError> {
-        let rgb = decode_rgb(bytes, self.config.max_pixels)?;
-        Ok(geometry.prepare(&rgb))
+        let rgb = decode_rgb(input.bytes, self.config.max_pixels)?;
+        match input.crop {
+            None => Ok(geometry.prepare(&rgb)),
+            Some(crop) => {
+                crop.check(rgb.width(), rgb.height())?;
+                let part = image::imageops::crop_imm(&rgb, crop.x, crop.y, crop.width, crop.height)
+                    .to_image();
+                Ok(geometry.prepare(&part))
+            }
+        }
     }
 
     fn batch_tensor(images: &[&PreparedImage]) -> Result<Tensor> {
@@ -161,7 +169,8 @@ impl CnnEmbedder {
     /// ImageNet top-`k` (class index, probability), always on a 224 centre crop: the
     /// protocol the classifier was trained for.
     pub fn classify(&self, bytes: &[u8], k: usize) -> Result<Vec<(usize, f32)>> {
-        let image = self.prepare_with(bytes, Geometry::CenterCrop { crop: 224 })?;
+        let image =
+            self.prepare_with(ImageInput::whole(bytes), Geometry::CenterCrop { crop: 224 })?;
         let fmap = self.backbone.feature_map(&Self::batch_tensor(&[&image])?)?;
         let logits = self
             .backbone
@@ -179,12 +188,15 @@ impl FeatureExtractor for CnnEmbedder {
         &self.info
     }
 
-    fn extract_batch(
+    fn extract(
         &self,
-        images: &[&[u8]],
+        images: &[ImageInput<'_>],
     ) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
         // Decoding is independent per image: spread it over the cores.
-        let prepared: Vec<_> = images.par_iter().map(|bytes| self.prepare(bytes)).collect();
+        let prepared: Vec<_> = images
+            .par_iter()
+            .map(|input| self.prepare_with(*input, self.config.geometry))
+            .collect();
         let good: Vec<PreparedImage> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())

@@ -147,6 +147,10 @@ pub enum Command {
         /// Only classes with this metadata (key=value, repeatable).
         #[arg(long)]
         filter: Vec<String>,
+        /// Look only at this part of each photo: x,y,width,height in pixels of the
+        /// upright photo.
+        #[arg(long)]
+        crop: Option<exemplar_core::CropBox>,
         #[command(flatten)]
         catalogue: CatalogueArgs,
     },

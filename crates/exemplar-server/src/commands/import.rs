@@ -253,10 +253,10 @@ async fn import_image(
             return Ok(ImageOutcome::AlreadyImported);
         }
     }
-    let upload = [Upload {
+    let upload = [Upload::new(
         bytes,
-        name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-    }];
+        path.file_name().map(|n| n.to_string_lossy().into_owned()),
+    )];
     loop {
         let result = match *class_id {
             None => catalogue

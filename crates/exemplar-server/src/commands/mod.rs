@@ -17,8 +17,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             images,
             k,
             filter,
+            crop,
             catalogue,
-        } => search::run(load(&cli.model)?, &images, k, &filter, &catalogue),
+        } => search::run(load(&cli.model)?, &images, k, &filter, crop, &catalogue),
         Command::Classes { data_dir } => classes::run(&data_dir),
         Command::Classify {
             mut images,

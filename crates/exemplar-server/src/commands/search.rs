@@ -8,6 +8,7 @@ use crate::http::dto::{SearchResult, SearchVerdict};
 use anyhow::{bail, Context};
 use exemplar_core::catalogue::Metadata;
 use exemplar_core::service::Upload;
+use exemplar_core::CropBox;
 use exemplar_embed::CnnEmbedder;
 use serde_json::json;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ pub fn run(
     images: &[PathBuf],
     k: usize,
     filters: &[String],
+    crop: Option<CropBox>,
     args: &CatalogueArgs,
 ) -> anyhow::Result<()> {
     existing_database(&args.data_dir)?;
@@ -32,8 +34,11 @@ pub fn run(
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let upload = Upload {
-                bytes,
-                name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                crop,
+                ..Upload::new(
+                    bytes,
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                )
             };
             let answer = catalogue
                 .search(&upload, k, &filters)

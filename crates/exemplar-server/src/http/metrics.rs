@@ -5,7 +5,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use exemplar_core::{ExtractError, FeatureExtractor, ModelInfo, PooledFeature};
+use exemplar_core::{ExtractError, FeatureExtractor, ImageInput, ModelInfo, PooledFeature};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -82,9 +82,9 @@ impl<E: FeatureExtractor> FeatureExtractor for TimedExtractor<E> {
         self.inner.info()
     }
 
-    fn extract_batch(&self, images: &[&[u8]]) -> Vec<Result<PooledFeature, ExtractError>> {
+    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<PooledFeature, ExtractError>> {
         let started = Instant::now();
-        let out = self.inner.extract_batch(images);
+        let out = self.inner.extract(images);
         metrics::histogram!("exemplar_embed_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("exemplar_embedded_images_total").increment(images.len() as u64);
         let failed = out.iter().filter(|r| r.is_err()).count();

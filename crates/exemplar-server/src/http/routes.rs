@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use exemplar_core::catalogue::{CatalogueStore, Metadata};
 use exemplar_core::service::{ExemplarOutcome, Upload};
+use exemplar_core::CropBox;
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
@@ -23,6 +24,7 @@ struct Form {
     images: Vec<Upload>,
     k: Option<usize>,
     filters: Metadata,
+    crop: Option<CropBox>,
 }
 
 async fn read_form(mut multipart: Multipart, allowed: &[&str]) -> Result<Form, ApiError> {
@@ -42,7 +44,7 @@ async fn read_form(mut multipart: Multipart, allowed: &[&str]) -> Result<Form, A
             "image" => {
                 let file = field.file_name().map(str::to_string);
                 let bytes = field.bytes().await?.to_vec();
-                form.images.push(Upload { bytes, name: file });
+                form.images.push(Upload::new(bytes, file));
             }
             "label" => form.label = Some(field.text().await?),
             "metadata" => form.metadata = Some(parse_metadata(&field.text().await?)?),
@@ -54,6 +56,13 @@ async fn read_form(mut multipart: Multipart, allowed: &[&str]) -> Result<Form, A
                         format!("k must be a positive integer, got `{text}`"),
                     )
                 })?);
+            }
+            "crop" => {
+                let text = field.text().await?;
+                form.crop = Some(
+                    text.parse()
+                        .map_err(|e: String| ApiError::bad_request("bad_crop", e))?,
+                );
             }
             "filter" => {
                 let text = field.text().await?;
@@ -305,13 +314,14 @@ pub async fn search(
     State(state): State<AppState>,
     multipart: Multipart,
 ) -> Result<Json<SearchResult>, ApiError> {
-    let form = read_form(multipart, &["image", "k", "filter"]).await?;
-    let [image] = <[Upload; 1]>::try_from(form.images).map_err(|images| {
+    let form = read_form(multipart, &["image", "k", "filter", "crop"]).await?;
+    let [mut image] = <[Upload; 1]>::try_from(form.images).map_err(|images| {
         ApiError::bad_request(
             "image_count",
             format!("exactly one `image` part is required, got {}", images.len()),
         )
     })?;
+    image.crop = form.crop;
     let answer = state
         .catalogue
         .search(&image, form.k.unwrap_or(10), &form.filters)

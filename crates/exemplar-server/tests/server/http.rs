@@ -193,6 +193,29 @@ fn classes_are_searchable_at_once_filtered_and_deletable() {
         "{filtered}"
     );
 
+    // A photo of both things side by side: the crop box says which one is asked about.
+    let (left, right) = (another_shot(&cat), another_shot(&coffee));
+    let mut both = image::RgbImage::new(
+        left.width() + right.width(),
+        left.height().max(right.height()),
+    );
+    image::imageops::replace(&mut both, &left, 0, 0);
+    image::imageops::replace(&mut both, &right, left.width() as i64, 0);
+    for (crop, expected) in [
+        (format!("0,0,{},{}", left.width(), left.height()), "Chelsea"),
+        (
+            format!("{},0,{},{}", left.width(), right.width(), right.height()),
+            "Espresso",
+        ),
+    ] {
+        let (status, answer) = search(png(&both), vec![Part::Text("crop", crop.clone())]);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["classes"][0]["label"], expected,
+            "crop {crop}: {answer}"
+        );
+    }
+
     let (status, list) = server.request("GET", "/classes?limit=1", &[], b"");
     assert_eq!(status, 200);
     assert_eq!(list["classes"].as_array().unwrap().len(), 1);
@@ -356,6 +379,22 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
         &[],
     );
     assert_eq!((status, body["kind"].as_str()), (400, Some("bad_k")));
+    // The coffee photo is 600x400: a box past its right edge, and boxes that are not boxes.
+    for crop in ["550,0,51,10", "0,0,0,10", "1,2,3", "a,b,c,d"] {
+        let (status, body) = server.multipart(
+            "/search",
+            &[
+                Part::File("image", "q.png", good.clone()),
+                Part::Text("crop", crop.into()),
+            ],
+            &[],
+        );
+        assert_eq!(
+            (status, body["kind"].as_str()),
+            (400, Some("bad_crop")),
+            "{crop}: {body}"
+        );
+    }
     let (_, list) = server.request("GET", "/classes", &[], b"");
     assert!(
         list["classes"].as_array().unwrap().is_empty(),

@@ -5,7 +5,7 @@ use exemplar_core::catalogue::{CatalogueStore, Metadata};
 use exemplar_core::embed_queue::EmbedQueue;
 use exemplar_core::service::{Catalogue, Limits, ServiceError, Upload, Verdict, VerdictRule};
 use exemplar_core::{
-    l2_normalize, ExtractError, FeatureExtractor, ModelInfo, PooledFeature, Projection,
+    l2_normalize, ExtractError, FeatureExtractor, ImageInput, ModelInfo, PooledFeature, Projection,
 };
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::SqliteStore;
@@ -22,11 +22,11 @@ impl FeatureExtractor for TextFeatures {
     fn info(&self) -> &ModelInfo {
         &self.0
     }
-    fn extract_batch(&self, images: &[&[u8]]) -> Vec<Result<PooledFeature, ExtractError>> {
+    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<PooledFeature, ExtractError>> {
         images
             .iter()
-            .map(|bytes| {
-                let text = std::str::from_utf8(bytes)
+            .map(|input| {
+                let text = std::str::from_utf8(input.bytes)
                     .map_err(|_| ExtractError::CorruptImage("binary".into()))?;
                 let rest = text
                     .strip_prefix("item-")
@@ -48,6 +48,7 @@ impl FeatureExtractor for TextFeatures {
 
 fn upload(text: &str) -> Upload {
     Upload {
+        crop: None,
         bytes: text.as_bytes().to_vec(),
         name: Some(format!("{text}.jpg")),
     }
