@@ -15,4 +15,13 @@ pub trait VectorIndex: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// An empty index with the same parameters, sized for about `capacity` items (what a
+    /// rebuild fills before it is swapped in).
+    fn empty_like(&self, capacity: usize) -> Self
+    where
+        Self: Sized;
+    /// Whether deleted items weigh enough that a rebuild pays for itself.
+    fn needs_compaction(&self) -> bool {
+        false
+    }
 }

@@ -4,6 +4,7 @@
 //! committed, and every addition or removal appends to a monotonic change log that the
 //! ANN index (a cache) replays to catch up after a restart or a crash.
 
+use crate::projection::Projection;
 use std::collections::BTreeMap;
 use std::future::Future;
 use thiserror::Error;
@@ -141,6 +142,34 @@ pub trait CatalogueStore: Send + Sync + 'static {
 
     /// Every live exemplar's class and photo hash (what an import skips as already done).
     fn exemplar_hashes(&self) -> impl Future<Output = StoreResult<Vec<(ClassId, String)>>> + Send;
+
+    /// The last change's sequence number (0 when there is none).
+    fn head(&self) -> impl Future<Output = StoreResult<Sequence>> + Send;
+
+    fn exemplar_count(&self) -> impl Future<Output = StoreResult<usize>> + Send;
+
+    /// Raw pooled features of the given live exemplars, or of all of them (`None`).
+    fn raw_features(
+        &self,
+        ids: Option<&[ExemplarId]>,
+    ) -> impl Future<Output = StoreResult<Vec<(ExemplarId, Vec<f32>)>>> + Send;
+
+    /// The projection the stored descriptors are in, if one was recorded.
+    fn projection(&self) -> impl Future<Output = StoreResult<Option<Projection>>> + Send;
+
+    /// Records the projection of a catalogue that has no exemplars yet.
+    fn set_projection(
+        &self,
+        projection: &Projection,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// A refit, in one transaction: `projection` becomes current and each listed
+    /// exemplar's descriptor is replaced.
+    fn reproject(
+        &self,
+        projection: &Projection,
+        descriptors: &[(ExemplarId, Vec<f32>)],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Descriptors of the given live exemplars (missing ids are skipped).
     fn descriptors(

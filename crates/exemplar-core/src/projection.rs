@@ -172,9 +172,10 @@ impl Projection {
         Ok(out)
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let file_err = |reason: String| Error::ProjectionFile {
-            path: path.display().to_string(),
+    /// The safetensors form (what [`Projection::save`] writes and the catalogue stores).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let err = |reason: String| Error::ProjectionFile {
+            path: "<bytes>".into(),
             reason,
         };
         let mean_bytes: Vec<u8> = self.mean.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -183,7 +184,7 @@ impl Projection {
             (
                 "mean",
                 TensorView::new(Dtype::F32, vec![self.input_dim], &mean_bytes)
-                    .map_err(|e| file_err(e.to_string()))?,
+                    .map_err(|e| err(e.to_string()))?,
             ),
             (
                 "matrix",
@@ -192,7 +193,7 @@ impl Projection {
                     vec![self.output_dim, self.input_dim],
                     &matrix_bytes,
                 )
-                .map_err(|e| file_err(e.to_string()))?,
+                .map_err(|e| err(e.to_string()))?,
             ),
         ];
         let metadata = HashMap::from([
@@ -200,25 +201,39 @@ impl Projection {
             ("version".to_string(), self.version.clone()),
             (
                 "kind".to_string(),
-                serde_json::to_string(&self.kind).map_err(|e| file_err(e.to_string()))?,
+                serde_json::to_string(&self.kind).map_err(|e| err(e.to_string()))?,
             ),
         ]);
+        safetensors::serialize(tensors, Some(metadata)).map_err(|e| err(e.to_string()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes().map_err(|e| match e {
+            Error::ProjectionFile { reason, .. } => Error::ProjectionFile {
+                path: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })?;
         // Write then rename: a crash never leaves a half-written projection behind.
         let tmp = path.with_extension("tmp");
-        safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
-            .map_err(|e| file_err(e.to_string()))?;
+        std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)?;
         Ok(())
     }
 
     pub fn load(path: &Path) -> Result<Self> {
+        Self::from_bytes(&std::fs::read(path)?, &path.display().to_string())
+    }
+
+    /// Reads [`Projection::to_bytes`]; `origin` names the source in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
         let file_err = |reason: String| Error::ProjectionFile {
-            path: path.display().to_string(),
+            path: origin.to_string(),
             reason,
         };
-        let bytes = std::fs::read(path)?;
         let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| file_err(e.to_string()))?;
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| file_err(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FILE_FORMAT) {
             return Err(file_err(format!("not an {FILE_FORMAT} file")));
@@ -227,7 +242,7 @@ impl Projection {
             serde_json::from_str(meta.get("kind").ok_or_else(|| file_err("no kind".into()))?)
                 .map_err(|e| file_err(e.to_string()))?;
         let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file_err(e.to_string()))?;
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| file_err(e.to_string()))?;
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
             let t = st.tensor(name).map_err(|e| file_err(e.to_string()))?;
             if t.dtype() != Dtype::F32 {

@@ -75,6 +75,10 @@ pub struct DumpMeta {
     pub params: IndexParams,
     /// The caller's change sequence number the dump reflects; changes after it are replayed.
     pub watermark: u64,
+    /// Which descriptor space (projection version) the vectors are in: a dump of another
+    /// space is useless after a refit.
+    #[serde(default)]
+    pub space: String,
     pub points: usize,
     pub tombstones: Vec<u64>,
 }
@@ -224,7 +228,7 @@ impl AnnIndex {
     /// Writes the graph and its metadata into `dir` (replacing what was there), tagged with
     /// the caller's `watermark`. Written beside and renamed into place: a crash leaves
     /// either the old dump, or none (and the caller rebuilds).
-    pub fn save(&self, dir: &Path, watermark: u64) -> Result<()> {
+    pub fn save(&self, dir: &Path, watermark: u64, space: &str) -> Result<()> {
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)?;
         let staging = parent.join(format!(
@@ -250,6 +254,7 @@ impl AnnIndex {
             dim: self.dim,
             params: self.params,
             watermark,
+            space: space.to_string(),
             points: self.ids.len(),
             tombstones,
         };
@@ -348,6 +353,14 @@ impl exemplar_core::ann::VectorIndex for AnnIndex {
 
     fn len(&self) -> usize {
         AnnIndex::len(self)
+    }
+
+    fn empty_like(&self, capacity: usize) -> Self {
+        AnnIndex::new(self.dim, self.params, capacity)
+    }
+
+    fn needs_compaction(&self) -> bool {
+        AnnIndex::needs_compaction(self)
     }
 }
 

@@ -110,11 +110,12 @@ fn a_dump_reloads_with_its_tombstones_and_watermark() {
     let data = items(&unit_vectors(400, 16, 5));
     let mut index = AnnIndex::build(16, IndexParams::default(), &data).unwrap();
     index.remove(data[0].0);
-    index.save(&path, 42).unwrap();
+    index.save(&path, 42, "space-a").unwrap();
     // Saving again replaces the dump.
-    index.save(&path, 43).unwrap();
+    index.save(&path, 43, "space-a").unwrap();
     let (loaded, meta) = AnnIndex::load(&path, 16).unwrap();
     assert_eq!(meta.watermark, 43);
+    assert_eq!(meta.space, "space-a");
     assert_eq!(loaded.len(), 399);
     assert!(!loaded.contains(data[0].0));
     for (id, v) in data.iter().skip(1).take(50) {
@@ -127,7 +128,7 @@ fn an_empty_index_dumps_and_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index");
     AnnIndex::new(8, IndexParams::default(), 10)
-        .save(&path, 5)
+        .save(&path, 5, "space-a")
         .unwrap();
     let (mut index, meta) = AnnIndex::load(&path, 8).unwrap();
     assert_eq!((index.len(), meta.watermark), (0, 5));
@@ -147,7 +148,7 @@ fn missing_corrupt_or_mismatched_dumps_are_errors_not_panics() {
     let data = items(&unit_vectors(100, 16, 6));
     AnnIndex::build(16, IndexParams::default(), &data)
         .unwrap()
-        .save(&path, 1)
+        .save(&path, 1, "space-a")
         .unwrap();
     assert!(matches!(
         AnnIndex::load(&path, 32),

@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Largest request body.
     #[arg(long, env = "EXEMPLAR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// How often to check for a due refit or compaction and dump a changed index.
+    #[arg(long, env = "EXEMPLAR_MAINTENANCE_INTERVAL_SECS", default_value_t = 30)]
+    pub maintenance_interval_secs: u64,
 }
 
 /// Where the catalogue lives and how its index is built: shared by `serve` and the CLI
@@ -107,6 +110,10 @@ pub struct CatalogueArgs {
     /// HNSW: candidate list while searching.
     #[arg(long, env = "EXEMPLAR_HNSW_EF_SEARCH", default_value_t = 128)]
     pub hnsw_ef_search: usize,
+    /// Fit the projection on the catalogue once it has this many exemplars (then again
+    /// at each doubling). Below 257 a 256-d fit is impossible.
+    #[arg(long, env = "EXEMPLAR_REFIT_MIN_EXEMPLARS", default_value_t = 512)]
+    pub refit_min_exemplars: usize,
 }
 
 #[derive(Debug, Clone, Args)]

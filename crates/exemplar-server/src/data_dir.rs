@@ -4,9 +4,10 @@
 use crate::cli::CatalogueArgs;
 use crate::http::AppCatalogue;
 use anyhow::Context;
+use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_core::embed_queue::EmbedQueue;
 use exemplar_core::service::{Catalogue, Limits, VerdictRule};
-use exemplar_core::{FeatureExtractor, Projection};
+use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
 use exemplar_embed::CnnEmbedder;
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::SqliteStore;
@@ -61,27 +62,33 @@ pub async fn open_catalogue(
 ) -> anyhow::Result<Arc<AppCatalogue>> {
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-    let projection = projection(dir, &embedder)?;
     let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?;
+    let projection = projection(&store, dir, &embedder).await?;
     let params = IndexParams {
         m: args.hnsw_m,
         ef_construction: args.hnsw_ef_construction,
         ef_search: args.hnsw_ef_search,
     };
-    // The index is a cache: a missing, stale or corrupt dump is rebuilt from the log.
+    // The index is a cache: a missing, stale, corrupt or other-space dump is rebuilt
+    // from the database.
     let dump = exemplar_index::dump_dir(dir);
+    let fresh = || AnnIndex::new(DESCRIPTOR_DIM, params, 10_000);
     let (index, watermark) = match AnnIndex::load(&dump, DESCRIPTOR_DIM) {
-        Ok((mut index, meta)) => {
+        Ok((mut index, meta)) if meta.space == projection.version() => {
             index.set_ef_search(params.ef_search);
             (index, meta.watermark as i64)
         }
+        Ok((_, meta)) => {
+            tracing::info!(dump = %meta.space, current = %projection.version(), "index dump is of another projection: rebuilding from the database");
+            (fresh(), 0)
+        }
         Err(_) if !dump.exists() => {
             tracing::info!("no index dump yet: building the index from the database");
-            (AnnIndex::new(DESCRIPTOR_DIM, params, 10_000), 0)
+            (fresh(), 0)
         }
         Err(e) => {
             tracing::warn!(error = %e, "no usable index dump: rebuilding from the database");
-            (AnnIndex::new(DESCRIPTOR_DIM, params, 10_000), 0)
+            (fresh(), 0)
         }
     };
     let model = embedder.info().id.clone();
@@ -96,7 +103,11 @@ pub async fn open_catalogue(
         model,
         Limits::default(),
         VerdictRule::default(),
-    );
+    )
+    .with_refit_policy(RefitPolicy {
+        min_exemplars: args.refit_min_exemplars,
+        ..RefitPolicy::default()
+    });
     let head = catalogue.catch_up(watermark).await?;
     tracing::info!(
         indexed = catalogue.indexed(),
@@ -107,31 +118,48 @@ pub async fn open_catalogue(
     Ok(Arc::new(catalogue))
 }
 
-/// The stored projection, or the data-free default on first start (then stored).
-fn projection(dir: &Path, embedder: &CnnEmbedder) -> anyhow::Result<Projection> {
-    let path = dir.join("projection.safetensors");
-    if path.exists() {
-        let p = Projection::load(&path)?;
-        anyhow::ensure!(
-            p.input_dim() == embedder.info().feature_dim,
-            "{} projects {}-d features but model {} makes {}-d ones: use the model the catalogue was built with",
-            path.display(),
-            p.input_dim(),
-            embedder.info().id,
-            embedder.info().feature_dim
-        );
-        return Ok(p);
-    }
-    let p = exemplar_embed::default_projection(embedder, DESCRIPTOR_DIM)?;
-    p.save(&path)?;
+/// The catalogue's projection; on first start the data-free default (recorded then).
+async fn projection(
+    store: &SqliteStore,
+    dir: &Path,
+    embedder: &CnnEmbedder,
+) -> anyhow::Result<Projection> {
+    let p = match store.projection().await? {
+        Some(p) => p,
+        None => {
+            // Data directories from before projections lived in the database.
+            let legacy = dir.join("projection.safetensors");
+            let p = if legacy.exists() {
+                Projection::load(&legacy)?
+            } else {
+                exemplar_embed::default_projection(embedder, DESCRIPTOR_DIM)?
+            };
+            store.set_projection(&p).await?;
+            p
+        }
+    };
+    anyhow::ensure!(
+        p.input_dim() == embedder.info().feature_dim,
+        "the catalogue in {} projects {}-d features but model {} makes {}-d ones: use the model the catalogue was built with",
+        dir.display(),
+        p.input_dim(),
+        embedder.info().id,
+        embedder.info().feature_dim
+    );
     Ok(p)
 }
 
-/// Writes the index dump, tagged with the change log position it reflects.
-pub async fn save_index(catalogue: &AppCatalogue, dir: &Path) -> anyhow::Result<()> {
-    let head = catalogue.catch_up(0).await?;
-    catalogue
-        .read_index()
-        .save(&exemplar_index::dump_dir(dir), head as u64)?;
-    Ok(())
+/// Writes the index dump, tagged with the change log position and projection it
+/// reflects. Writers wait meanwhile (searches do not); the file writing runs with the
+/// async worker handed over to the blocking pool.
+/// Returns the change sequence number the dump holds.
+pub async fn save_index(catalogue: &AppCatalogue, dir: &Path) -> anyhow::Result<Sequence> {
+    let dump = exemplar_index::dump_dir(dir);
+    let head = catalogue
+        .checkpoint(|index, head, projection| {
+            tokio::task::block_in_place(|| index.save(&dump, head as u64, projection.version()))
+                .map(|()| head)
+        })
+        .await??;
+    Ok(head)
 }

@@ -3,11 +3,14 @@
 
 use crate::cli::ServeArgs;
 use crate::data_dir::{open_catalogue, save_index, DataDirLock};
-use crate::http::{self, AppState};
+use crate::http::{self, AppCatalogue, AppState};
 use anyhow::Context;
+use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_embed::CnnEmbedder;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -31,13 +34,44 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
             let mut out = std::io::stdout();
             let _ = writeln!(out, "listening on http://{addr}").and_then(|_| out.flush());
         }
+        let maintenance = tokio::spawn(maintain(
+            catalogue.clone(),
+            args.catalogue.data_dir.clone(),
+            Duration::from_secs(args.maintenance_interval_secs.max(1)),
+        ));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        maintenance.abort();
+        let _ = maintenance.await;
         save_index(&catalogue, &args.catalogue.data_dir).await?;
         tracing::info!("index saved, bye");
         Ok(())
     })
+}
+
+/// Background upkeep: refit the projection when the catalogue has grown enough, compact
+/// the index when deletions weigh, and dump the index when it changed, so a restart
+/// (even after a crash) replays little. The heavy parts run off the async workers.
+async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
+    let mut dumped: Option<Sequence> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let step = async {
+            let rebuilt = match catalogue.refit_if_due().await? {
+                Some(r) => Some(r),
+                None => catalogue.compact_if_due().await?,
+            };
+            let head = catalogue.store().head().await?;
+            if rebuilt.is_some() || dumped != Some(head) {
+                dumped = Some(save_index(&catalogue, &dir).await?);
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = step.await {
+            tracing::warn!(error = %format!("{e:#}"), "maintenance step failed; retrying next time");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,7 @@ use exemplar_core::catalogue::{
     ExemplarOwner, ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError, StoreResult,
     Stored,
 };
+use exemplar_core::Projection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -51,6 +52,30 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
         Ok(Self { pool })
+    }
+
+    async fn make_current(
+        tx: &mut Transaction<'_, Sqlite>,
+        projection: &Projection,
+    ) -> StoreResult<()> {
+        let data = projection
+            .to_bytes()
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        sqlx::query("UPDATE projections SET current = 0 WHERE current = 1")
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO projections (version, data, created_at, current) VALUES (?, ?, ?, 1)
+             ON CONFLICT (version) DO UPDATE SET current = 1",
+        )
+        .bind(projection.version())
+        .bind(data)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
     }
 
     async fn insert_exemplars(
@@ -367,6 +392,94 @@ impl CatalogueStore for SqliteStore {
             .iter()
             .map(|r| (r.get("class_id"), r.get("sha256")))
             .collect())
+    }
+
+    async fn head(&self) -> StoreResult<Sequence> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS head FROM changes")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.get("head"))
+    }
+
+    async fn exemplar_count(&self) -> StoreResult<usize> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM exemplars")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.get::<i64, _>("n") as usize)
+    }
+
+    async fn raw_features(
+        &self,
+        ids: Option<&[ExemplarId]>,
+    ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
+        let rows = match ids {
+            None => sqlx::query("SELECT id, raw_feature FROM exemplars ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?,
+            Some(ids) => {
+                let mut rows = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(500) {
+                    let placeholders = vec!["?"; chunk.len()].join(",");
+                    let sql = format!(
+                        "SELECT id, raw_feature FROM exemplars WHERE id IN ({placeholders}) ORDER BY id"
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    rows.extend(query.fetch_all(&self.pool).await.map_err(backend)?);
+                }
+                rows
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                let bytes: Vec<u8> = r.get("raw_feature");
+                Ok((r.get("id"), vector_from_bytes(&bytes)?))
+            })
+            .collect()
+    }
+
+    async fn projection(&self) -> StoreResult<Option<Projection>> {
+        let row = sqlx::query("SELECT version, data FROM projections WHERE current = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            let version: String = r.get("version");
+            let data: Vec<u8> = r.get("data");
+            Projection::from_bytes(&data, &format!("projection {version} in the database"))
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        })
+        .transpose()
+    }
+
+    async fn set_projection(&self, projection: &Projection) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        Self::make_current(&mut tx, projection).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn reproject(
+        &self,
+        projection: &Projection,
+        descriptors: &[(ExemplarId, Vec<f32>)],
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        Self::make_current(&mut tx, projection).await?;
+        for (id, descriptor) in descriptors {
+            sqlx::query("UPDATE exemplars SET descriptor = ?, projection = ? WHERE id = ?")
+                .bind(vector_to_bytes(descriptor))
+                .bind(projection.version())
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
     }
 
     async fn descriptors(&self, ids: &[ExemplarId]) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {

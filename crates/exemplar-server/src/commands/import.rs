@@ -182,9 +182,17 @@ pub fn run(embedder: CnnEmbedder, args: &ImportArgs) -> anyhow::Result<()> {
         if let Ok(p) = Arc::try_unwrap(progress) {
             p.into_inner().expect("progress lock").finish();
         }
+        // A big import is when the projection first fits the catalogue.
+        let refit = catalogue.refit_if_due().await?;
+        if let Some(r) = &refit {
+            println!(
+                "projection refitted on {} exemplars in {:.1} s",
+                r.fit_samples, r.seconds
+            );
+        }
         save_index(&catalogue, dir).await?;
         let tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
-        report(&tally, total, seconds, catalogue.indexed())
+        report(&tally, total, seconds, catalogue.indexed(), refit.is_some())
     })
 }
 
@@ -286,7 +294,13 @@ async fn import_image(
     }
 }
 
-fn report(tally: &Tally, total: usize, seconds: f64, indexed: usize) -> anyhow::Result<()> {
+fn report(
+    tally: &Tally,
+    total: usize,
+    seconds: f64,
+    indexed: usize,
+    refitted: bool,
+) -> anyhow::Result<()> {
     let rate = tally.added as f64 / seconds.max(1e-9);
     println!(
         "imported {} of {total} images in {seconds:.1} s ({rate:.1} images/s), {} new classes; \
@@ -317,6 +331,7 @@ fn report(tally: &Tally, total: usize, seconds: f64, indexed: usize) -> anyhow::
             "seconds": seconds,
             "images_per_second": rate,
             "indexed": indexed,
+            "refitted": refitted,
         })
     );
     if !tally.failures.is_empty() {

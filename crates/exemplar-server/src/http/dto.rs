@@ -2,7 +2,7 @@
 //! from the same structs the handlers (and `exemplar search`) serialise.
 
 use exemplar_core::catalogue::{ClassRecord, ExemplarRecord, Metadata};
-use exemplar_core::service::{ExemplarOutcome, SearchAnswer, Verdict};
+use exemplar_core::service::{ExemplarOutcome, Rebuilt, SearchAnswer, Verdict};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -213,4 +213,29 @@ pub struct Readiness {
     pub status: String,
     /// Exemplars in the search index.
     pub indexed: usize,
+}
+
+/// A rebuilt search space.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildReport {
+    /// The projection version now in use (stored with every exemplar).
+    pub projection: String,
+    pub refitted: bool,
+    /// Exemplars in the new index.
+    pub exemplars: usize,
+    /// Exemplars the fit used.
+    pub fit_samples: usize,
+    pub seconds: f64,
+}
+
+impl From<&Rebuilt> for RebuildReport {
+    fn from(r: &Rebuilt) -> Self {
+        Self {
+            projection: r.projection.clone(),
+            refitted: r.refitted,
+            exemplars: r.exemplars,
+            fit_samples: r.fit_samples,
+            seconds: r.seconds,
+        }
+    }
 }

@@ -56,6 +56,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/classes/{id}/exemplars", post(routes::add_exemplars))
         .route("/exemplars/{id}", delete(routes::delete_exemplar))
         .route("/search", post(routes::search))
+        .route("/admin/refit", post(routes::refit))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))

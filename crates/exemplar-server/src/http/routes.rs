@@ -2,7 +2,7 @@
 
 use super::dto::{
     AddedExemplars, Class, ClassDetail, ClassPage, CreatedClass, ErrorBody, Health, Readiness,
-    SearchResult, StoredExemplar, UploadedExemplar,
+    RebuildReport, SearchResult, StoredExemplar, UploadedExemplar,
 };
 use super::forms::{ClassUpdate, ImagesForm, NewClassForm, SearchForm};
 use super::{ApiError, AppState};
@@ -327,6 +327,19 @@ pub async fn search(
         .search(&image, form.k.unwrap_or(10), &form.filters)
         .await?;
     Ok(Json(SearchResult::from(&answer)))
+}
+
+/// Refit the projection on the catalogue now and swap in the re-projected index;
+/// searches keep being answered meanwhile. Refits also happen by themselves as the
+/// catalogue grows (see `--refit-min-exemplars`).
+#[utoipa::path(post, path = "/admin/refit", tag = "operations",
+    responses((status = 200, body = RebuildReport),
+        (status = 400, body = ErrorBody, description = "too few exemplars to fit on"),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody, description = "a rebuild is already running")),
+    security((), ("api_key" = [])))]
+pub async fn refit(State(state): State<AppState>) -> Result<Json<RebuildReport>, ApiError> {
+    let rebuilt = state.catalogue.refit_now().await?;
+    Ok(Json(RebuildReport::from(&rebuilt)))
 }
 
 /// The process is up.

@@ -310,3 +310,47 @@ fn read_commands_on_a_missing_catalogue_say_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no catalogue in"), "{stderr}");
 }
+
+#[test]
+fn a_large_import_refits_the_projection_and_the_catalogue_still_finds_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = tmp.path().join("refs");
+    let data = tmp.path().join("data");
+    let cat = photo(&SKIMAGE_CHELSEA);
+    let (w, h) = cat.dimensions();
+    // 260 different small views of one photo: enough to fit a 256-d PCA on.
+    let mut views = Vec::new();
+    for i in 0..260u32 {
+        let size = 96 + (i % 5) * 24;
+        let (x, y) = ((i * 37) % (w - size), (i * 53) % (h - size));
+        let view = imageops::crop_imm(&cat, x, y, size, size).to_image();
+        save(&view, &refs.join(format!("view{i:03}.png")));
+        views.push(view);
+    }
+    let data_arg = data.to_str().unwrap();
+    let imported = last_json(&exemplar(&[
+        "import",
+        refs.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--refit-min-exemplars",
+        "257",
+    ]));
+    assert_eq!(imported["added"], 260, "{imported}");
+    assert_eq!(imported["refitted"], true, "{imported}");
+    // The dump and the database agree on the new space: searches after a restart find
+    // each view itself.
+    for i in [0usize, 77, 259] {
+        let found = last_json(&exemplar(&[
+            "search",
+            refs.join(format!("view{i:03}.png")).to_str().unwrap(),
+            "--data-dir",
+            data_arg,
+            "-k",
+            "1",
+        ]));
+        let best = &found["searches"][0]["result"]["neighbours"][0];
+        assert_eq!(best["label"], format!("view{i:03}"), "{found}");
+        assert!(best["score"].as_f64().unwrap() > 0.99, "{found}");
+    }
+}

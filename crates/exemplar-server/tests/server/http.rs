@@ -491,6 +491,14 @@ fn metrics_openapi_docs_and_one_owner_per_data_dir() {
         );
     }
 
+    // One exemplar is far too few to fit a 256-d projection on.
+    let (status, body) = server.request("POST", "/admin/refit", &[], b"");
+    assert_eq!(
+        (status, body["kind"].as_str()),
+        (400, Some("too_few_exemplars")),
+        "{body}"
+    );
+
     let (status, spec) = server.request("GET", "/openapi.json", &[], b"");
     assert_eq!(status, 200);
     assert!(

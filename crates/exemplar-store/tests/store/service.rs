@@ -4,6 +4,7 @@
 use exemplar_core::catalogue::{CatalogueStore, Metadata};
 use exemplar_core::embed_queue::EmbedQueue;
 use exemplar_core::service::{Catalogue, Limits, ServiceError, Upload, Verdict, VerdictRule};
+use exemplar_core::RefitPolicy;
 use exemplar_core::{
     l2_normalize, ExtractError, FeatureExtractor, ImageInput, ModelInfo, PooledFeature, Projection,
 };
@@ -197,9 +198,17 @@ async fn a_restarted_index_catches_up_from_its_dump_and_the_change_log() {
             .await
             .unwrap();
         // Replaying on a live index adds nothing twice; it returns the log's head.
-        let watermark = cat.catch_up(0).await.unwrap();
+        assert_eq!(cat.catch_up(0).await.unwrap(), 2);
         assert_eq!(cat.indexed(), 2);
-        cat.read_index().save(&dump, watermark as u64).unwrap();
+        let watermark = cat
+            .checkpoint(|index, head, projection| {
+                index
+                    .save(&dump, head as u64, projection.version())
+                    .unwrap();
+                head
+            })
+            .await
+            .unwrap();
         // More happens after the dump, then the process dies.
         let (c, _) = cat
             .add_class("C", &Metadata::new(), &[upload("item-5")])
@@ -235,4 +244,128 @@ async fn a_restarted_index_catches_up_from_its_dump_and_the_change_log() {
     let cat = catalogue(&db, fresh_index()).await;
     cat.catch_up(0).await.unwrap();
     assert_eq!(cat.indexed(), 2);
+}
+
+/// A distinct photo per number: item directions repeat every DIM, shots tell them apart.
+fn nth_photo(i: usize) -> Upload {
+    upload(&format!("item-{}/shot-{}", i % DIM, i / DIM))
+}
+
+#[tokio::test]
+async fn a_refit_reprojects_every_exemplar_and_swaps_while_searches_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let cat = catalogue(&db, fresh_index())
+        .await
+        .with_refit_policy(RefitPolicy {
+            min_exemplars: 40,
+            ..RefitPolicy::default()
+        });
+    let none = Metadata::new();
+    assert!(matches!(
+        cat.refit_now().await,
+        Err(ServiceError::BadRequest {
+            kind: "too_few_exemplars",
+            ..
+        })
+    ));
+    let mut classes = Vec::new();
+    for i in 0..40 {
+        let (class, _) = cat
+            .add_class(&format!("c{i}"), &none, &[nth_photo(i)])
+            .await
+            .unwrap();
+        classes.push(class.id);
+    }
+    let before = cat.projection().version().to_string();
+    assert!(
+        cat.refit_if_due().await.unwrap().is_some(),
+        "40 exemplars reach the policy"
+    );
+    let first = cat.projection().version().to_string();
+    assert_ne!(first, before);
+    assert!(
+        cat.refit_if_due().await.unwrap().is_none(),
+        "not grown since"
+    );
+
+    // A refit on demand while searches and writes keep coming.
+    let (rebuilt, during) = tokio::join!(cat.refit_now(), async {
+        let mut added = Vec::new();
+        for i in 40..48 {
+            let answer = cat.search(&nth_photo(i - 40), 1, &none).await.unwrap();
+            assert_eq!(answer.neighbours[0].class_id, classes[i - 40]);
+            let (class, _) = cat
+                .add_class(&format!("c{i}"), &none, &[nth_photo(i)])
+                .await
+                .unwrap();
+            added.push(class.id);
+        }
+        added
+    });
+    let rebuilt = rebuilt.unwrap();
+    assert!(rebuilt.refitted);
+    classes.extend(during);
+    assert_eq!(
+        cat.indexed(),
+        48,
+        "writes during the refit are in the new index"
+    );
+    let current = cat.projection().version().to_string();
+    assert_eq!(rebuilt.projection, current);
+
+    // Every exemplar is found by its own photo, and is stored in the current space.
+    for (i, class) in classes.iter().enumerate() {
+        let answer = cat.search(&nth_photo(i), 1, &none).await.unwrap();
+        assert_eq!(answer.neighbours[0].class_id, *class, "photo {i}");
+        assert!(answer.neighbours[0].score > 0.999, "photo {i}");
+        let (_, exemplars) = cat.store().class(*class).await.unwrap().unwrap();
+        assert_eq!(exemplars[0].projection, current, "class {class}");
+    }
+    // The store keeps the projection: a restart uses it.
+    assert_eq!(
+        cat.store().projection().await.unwrap().unwrap().version(),
+        current
+    );
+    let stored = cat.store().descriptors(&[1]).await.unwrap();
+    let raw = cat.store().raw_features(Some(&[1])).await.unwrap();
+    let reprojected = cat
+        .projection()
+        .apply(&PooledFeature(raw[0].1.clone()))
+        .unwrap();
+    assert_eq!(stored[0].1, reprojected);
+}
+
+#[tokio::test]
+async fn compaction_drops_deleted_exemplars_from_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalogue(&dir.path().join("c.sqlite"), fresh_index()).await;
+    let none = Metadata::new();
+    let mut classes = Vec::new();
+    for i in 0..10 {
+        let (class, _) = cat
+            .add_class(&format!("c{i}"), &none, &[nth_photo(i)])
+            .await
+            .unwrap();
+        classes.push(class.id);
+    }
+    assert!(
+        cat.compact_if_due().await.unwrap().is_none(),
+        "nothing deleted"
+    );
+    for class in &classes[..3] {
+        cat.delete_class(*class).await.unwrap();
+    }
+    let rebuilt = cat
+        .compact_if_due()
+        .await
+        .unwrap()
+        .expect("3 of 10 deleted");
+    assert!(!rebuilt.refitted);
+    assert_eq!(rebuilt.exemplars, 7);
+    assert!(!cat.read_space().index.needs_compaction());
+    for (i, class) in classes.iter().enumerate().skip(3) {
+        let answer = cat.search(&nth_photo(i), 1, &none).await.unwrap();
+        assert_eq!(answer.neighbours[0].class_id, *class);
+    }
 }

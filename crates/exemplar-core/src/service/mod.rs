@@ -5,6 +5,11 @@
 //! written), commit to the store (the acknowledgement point), then insert into the index,
 //! so the answer is searchable as soon as it is sent. The index is a cache: after a crash
 //! [`Catalogue::catch_up`] replays the store's change log into it.
+//!
+//! The projection and the index it fills form one [`Space`], swapped whole by a refit or
+//! a compaction (`rebuild.rs`). Writes hold the shared side of a gate from projecting to
+//! indexing; a swap takes the exclusive side for its last step, so no write straddles two
+//! spaces. Searches never wait for the gate.
 
 use crate::ann::VectorIndex;
 use crate::catalogue::{
@@ -15,10 +20,15 @@ use crate::embed_queue::EmbedQueue;
 use crate::error::Error;
 use crate::extractor::{CropBox, ExtractError};
 use crate::projection::Projection;
+use crate::refit::RefitPolicy;
+use crate::PooledFeature;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use thiserror::Error;
+
+mod rebuild;
+pub use rebuild::Rebuilt;
 
 /// One uploaded photo.
 #[derive(Debug, Clone)]
@@ -160,14 +170,31 @@ pub struct SearchAnswer {
     pub verdict: Verdict,
 }
 
+/// A descriptor space: the projection and the index of descriptors made with it.
+pub struct Space<I> {
+    pub projection: Arc<Projection>,
+    pub index: I,
+}
+
+/// A photo through the model, before projection.
+struct Embedded {
+    raw: PooledFeature,
+    sha256: String,
+    name: Option<String>,
+}
+
 pub struct Catalogue<S, I> {
     store: S,
-    index: RwLock<I>,
+    space: RwLock<Space<I>>,
+    /// Writes share it; a space swap or a checkpoint takes it alone.
+    gate: tokio::sync::RwLock<()>,
+    /// One rebuild (refit or compaction) at a time.
+    rebuilding: tokio::sync::Mutex<()>,
     queue: EmbedQueue,
-    projection: RwLock<Arc<Projection>>,
     model: String,
     limits: Limits,
     verdict: VerdictRule,
+    refit: RefitPolicy,
 }
 
 impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
@@ -182,26 +209,54 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     ) -> Self {
         Self {
             store,
-            index: RwLock::new(index),
+            space: RwLock::new(Space {
+                projection: Arc::new(projection),
+                index,
+            }),
+            gate: tokio::sync::RwLock::new(()),
+            rebuilding: tokio::sync::Mutex::new(()),
             queue,
-            projection: RwLock::new(Arc::new(projection)),
             model,
             limits,
             verdict,
+            refit: RefitPolicy::default(),
         }
+    }
+
+    /// When the projection is refitted on the catalogue (default: [`RefitPolicy::default`]).
+    pub fn with_refit_policy(mut self, policy: RefitPolicy) -> Self {
+        self.refit = policy;
+        self
     }
 
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    /// The index, read-locked (e.g. to dump it).
-    pub fn read_index(&self) -> std::sync::RwLockReadGuard<'_, I> {
-        self.index.read().expect("index lock")
+    /// The current space, read-locked (searches go on; swaps wait).
+    pub fn read_space(&self) -> RwLockReadGuard<'_, Space<I>> {
+        self.space.read().expect("space lock")
+    }
+
+    pub fn projection(&self) -> Arc<Projection> {
+        self.read_space().projection.clone()
     }
 
     pub fn indexed(&self) -> usize {
-        self.index.read().expect("index lock").len()
+        self.read_space().index.len()
+    }
+
+    /// Runs `save` on a quiet index: no write is between its commit and its index insert,
+    /// so the index holds exactly the changes up to the sequence number passed along.
+    /// `save` runs on the calling thread: wrap blocking work accordingly.
+    pub async fn checkpoint<R>(
+        &self,
+        save: impl FnOnce(&I, Sequence, &Projection) -> R,
+    ) -> Result<R, ServiceError> {
+        let _quiet = self.gate.write().await;
+        let head = self.store.head().await?;
+        let space = self.read_space();
+        Ok(save(&space.index, head, &space.projection))
     }
 
     fn check_label(&self, label: &str) -> Result<(), ServiceError> {
@@ -235,8 +290,8 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         Ok(())
     }
 
-    /// Embeds and projects every upload; the first bad image fails the whole request.
-    async fn embed_uploads(&self, uploads: &[Upload]) -> Result<Vec<NewExemplar>, ServiceError> {
+    /// Embeds every upload; the first bad image fails the whole request.
+    async fn embed_uploads(&self, uploads: &[Upload]) -> Result<Vec<Embedded>, ServiceError> {
         if uploads.is_empty() {
             return Err(bad("no_image", "at least one image is required"));
         }
@@ -259,7 +314,6 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                     .map_err(queue_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let projection = self.projection.read().expect("projection lock").clone();
         let mut out = Vec::with_capacity(uploads.len());
         for (i, (upload, pending)) in uploads.iter().zip(pending).enumerate() {
             let raw = pending.await.map_err(|e| match e {
@@ -276,22 +330,36 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 ),
                 other => queue_error(other),
             })?;
-            let descriptor = projection
-                .apply(&raw)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            out.push(NewExemplar {
+            out.push(Embedded {
+                raw,
                 sha256: Sha256::digest(&upload.bytes)
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect(),
-                original_name: upload.name.clone(),
-                raw_feature: raw.0,
-                descriptor,
-                model: self.model.clone(),
-                projection: projection.version().to_string(),
+                name: upload.name.clone(),
             });
         }
         Ok(out)
+    }
+
+    /// Projects embedded photos into the current space (call with the gate held).
+    fn to_new_exemplars(&self, embedded: Vec<Embedded>) -> Result<Vec<NewExemplar>, ServiceError> {
+        let projection = self.projection();
+        embedded
+            .into_iter()
+            .map(|e| {
+                Ok(NewExemplar {
+                    descriptor: projection
+                        .apply(&e.raw)
+                        .map_err(|x| ServiceError::Internal(x.to_string()))?,
+                    raw_feature: e.raw.0,
+                    sha256: e.sha256,
+                    original_name: e.name,
+                    model: self.model.clone(),
+                    projection: projection.version().to_string(),
+                })
+            })
+            .collect()
     }
 
     fn index_added(
@@ -307,9 +375,10 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 Stored::Duplicate(_) => None,
             })
             .collect();
-        self.index
+        self.space
             .write()
-            .expect("index lock")
+            .expect("space lock")
+            .index
             .insert_batch(&added)
             .map_err(ServiceError::Internal)?;
         Ok(exemplars
@@ -338,7 +407,9 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     ) -> Result<(ClassRecord, Vec<ExemplarOutcome>), ServiceError> {
         self.check_label(label)?;
         self.check_metadata(metadata)?;
-        let exemplars = self.embed_uploads(uploads).await?;
+        let embedded = self.embed_uploads(uploads).await?;
+        let _write = self.gate.read().await;
+        let exemplars = self.to_new_exemplars(embedded)?;
         let (class, stored) = self
             .store
             .create_class(label.trim(), metadata, &exemplars)
@@ -352,7 +423,9 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         class: ClassId,
         uploads: &[Upload],
     ) -> Result<Vec<ExemplarOutcome>, ServiceError> {
-        let exemplars = self.embed_uploads(uploads).await?;
+        let embedded = self.embed_uploads(uploads).await?;
+        let _write = self.gate.read().await;
+        let exemplars = self.to_new_exemplars(embedded)?;
         let stored = self.store.add_exemplars(class, &exemplars).await?;
         self.index_added(&exemplars, &stored)
     }
@@ -378,19 +451,21 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     }
 
     pub async fn delete_class(&self, class: ClassId) -> Result<(), ServiceError> {
+        let _write = self.gate.read().await;
         let removed = self.store.delete_class(class).await?;
-        let mut index = self.index.write().expect("index lock");
+        let mut space = self.space.write().expect("space lock");
         for id in removed {
-            index.remove(id);
+            space.index.remove(id);
         }
         Ok(())
     }
 
     pub async fn delete_exemplar(&self, id: ExemplarId) -> Result<(), ServiceError> {
+        let _write = self.gate.read().await;
         if !self.store.delete_exemplar(id).await? {
             return Err(ServiceError::NotFound(format!("exemplar {id} not found")));
         }
-        self.index.write().expect("index lock").remove(id);
+        self.space.write().expect("space lock").index.remove(id);
         Ok(())
     }
 
@@ -408,23 +483,29 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 format!("k must be between 1 and {}", self.limits.max_k),
             ));
         }
-        let query = self
+        let raw = self
             .embed_uploads(std::slice::from_ref(upload))
             .await?
             .remove(0)
-            .descriptor;
+            .raw;
         // Fetch more than asked: filtered-out and just-deleted neighbours are dropped.
         let wanted = if filters.is_empty() {
             k
         } else {
             (k * 8).max(64)
         };
-        let hits = self
-            .index
-            .read()
-            .expect("index lock")
-            .search(&query, wanted)
-            .map_err(ServiceError::Internal)?;
+        // Project and search in one space, even if a swap is about to happen.
+        let hits = {
+            let space = self.read_space();
+            let query = space
+                .projection
+                .apply(&raw)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            space
+                .index
+                .search(&query, wanted)
+                .map_err(ServiceError::Internal)?
+        };
         let ids: Vec<ExemplarId> = hits.iter().map(|(id, _)| *id).collect();
         let owners: BTreeMap<ExemplarId, _> = self
             .store
@@ -512,7 +593,8 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             .collect();
         // Only exemplars still alive come back from the store.
         let descriptors = self.store.descriptors(&added).await?;
-        let mut index = self.index.write().expect("index lock");
+        let mut space = self.space.write().expect("space lock");
+        let index = &mut space.index;
         let mut last = after;
         let mut fresh = Vec::new();
         for change in &changes {

@@ -1,0 +1,194 @@
+//! Rebuilding the search space while searches go on: a projection refit (PCA on the
+//! stored raw features, every descriptor re-projected) or a compaction (the same
+//! descriptors in a fresh graph without the deleted ones).
+//!
+//! 1. Note the change log's head, read the raw features (async, store).
+//! 2. Fit, project and build the new index on a thread of its own (never on an async
+//!    worker); searches and writes keep using the old space meanwhile.
+//! 3. Take the write gate alone: replay what changed since step 1 into the new index,
+//!    commit the new projection and descriptors (one transaction, refits only), swap.
+
+use super::{bad, Catalogue, ServiceError, Space};
+use crate::ann::VectorIndex;
+use crate::catalogue::{CatalogueStore, Change, ExemplarId};
+use crate::projection::Projection;
+use crate::refit::CATALOGUE_SOURCE;
+use crate::PooledFeature;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuilt {
+    /// The projection version now in use.
+    pub projection: String,
+    /// A new projection was fitted (false: compaction only).
+    pub refitted: bool,
+    /// Exemplars in the new index.
+    pub exemplars: usize,
+    /// Exemplars the fit used.
+    pub fit_samples: usize,
+    pub seconds: f64,
+}
+
+/// Runs CPU-heavy work on its own thread and awaits it without blocking the executor.
+async fn off_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    let (reply, answer) = futures_channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = reply.send(work());
+        })
+        .map_err(|e| ServiceError::Internal(format!("spawning {name}: {e}")))?;
+    answer
+        .await
+        .map_err(|_| ServiceError::Internal(format!("{name} panicked")))
+}
+
+/// An even spread of at most `max` items (the fit does not need them all).
+fn spread<T>(items: &[T], max: usize) -> Vec<&T> {
+    if items.len() <= max {
+        return items.iter().collect();
+    }
+    (0..max).map(|i| &items[i * items.len() / max]).collect()
+}
+
+impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
+    /// Refits the projection when the [`crate::RefitPolicy`] says the catalogue has grown
+    /// enough; `None` when it has not (or another rebuild is running).
+    pub async fn refit_if_due(&self) -> Result<Option<Rebuilt>, ServiceError> {
+        let exemplars = self.store.exemplar_count().await?;
+        if !self.refit.should_refit(&self.projection(), exemplars) {
+            return Ok(None);
+        }
+        match self.rebuild(true).await {
+            Err(ServiceError::Busy(_)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// Refits now (on demand), if there are enough exemplars to fit on.
+    pub async fn refit_now(&self) -> Result<Rebuilt, ServiceError> {
+        let exemplars = self.store.exemplar_count().await?;
+        let needed = Projection::min_samples_for(self.projection().output_dim());
+        if exemplars < needed {
+            return Err(bad(
+                "too_few_exemplars",
+                format!("a refit needs at least {needed} exemplars, the catalogue has {exemplars}"),
+            ));
+        }
+        self.rebuild(true).await
+    }
+
+    /// Rebuilds the index without its deleted entries when they weigh enough.
+    pub async fn compact_if_due(&self) -> Result<Option<Rebuilt>, ServiceError> {
+        if !self.read_space().index.needs_compaction() {
+            return Ok(None);
+        }
+        match self.rebuild(false).await {
+            Err(ServiceError::Busy(_)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    async fn rebuild(&self, refit: bool) -> Result<Rebuilt, ServiceError> {
+        let _one = self
+            .rebuilding
+            .try_lock()
+            .map_err(|_| ServiceError::Busy("a refit or compaction is already running".into()))?;
+        let started = Instant::now();
+        let snapshot = self.store.head().await?;
+        let raw = self.store.raw_features(None).await?;
+        let (current, empty) = {
+            let space = self.read_space();
+            (space.projection.clone(), space.index.empty_like(raw.len()))
+        };
+        let policy = self.refit.clone();
+        let (projection, mut index, mut descriptors, fit_samples) =
+            off_thread("exemplar-rebuild", move || -> Result<_, ServiceError> {
+                let internal = |e: crate::Error| ServiceError::Internal(e.to_string());
+                let (projection, fit_samples) = if refit {
+                    let samples: Vec<&[f32]> = spread(&raw, policy.max_samples)
+                        .into_iter()
+                        .map(|(_, f)| f.as_slice())
+                        .collect();
+                    let fitted = Projection::fit_pca(
+                        &samples,
+                        current.output_dim(),
+                        policy.whitening,
+                        CATALOGUE_SOURCE,
+                    )
+                    .map_err(internal)?;
+                    (Arc::new(fitted), samples.len())
+                } else {
+                    (current, 0)
+                };
+                let descriptors = raw
+                    .into_iter()
+                    .map(|(id, f)| Ok((id, projection.apply(&PooledFeature(f))?)))
+                    .collect::<Result<Vec<_>, crate::Error>>()
+                    .map_err(internal)?;
+                let mut index = empty;
+                index
+                    .insert_batch(&descriptors)
+                    .map_err(ServiceError::Internal)?;
+                Ok((projection, index, descriptors, fit_samples))
+            })
+            .await??;
+
+        let _quiet = self.gate.write().await;
+        let changes = self.store.changes_since(snapshot).await?;
+        let mut late: Vec<ExemplarId> = Vec::new();
+        let mut removed: Vec<ExemplarId> = Vec::new();
+        for change in changes {
+            match change {
+                Change::ExemplarAdded { exemplar, .. } => late.push(exemplar),
+                Change::ExemplarRemoved { exemplar, .. } => removed.push(exemplar),
+            }
+        }
+        // Only exemplars still alive come back; a few at most, so projected inline.
+        let mut fresh = Vec::new();
+        for (id, raw) in self.store.raw_features(Some(&late)).await? {
+            if !index.contains(id) {
+                let descriptor = projection
+                    .apply(&PooledFeature(raw))
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                fresh.push((id, descriptor));
+            }
+        }
+        index.insert_batch(&fresh).map_err(ServiceError::Internal)?;
+        for id in removed {
+            index.remove(id);
+        }
+        descriptors.extend(fresh);
+        if refit {
+            self.store.reproject(&projection, &descriptors).await?;
+        }
+        let exemplars = index.len();
+        let version = projection.version().to_string();
+        let old = std::mem::replace(
+            &mut *self.space.write().expect("space lock"),
+            Space { projection, index },
+        );
+        drop(old); // outside the lock: freeing a large graph takes a moment
+        let rebuilt = Rebuilt {
+            projection: version,
+            refitted: refit,
+            exemplars,
+            fit_samples,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            refitted = rebuilt.refitted,
+            projection = %rebuilt.projection,
+            exemplars,
+            fit_samples,
+            seconds = rebuilt.seconds,
+            "search space rebuilt"
+        );
+        Ok(rebuilt)
+    }
+}
