@@ -464,6 +464,44 @@ fn acknowledged_writes_survive_sigkill_and_deletes_survive_restarts() {
     let (_, ready) = server.request("GET", "/readyz", &[], b"");
     assert_eq!(ready["indexed"], 1);
     server.kill();
+
+    // With upkeep every second, a write reaches the index dump without any shutdown.
+    let server = Server::start(dir.path(), &["--maintenance-interval-secs", "1"]);
+    let (status, again) = create(&server, "Espresso again", "{}", png(&coffee));
+    assert_eq!(status, 201);
+    let meta_path = dir.path().join("index").join("meta.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let meta: Value = std::fs::read(&meta_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        // Changes so far: 2 adds, 1 delete, then this add (seq 4). The delete also made
+        // the upkeep compact the graph (1 of 3 points dead), so no tombstones are left.
+        if meta["watermark"].as_u64() == Some(4) {
+            assert_eq!(meta["points"], 2, "{meta}");
+            assert_eq!(
+                meta["tombstones"].as_array().map(Vec::len),
+                Some(0),
+                "{meta}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic dump: {meta}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    let (_, answer) = server.multipart(
+        "/search",
+        &[Part::File("image", "q.png", png(&coffee))],
+        &[],
+    );
+    assert_eq!(answer["classes"][0]["class_id"], again["id"], "{answer}");
+    server.stop();
 }
 
 #[test]
