@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// When set, every write needs `Authorization: Bearer <key>`.
     #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// With an API key: reads (searches, listings, metrics, docs) need it too; only
+    /// /healthz and /readyz stay open.
+    #[arg(long, env = "EXEMPLAR_PROTECT_READS", requires = "api_key")]
+    pub protect_reads: bool,
     /// Largest request body.
     #[arg(long, env = "EXEMPLAR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,

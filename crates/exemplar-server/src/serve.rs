@@ -20,7 +20,11 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
         http::metrics::prometheus();
         let _lock = DataDirLock::acquire(&args.catalogue.data_dir)?;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder)).await?;
-        let state = AppState::new(catalogue.clone(), args.api_key.as_deref());
+        let state = AppState::new(
+            catalogue.clone(),
+            args.api_key.as_deref(),
+            args.protect_reads,
+        );
         let app = http::router(state, args.max_body_bytes);
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await

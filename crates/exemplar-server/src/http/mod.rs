@@ -30,13 +30,16 @@ pub struct AppState {
     pub catalogue: Arc<AppCatalogue>,
     /// sha256 of the API key, when one is configured.
     pub api_key_hash: Option<[u8; 32]>,
+    /// Reads (searches, listings, metrics, docs) need the key too.
+    pub protect_reads: bool,
 }
 
 impl AppState {
-    pub fn new(catalogue: Arc<AppCatalogue>, api_key: Option<&str>) -> Self {
+    pub fn new(catalogue: Arc<AppCatalogue>, api_key: Option<&str>, protect_reads: bool) -> Self {
         Self {
             catalogue,
             api_key_hash: api_key.map(|k| Sha256::digest(k.as_bytes()).into()),
+            protect_reads,
         }
     }
 }
@@ -71,7 +74,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// With an API key configured, every write needs `Authorization: Bearer <key>`. Keys are
+/// With an API key configured, every write (and with `--protect-reads` every request
+/// but the health probes) needs `Authorization: Bearer <key>`. Keys are
 /// compared as sha256 digests with a constant-time loop, and never logged.
 async fn require_key_for_writes(
     State(state): State<AppState>,
@@ -86,7 +90,10 @@ async fn require_key_for_writes(
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     // Searching is a read, even though the photo travels in a POST body.
-    if is_read || request.uri().path() == "/search" {
+    let is_read = is_read || request.uri().path() == "/search";
+    // Orchestrators probe health without credentials.
+    let is_probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if is_probe || (is_read && !state.protect_reads) {
         return Ok(next.run(request).await);
     }
     let presented = request

@@ -429,6 +429,19 @@ fn with_an_api_key_writes_need_it_and_reads_do_not() {
     );
     assert_eq!(status, 200);
     server.stop();
+
+    // --protect-reads: everything but the health probes needs the key.
+    let server = Server::start(dir.path(), &["--api-key", "s3cret", "--protect-reads"]);
+    let bearer = [("Authorization", "Bearer s3cret")];
+    let search = [Part::File("image", "q.png", image.clone())];
+    assert_eq!(server.multipart("/search", &search, &[]).0, 401);
+    assert_eq!(server.multipart("/search", &search, &bearer).0, 200);
+    assert_eq!(server.request("GET", "/classes", &[], b"").0, 401);
+    assert_eq!(server.request("GET", "/classes", &bearer, b"").0, 200);
+    assert_eq!(server.raw("GET", "/metrics", &[], b"").0, 401);
+    assert_eq!(server.request("GET", "/readyz", &[], b"").0, 200);
+    assert_eq!(server.request("GET", "/healthz", &[], b"").0, 200);
+    server.stop();
 }
 
 #[test]
