@@ -3,6 +3,7 @@
 
 use crate::descriptor::cosine;
 use crate::error::{Error, Result};
+use crate::rerank::{global_order, reorder, Rerank};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// Recall cut-offs reported for query/reference sets.
-pub const RECALL_AT: &[usize] = &[1, 5, 10, 20, 50];
+pub const RECALL_AT: &[usize] = &[1, 5, 10, 20, 50, 100, 200, 300];
 
 /// Every image file under `dir`, recursively, sorted.
 pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -230,18 +231,27 @@ pub fn average_precision(ranked_relevant: &[bool]) -> f64 {
     sum / total as f64
 }
 
-/// Holidays protocol: each query ranks every other image; mean of the APs.
-pub fn mean_average_precision(vectors: &[Vec<f32>], groups: &[String], is_query: &[bool]) -> f64 {
+/// Holidays protocol: each query ranks every other image; mean of the APs. With
+/// `rerank`, each query's shortlist is re-ordered by verified evidence first.
+pub fn mean_average_precision(
+    vectors: &[Vec<f32>],
+    groups: &[String],
+    is_query: &[bool],
+    rerank: Option<&Rerank<'_>>,
+) -> f64 {
     let mut aps = Vec::new();
     for (q, _) in is_query.iter().enumerate().filter(|(_, q)| **q) {
-        let mut scored: Vec<(f32, bool)> = vectors
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != q)
-            .map(|(i, v)| (cosine(&vectors[q], v), groups[i] == groups[q]))
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let ranked: Vec<bool> = scored.iter().map(|s| s.1).collect();
+        let mut scores: Vec<f32> = vectors.iter().map(|v| cosine(&vectors[q], v)).collect();
+        // The query itself is not part of its ranking.
+        scores[q] = f32::NEG_INFINITY;
+        let mut order = global_order(&scores);
+        order.pop();
+        if let Some(r) = rerank {
+            let n = r.shortlist.min(order.len());
+            let evidence = (r.evidence)(q, &order[..n]);
+            order = reorder(&order, &evidence, r.min_evidence);
+        }
+        let ranked: Vec<bool> = order.iter().map(|&i| groups[i] == groups[q]).collect();
         aps.push(average_precision(&ranked));
     }
     aps.iter().sum::<f64>() / aps.len().max(1) as f64
@@ -255,6 +265,27 @@ pub struct QueryOutcome {
     pub rank: Option<usize>,
     pub best: String,
     pub best_score: f32,
+    /// Two stages: the evidence of the answer; None when the answer is `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<usize>,
+    /// Open set: what was (wrongly) verified with the reference left out, and its evidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_set_match: Option<(String, usize)>,
+}
+
+/// How often the two-stage answer is `unknown`, where it should be and where not.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct UnknownFigures {
+    /// Queries with a reference answered `unknown` (false rejects).
+    pub known_answered_unknown: usize,
+    pub known_queries: usize,
+    /// Queries without a reference answered `unknown` (correct rejects).
+    pub unknown_answered_unknown: usize,
+    pub unknown_queries: usize,
+    /// Open set: each query with a reference searched with that reference left out.
+    pub open_set_answered_unknown: usize,
+    pub open_set_queries: usize,
+    pub open_set_unknown_rate: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -268,6 +299,11 @@ pub struct RecallReport {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueryReferenceReport {
     pub catalogue: usize,
+    /// The global (first) stage alone: the shortlist's recall.
+    pub first_stage: RecallReport,
+    /// With two stages: `unknown` answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<UnknownFigures>,
     #[serde(flatten)]
     pub overall: RecallReport,
     /// Per value of the third column, when it labels groups (e.g. `camera`).
@@ -289,7 +325,30 @@ fn recall_report(ranks: &[usize]) -> RecallReport {
     }
 }
 
-/// Ranks every query against the catalogue by cosine.
+/// How [`query_reference_report`] ranks beyond one global vector per query.
+#[derive(Clone, Copy)]
+pub struct ReportOptions<'a> {
+    /// More views of each query (e.g. turned): a catalogue item scores its best view.
+    pub extra_views: &'a [Vec<Vec<f32>>],
+    /// The second stage, if any.
+    pub rerank: Option<&'a Rerank<'a>>,
+    /// Reference → catalogue images of the very same item (another scan of the cover).
+    pub same_item: &'a BTreeMap<usize, Vec<usize>>,
+}
+
+impl Default for ReportOptions<'_> {
+    fn default() -> Self {
+        static NONE: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        Self {
+            extra_views: &[],
+            rerank: None,
+            same_item: &NONE,
+        }
+    }
+}
+
+/// Ranks every query against the catalogue by cosine, then (with `rerank`) re-orders
+/// each shortlist by verified evidence and answers `unknown` when none is verified.
 pub fn query_reference_report(
     catalogue_paths: &[PathBuf],
     catalogue: &[Vec<f32>],
@@ -297,20 +356,91 @@ pub fn query_reference_report(
     query_vectors: &[Vec<f32>],
     attribute: Option<&str>,
     root: &Path,
+    options: &ReportOptions<'_>,
 ) -> QueryReferenceReport {
+    let ReportOptions {
+        extra_views,
+        rerank,
+        same_item,
+    } = *options;
     let name = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
+    // A reference and the catalogue images that show the very same item (another scan of
+    // the same cover): naming any of them is right, and the open set leaves all out.
+    let item = |r: usize| -> Vec<usize> {
+        let mut all = vec![r];
+        all.extend(same_item.get(&r).into_iter().flatten().copied());
+        all
+    };
     let mut outcomes = Vec::new();
-    for (case, qv) in queries.iter().zip(query_vectors) {
-        let scores: Vec<f32> = catalogue.iter().map(|c| cosine(qv, c)).collect();
-        let (best, best_score) = scores
+    let mut first_ranks = Vec::new();
+    let mut unknown = UnknownFigures::default();
+    for (q, (case, qv)) in queries.iter().zip(query_vectors).enumerate() {
+        let views = extra_views.get(q).map(Vec::as_slice).unwrap_or(&[]);
+        let scores: Vec<f32> = catalogue
             .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, s)| (i, *s))
-            .unwrap_or((0, f32::NAN));
-        let rank = case
-            .reference
-            .map(|r| 1 + scores.iter().filter(|s| **s > scores[r]).count());
+            .map(|c| {
+                views
+                    .iter()
+                    .map(|v| cosine(v, c))
+                    .fold(cosine(qv, c), f32::max)
+            })
+            .collect();
+        let global = global_order(&scores);
+        let position = |order: &[usize], r: usize| {
+            let same = item(r);
+            1 + order
+                .iter()
+                .position(|i| same.contains(i))
+                .unwrap_or(order.len())
+        };
+        if let Some(r) = case.reference {
+            first_ranks.push(position(&global, r));
+        }
+        let mut open_set_match = None;
+        let (order, verified) = match rerank {
+            None => (global.clone(), None),
+            Some(rr) => {
+                // A few more than the shortlist: the open-set pass leaves the
+                // reference (and its duplicates) out and takes the next ones instead.
+                let extra = case.reference.map_or(0, |r| item(r).len());
+                let n = (rr.shortlist + extra).min(global.len());
+                let evidence = (rr.evidence)(q, &global[..n]);
+                let short = rr.shortlist.min(n);
+                let order = reorder(&global, &evidence[..short], rr.min_evidence);
+                let best_evidence = global[..short]
+                    .iter()
+                    .zip(&evidence)
+                    .find(|(i, _)| **i == order[0])
+                    .map(|(_, e)| *e)
+                    .filter(|e| *e >= rr.min_evidence);
+                if let Some(r) = case.reference {
+                    unknown.known_queries += 1;
+                    unknown.known_answered_unknown += best_evidence.is_none() as usize;
+                    let same = item(r);
+                    let wrong = global[..n]
+                        .iter()
+                        .zip(&evidence)
+                        .filter(|(i, _)| !same.contains(i))
+                        .take(rr.shortlist)
+                        .filter(|(_, e)| **e >= rr.min_evidence)
+                        .max_by_key(|(_, e)| **e)
+                        .map(|(i, e)| (name(&catalogue_paths[*i]), *e));
+                    unknown.open_set_queries += 1;
+                    unknown.open_set_answered_unknown += wrong.is_none() as usize;
+                    open_set_match = wrong;
+                } else {
+                    unknown.unknown_queries += 1;
+                    unknown.unknown_answered_unknown += best_evidence.is_none() as usize;
+                }
+                (order, Some(best_evidence))
+            }
+        };
+        let best = order.first().copied().unwrap_or(0);
+        let rank = case.reference.map(|r| match verified {
+            // Two stages: an `unknown` answer does not name the reference at rank 1.
+            Some(None) if position(&order, r) == 1 => 2,
+            _ => position(&order, r),
+        });
         outcomes.push((
             case,
             QueryOutcome {
@@ -321,9 +451,15 @@ pub fn query_reference_report(
                     .get(best)
                     .map(|p| name(p))
                     .unwrap_or_default(),
-                best_score,
+                best_score: scores.get(best).copied().unwrap_or(f32::NAN),
+                verified: verified.flatten(),
+                open_set_match,
             },
         ));
+    }
+    if rerank.is_some() {
+        unknown.open_set_unknown_rate =
+            unknown.open_set_answered_unknown as f64 / unknown.open_set_queries.max(1) as f64;
     }
     let ranks: Vec<usize> = outcomes.iter().filter_map(|(_, o)| o.rank).collect();
     // A third column whose values repeat labels groups (a camera); one whose values are all
@@ -345,6 +481,8 @@ pub fn query_reference_report(
     }
     QueryReferenceReport {
         catalogue: catalogue.len(),
+        first_stage: recall_report(&first_ranks),
+        unknown: rerank.is_some().then_some(unknown),
         overall: recall_report(&ranks),
         by_attribute,
         attribute: attribute.map(str::to_string),
@@ -378,10 +516,10 @@ mod tests {
         let vectors = vec![v(1.0, 0.0), v(0.9, 0.1), v(0.0, 1.0), v(0.1, 0.9)];
         let groups: Vec<String> = ["a", "a", "b", "b"].iter().map(|s| s.to_string()).collect();
         let q = [true, false, true, false];
-        assert_eq!(mean_average_precision(&vectors, &groups, &q), 1.0);
+        assert_eq!(mean_average_precision(&vectors, &groups, &q, None), 1.0);
         let swapped: Vec<String> = ["a", "b", "b", "a"].iter().map(|s| s.to_string()).collect();
         // Each query's only relevant image now comes second of three.
-        assert!((mean_average_precision(&vectors, &swapped, &q) - 0.5).abs() < 1e-9);
+        assert!((mean_average_precision(&vectors, &swapped, &q, None) - 0.5).abs() < 1e-9);
     }
 
     #[test]
@@ -421,8 +559,15 @@ mod tests {
             vec![0.8, 0.6],
             vec![0.0, 1.0],
         ];
-        let report =
-            query_reference_report(&catalogue, &cat, &queries, &qv, Some("camera"), dir.path());
+        let report = query_reference_report(
+            &catalogue,
+            &cat,
+            &queries,
+            &qv,
+            Some("camera"),
+            dir.path(),
+            &ReportOptions::default(),
+        );
         assert_eq!(report.overall.queries, 3);
         assert!((report.overall.top1 - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(report.outcomes[2].rank, Some(2));
@@ -431,6 +576,71 @@ mod tests {
         assert_eq!(report.by_attribute["Palm"].top1, 0.0);
         assert_eq!(report.expected_unknown.len(), 1);
         assert_eq!(report.expected_unknown[0].query, "q/2.jpg");
+    }
+
+    #[test]
+    fn two_stages_reorder_the_shortlist_answer_unknown_and_count_the_open_set() {
+        let paths: Vec<PathBuf> = ["a", "b", "c", "a-again"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let cat = vec![
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.6, 0.8],
+            vec![0.9, 0.1],
+        ];
+        let case = |q: &str, r: Option<usize>| QueryCase {
+            query: PathBuf::from(q),
+            reference: r,
+            attribute: None,
+        };
+        // q0 globally nearest to `c`, but verification says `b`; q1 verifies nothing; q2
+        // has no reference and verifies nothing.
+        let queries = vec![case("q0", Some(1)), case("q1", Some(0)), case("q2", None)];
+        let qv = vec![vec![0.6, 0.8], vec![1.0, 0.0], vec![0.7, 0.7]];
+        let evidence = |q: usize, candidates: &[usize]| -> Vec<usize> {
+            candidates
+                .iter()
+                .map(|&c| match (q, c) {
+                    (0, 1) => 40,
+                    (0, 2) => 5,
+                    (1, 3) => 30, // the duplicate of q1's reference
+                    _ => 0,
+                })
+                .collect()
+        };
+        let rerank = Rerank {
+            shortlist: 2,
+            min_evidence: 15,
+            evidence: &evidence,
+        };
+        let same: BTreeMap<usize, Vec<usize>> = [(0, vec![3])].into();
+        let report = query_reference_report(
+            &paths,
+            &cat,
+            &queries,
+            &qv,
+            None,
+            Path::new(""),
+            &ReportOptions {
+                rerank: Some(&rerank),
+                same_item: &same,
+                ..ReportOptions::default()
+            },
+        );
+        // q0: global rank of b is 2 (in the shortlist), verification lifts it to 1.
+        assert_eq!(report.first_stage.recall["1"], 0.5);
+        assert_eq!(report.outcomes[0].rank, Some(1));
+        assert_eq!(report.outcomes[0].verified, Some(40));
+        // q1: naming the reference's duplicate is right.
+        assert_eq!(report.outcomes[1].rank, Some(1));
+        assert_eq!(report.overall.top1, 1.0);
+        let unknown = report.unknown.unwrap();
+        assert_eq!(unknown.unknown_answered_unknown, 1);
+        // Open set: with b (and, for q1, a and its duplicate) left out, nothing verifies.
+        assert_eq!(unknown.open_set_answered_unknown, 2);
+        assert_eq!(unknown.open_set_unknown_rate, 1.0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod extractor;
 pub mod linalg;
 pub mod projection;
 pub mod refit;
+pub mod rerank;
 mod rng;
 pub mod service;
 

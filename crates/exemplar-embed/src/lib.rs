@@ -12,6 +12,7 @@ pub mod legacy_pth;
 pub mod models;
 pub mod ops;
 pub mod pooling;
+pub mod views;
 pub mod weights;
 
 pub use embedder::{default_projection, CnnEmbedder, EmbedderConfig};

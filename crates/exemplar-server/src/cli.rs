@@ -236,4 +236,24 @@ pub struct EvalArgs {
     /// Include every query's rank and best match in the JSON.
     #[arg(long)]
     pub per_query: bool,
+    /// Rank by the global descriptor only (no geometric verification of the shortlist).
+    #[arg(long)]
+    pub global_only: bool,
+    /// How many of the global ranking's best are geometrically verified.
+    #[arg(long, env = "EXEMPLAR_SHORTLIST", default_value_t = 300)]
+    pub shortlist: usize,
+    /// Inliers (matches consistent with one homography) that make a verified match.
+    #[arg(long, env = "EXEMPLAR_MIN_INLIERS", default_value_t = 20)]
+    pub min_inliers: usize,
+    /// Share of the reference's area the inliers must span (a shared logo is not a match).
+    #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = 0.0)]
+    pub min_coverage: f64,
+    /// A distractor verified against a reference with this many inliers shows the same
+    /// item (another scan of the same cover): naming it counts as right (0 = never).
+    #[arg(long, default_value_t = 200)]
+    pub same_item_inliers: usize,
+    /// Also search with these views of each query (rot90, rot180, rot270, zoom-out,
+    /// zoom-in); a reference scores its best view.
+    #[arg(long, value_delimiter = ',')]
+    pub query_views: Vec<String>,
 }

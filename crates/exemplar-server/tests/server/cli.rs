@@ -130,6 +130,26 @@ fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
     assert_eq!(r["by_attribute"]["x"]["top1"], 1.0);
     assert_eq!(r["expected_unknown"][0]["query"], "phone/c.jpg");
     assert_eq!(r["outcomes"].as_array().unwrap().len(), 3);
+    // Two stages: the other shots are verified geometrically, the gradient is not, and
+    // with its reference left out each shot comes out `unknown`.
+    assert!(
+        r["outcomes"][0]["verified"].as_u64().unwrap() >= 20,
+        "{json}"
+    );
+    assert_eq!(r["first_stage"]["recall"]["1"], 1.0);
+    assert_eq!(r["unknown"]["known_answered_unknown"], 0, "{json}");
+    assert_eq!(r["unknown"]["unknown_answered_unknown"], 1, "{json}");
+    assert_eq!(r["unknown"]["open_set_unknown_rate"], 1.0, "{json}");
+
+    let global = last_json(&exemplar(&[
+        "eval",
+        dir.path().to_str().unwrap(),
+        "--projection",
+        "raw",
+        "--global-only",
+    ]));
+    assert_eq!(global["stages"], "global");
+    assert!(global["results"][0].get("unknown").is_none(), "{global}");
 }
 
 #[test]

@@ -1,0 +1,39 @@
+//! Other views of a photo for searching: turned, zoomed out (padded to a square, so a
+//! centre crop keeps all of it) or zoomed in (its central part).
+
+use image::{imageops, DynamicImage, Rgb, RgbImage};
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown view `{0}` (rot90, rot180, rot270, zoom-out, zoom-in)")]
+pub struct UnknownView(pub String);
+
+pub fn view(rgb: &RgbImage, name: &str) -> Result<RgbImage, UnknownView> {
+    Ok(match name {
+        "rot90" => imageops::rotate90(rgb),
+        "rot180" => imageops::rotate180(rgb),
+        "rot270" => imageops::rotate270(rgb),
+        "zoom-out" => {
+            let side = rgb.width().max(rgb.height());
+            let mut square = RgbImage::from_pixel(side, side, Rgb([124, 116, 104]));
+            imageops::replace(
+                &mut square,
+                rgb,
+                ((side - rgb.width()) / 2) as i64,
+                ((side - rgb.height()) / 2) as i64,
+            );
+            square
+        }
+        "zoom-in" => {
+            let (w, h) = (rgb.width() * 2 / 3, rgb.height() * 2 / 3);
+            imageops::crop_imm(rgb, (rgb.width() - w) / 2, (rgb.height() - h) / 2, w, h).to_image()
+        }
+        other => return Err(UnknownView(other.to_string())),
+    })
+}
+
+/// Lossless bytes of a view, for APIs that take encoded images.
+pub fn encode_png(rgb: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(rgb.clone()).write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}

@@ -1,0 +1,144 @@
+//! Geometric verification on generated pictures: a textured "cover", the same cover seen
+//! at an angle (a known homography), rotated, and an unrelated picture.
+
+use exemplar_verify::{
+    extract, hull_area, verify, ExtractParams, Homography, LocalFeatures, RansacParams,
+};
+use image::{GrayImage, Luma};
+
+/// Deterministic texture: blobs and bars of varied contrast, rich in corners.
+fn cover(seed: u64, w: u32, h: u32) -> GrayImage {
+    let mut state = seed | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut img = GrayImage::from_pixel(w, h, Luma([128]));
+    for _ in 0..120 {
+        let (x0, y0) = ((next() % w as u64) as i64, (next() % h as u64) as i64);
+        let (rw, rh) = (8 + (next() % 40) as i64, 8 + (next() % 40) as i64);
+        let v = (next() % 256) as u8;
+        for y in y0.max(0)..(y0 + rh).min(h as i64) {
+            for x in x0.max(0)..(x0 + rw).min(w as i64) {
+                img.put_pixel(x as u32, y as u32, Luma([v]));
+            }
+        }
+    }
+    img
+}
+
+/// `src` seen through `h` (query pixel → reference pixel lookup), on a gray background.
+fn warp(src: &GrayImage, inverse: &Homography, w: u32, h: u32) -> GrayImage {
+    let mut out = GrayImage::from_pixel(w, h, Luma([90]));
+    for y in 0..h {
+        for x in 0..w {
+            if let Some((sx, sy)) = inverse.apply(x as f64, y as f64) {
+                if sx >= 0.0
+                    && sy >= 0.0
+                    && sx < src.width() as f64 - 1.0
+                    && sy < src.height() as f64 - 1.0
+                {
+                    out.put_pixel(x, y, *src.get_pixel(sx as u32, sy as u32));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn features(img: &GrayImage) -> LocalFeatures {
+    extract(img, &ExtractParams::default())
+}
+
+#[test]
+fn the_same_cover_at_an_angle_is_verified_and_located() {
+    let reference = cover(1, 400, 500);
+    // Query = reference shrunk, shifted and seen slightly in perspective.
+    let forward = Homography([0.8, 0.1, 60.0, -0.05, 0.85, 40.0, 0.0002, 0.0001, 1.0]);
+    let inverse = {
+        let m = nalgebra::Matrix3::from_row_slice(&forward.0)
+            .try_inverse()
+            .unwrap();
+        let m = m / m[(2, 2)];
+        Homography([
+            m[(0, 0)],
+            m[(0, 1)],
+            m[(0, 2)],
+            m[(1, 0)],
+            m[(1, 1)],
+            m[(1, 2)],
+            m[(2, 0)],
+            m[(2, 1)],
+            1.0,
+        ])
+    };
+    let query = warp(&reference, &inverse, 640, 560);
+    let v = verify(
+        &features(&query),
+        &features(&reference),
+        &RansacParams::default(),
+    );
+    assert!(
+        v.inliers >= 40,
+        "{} inliers of {} matches",
+        v.inliers,
+        v.matches
+    );
+    assert!(v.coverage > 0.3, "coverage {}", v.coverage);
+    // The located outline is where the cover really is (within a few pixels).
+    let found = v.homography.unwrap().quadrilateral(400, 500).unwrap();
+    let truth = forward.quadrilateral(400, 500).unwrap();
+    for (f, t) in found.iter().zip(&truth) {
+        assert!(
+            (f.0 - t.0).hypot(f.1 - t.1) < 12.0,
+            "{found:?} vs {truth:?}"
+        );
+    }
+}
+
+#[test]
+fn an_upside_down_photo_still_verifies() {
+    let reference = cover(2, 360, 480);
+    let query = image::imageops::rotate180(&reference);
+    let v = verify(
+        &features(&query),
+        &features(&reference),
+        &RansacParams::default(),
+    );
+    assert!(v.inliers >= 40, "{} inliers", v.inliers);
+}
+
+#[test]
+fn an_unrelated_picture_is_not_verified() {
+    let v = verify(
+        &features(&cover(3, 400, 500)),
+        &features(&cover(4, 400, 500)),
+        &RansacParams::default(),
+    );
+    assert!(v.inliers < 12, "{} inliers", v.inliers);
+    assert!(v.homography.is_none() || v.inliers < 12);
+}
+
+#[test]
+fn flat_or_tiny_pictures_give_no_features_rather_than_errors() {
+    let flat = GrayImage::from_pixel(300, 300, Luma([77]));
+    assert!(features(&flat).keypoints.is_empty());
+    let tiny = cover(5, 12, 9);
+    assert!(features(&tiny).keypoints.is_empty());
+    let v = verify(
+        &features(&flat),
+        &features(&cover(6, 300, 300)),
+        &RansacParams::default(),
+    );
+    assert_eq!(v.inliers, 0);
+}
+
+#[test]
+fn hull_area_of_known_shapes() {
+    let square = [(0.0, 0.0), (2.0, 0.0), (2.0, 2.0), (0.0, 2.0), (1.0, 1.0)];
+    assert!((hull_area(&square) - 4.0).abs() < 1e-9);
+    assert_eq!(hull_area(&[(0.0, 0.0), (1.0, 1.0), (2.0, 2.0)]), 0.0);
+    assert_eq!(hull_area(&[]), 0.0);
+}
