@@ -461,6 +461,18 @@ fn summary_line(r: &Value) -> String {
                     .collect::<Vec<_>>()
                     .join(", "))
                 .unwrap_or_default()
-        ),
+        ) + &match r.get("unknown") {
+            Some(u) => format!(
+                "; shortlist recall@100 {:.4} @300 {:.4}; answered unknown: {}/{} known, {}/{} unknown; open set unknown {:.3}",
+                r["first_stage"]["recall"]["100"].as_f64().unwrap_or(f64::NAN),
+                r["first_stage"]["recall"]["300"].as_f64().unwrap_or(f64::NAN),
+                u["known_answered_unknown"],
+                u["known_queries"],
+                u["unknown_answered_unknown"],
+                u["unknown_queries"],
+                u["open_set_unknown_rate"].as_f64().unwrap_or(f64::NAN),
+            ),
+            None => String::new(),
+        },
     }
 }
