@@ -40,7 +40,14 @@ fn main() {
     else {
         panic!("needs a query/reference ground truth");
     };
-    let params = ExtractParams::default();
+    // KEYPOINTS=N in the environment: how many keypoints per image (default 1000).
+    let params = ExtractParams {
+        max_keypoints: std::env::var("KEYPOINTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ExtractParams::default().max_keypoints),
+        ..ExtractParams::default()
+    };
     let started = Instant::now();
     let refs: Vec<LocalFeatures> = catalogue.iter().map(|p| features(p, &params)).collect();
     let per_extract_ms = started.elapsed().as_secs_f64() * 1000.0 / catalogue.len() as f64;
