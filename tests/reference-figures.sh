@@ -29,5 +29,6 @@ for o in r["outcomes"]:
 echo "== two stages: global shortlist + geometric verification" >&2
 two() { echo "== $*" >&2; "$X" "$@" --feature-cache "$cache" 2>&1 | grep -E '\((256|1280)-d\)|same_item|distractors' >&2; }
 two eval "$D/smvs-dvd-dev" --projection raw,catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays/images"
+two eval "$D/smvs-dvd-dev" --projection raw,catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays/images" --query-views zoom-in
 two eval "$D/dvdcovers" --projection raw,catalogue
 two eval "$D/holidays" --projection raw,catalogue
