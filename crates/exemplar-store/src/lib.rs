@@ -54,6 +54,30 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// One vector column of the given live exemplars, in id order (missing ids skipped).
+    async fn vectors(
+        &self,
+        column: &'static str,
+        ids: &[ExemplarId],
+    ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT id, {column} AS v FROM exemplars WHERE id IN ({placeholders}) ORDER BY id"
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(backend)? {
+                let bytes: Vec<u8> = row.get("v");
+                out.push((row.get("id"), vector_from_bytes(&bytes)?));
+            }
+        }
+        Ok(out)
+    }
+
     async fn make_current(
         tx: &mut Transaction<'_, Sqlite>,
         projection: &Projection,
@@ -414,33 +438,19 @@ impl CatalogueStore for SqliteStore {
         &self,
         ids: Option<&[ExemplarId]>,
     ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
-        let rows = match ids {
+        match ids {
+            Some(ids) => self.vectors("raw_feature", ids).await,
             None => sqlx::query("SELECT id, raw_feature FROM exemplars ORDER BY id")
                 .fetch_all(&self.pool)
                 .await
-                .map_err(backend)?,
-            Some(ids) => {
-                let mut rows = Vec::with_capacity(ids.len());
-                for chunk in ids.chunks(500) {
-                    let placeholders = vec!["?"; chunk.len()].join(",");
-                    let sql = format!(
-                        "SELECT id, raw_feature FROM exemplars WHERE id IN ({placeholders}) ORDER BY id"
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for id in chunk {
-                        query = query.bind(id);
-                    }
-                    rows.extend(query.fetch_all(&self.pool).await.map_err(backend)?);
-                }
-                rows
-            }
-        };
-        rows.iter()
-            .map(|r| {
-                let bytes: Vec<u8> = r.get("raw_feature");
-                Ok((r.get("id"), vector_from_bytes(&bytes)?))
-            })
-            .collect()
+                .map_err(backend)?
+                .iter()
+                .map(|r| {
+                    let bytes: Vec<u8> = r.get("raw_feature");
+                    Ok((r.get("id"), vector_from_bytes(&bytes)?))
+                })
+                .collect(),
+        }
     }
 
     async fn projection(&self) -> StoreResult<Option<Projection>> {
@@ -483,21 +493,6 @@ impl CatalogueStore for SqliteStore {
     }
 
     async fn descriptors(&self, ids: &[ExemplarId]) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!(
-                "SELECT id, descriptor FROM exemplars WHERE id IN ({placeholders}) ORDER BY id"
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await.map_err(backend)? {
-                let bytes: Vec<u8> = row.get("descriptor");
-                out.push((row.get("id"), vector_from_bytes(&bytes)?));
-            }
-        }
-        Ok(out)
+        self.vectors("descriptor", ids).await
     }
 }

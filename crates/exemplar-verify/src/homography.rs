@@ -159,20 +159,9 @@ pub fn ransac_homography(
     if matches.len() < params.min_inliers.max(4) {
         return None;
     }
-    let src: Vec<(f64, f64)> = matches
-        .iter()
-        .map(|m| {
-            let k = reference.keypoints[m.from];
-            (k.x as f64, k.y as f64)
-        })
-        .collect();
-    let dst: Vec<(f64, f64)> = matches
-        .iter()
-        .map(|m| {
-            let k = query.keypoints[m.to];
-            (k.x as f64, k.y as f64)
-        })
-        .collect();
+    let point = |f: &LocalFeatures, i: usize| (f.keypoints[i].x as f64, f.keypoints[i].y as f64);
+    let src: Vec<(f64, f64)> = matches.iter().map(|m| point(reference, m.from)).collect();
+    let dst: Vec<(f64, f64)> = matches.iter().map(|m| point(query, m.to)).collect();
     let diagonal = (query.width as f64).hypot(query.height as f64);
     let limit = (params.threshold * diagonal).powi(2);
     let count = |h: &Homography| {
