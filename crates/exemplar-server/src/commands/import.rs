@@ -71,7 +71,16 @@ pub fn plan_folder(dir: &Path) -> anyhow::Result<Vec<PlannedClass>> {
     if plan.is_empty() {
         bail!("no images in {}", dir.display());
     }
-    Ok(plan)
+    // `cat/` and `cat.png` side by side are one class (classes import concurrently, so
+    // two plans with one label would race to create it twice).
+    let mut merged: Vec<PlannedClass> = Vec::with_capacity(plan.len());
+    for class in plan {
+        match merged.iter_mut().find(|c| c.label == class.label) {
+            Some(same) => same.images.extend(class.images),
+            None => merged.push(class),
+        }
+    }
+    Ok(merged)
 }
 
 /// `label`, `image` and metadata columns; rows sharing a label form one class whose
@@ -341,4 +350,59 @@ fn report(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_and_files_become_classes_and_one_label_is_one_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("cat/more")).unwrap();
+        for f in [
+            "cat/a.jpg",
+            "cat/more/b.png",
+            "cat.png",
+            "dog.jpg",
+            "notes.txt",
+            ".hidden.jpg",
+        ] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        let plan = plan_folder(root).unwrap();
+        let labels: Vec<&str> = plan.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, ["cat", "dog"]);
+        assert_eq!(plan[0].images.len(), 3, "{:?}", plan[0].images);
+        assert!(plan_folder(&root.join("cat/more")).is_ok());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(plan_folder(empty.path()).is_err());
+    }
+
+    #[test]
+    fn manifest_rows_group_by_label_with_the_first_rows_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("m.csv");
+        std::fs::write(
+            &csv,
+            "label,image,artist,format\nKind of Blue,a.jpg,Miles Davis,CD\nKind of Blue,b.jpg,,\nHelp!,c.jpg,The Beatles,\n",
+        )
+        .unwrap();
+        let plan = plan_manifest(&csv).unwrap();
+        assert_eq!(plan.len(), 2);
+        assert_eq!(
+            plan[0].images,
+            [dir.path().join("a.jpg"), dir.path().join("b.jpg")]
+        );
+        assert_eq!(plan[0].metadata["format"], "CD");
+        assert_eq!(
+            plan[1].metadata.get("format"),
+            None,
+            "empty cells are left out"
+        );
+        std::fs::write(&csv, "name,path\nx,y\n").unwrap();
+        let err = plan_manifest(&csv).unwrap_err().to_string();
+        assert!(err.contains("`label` and `image`"), "{err}");
+    }
 }
