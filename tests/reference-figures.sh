@@ -11,7 +11,7 @@ X=target/release/exemplar
 cache=$(mktemp -d)
 trap 'rm -rf "$cache"' EXIT
 # The global-stage figures (issue 2); the two-stage ones follow at the end.
-run() { echo "== $*" >&2; "$X" "$@" --global-only --feature-cache "$cache" 2>&1 | grep -E '\((256|1280)-d\)|distractors' >&2; }
+run() { echo "== $*" >&2; "$X" "$@" --global-only --query-views none --feature-cache "$cache" 2>&1 | grep -E '\((256|1280)-d\)|distractors' >&2; }
 
 echo "== ImageNet sanity photos" >&2
 "$X" classify --manifest "$D/imagenet-sanity/manifest.tsv" --golden "$D/imagenet-sanity/golden-lite0.json" | grep -E "accepted|golden features" >&2
@@ -20,7 +20,7 @@ for w in 0 0.25 1; do run eval "$D/holidays" --projection catalogue --whitening 
 run eval "$D/smvs-dvd-dev" --projection raw,default,random
 run eval "$D/smvs-dvd-dev" --projection raw,default,random,catalogue --distractors "$D/dvdcovers/references"
 run eval "$D/smvs-dvd-dev" --projection raw,default,random,catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays"
-"$X" eval "$D/dvdcovers" --projection raw --global-only --per-query 2>/dev/null | tail -1 | python3 -c '
+"$X" eval "$D/dvdcovers" --projection raw --global-only --query-views none --per-query 2>/dev/null | tail -1 | python3 -c '
 import json, sys
 r = json.load(sys.stdin)["results"][0]
 for o in r["outcomes"]:
@@ -28,7 +28,12 @@ for o in r["outcomes"]:
 
 echo "== two stages: global shortlist + geometric verification" >&2
 two() { echo "== $*" >&2; "$X" "$@" --feature-cache "$cache" 2>&1 | grep -E '\((256|1280)-d\)|same_item|distractors' >&2; }
+two eval "$D/smvs-dvd-dev" --projection raw,catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays/images" --query-views none
+two eval "$D/smvs-dvd-dev" --projection raw,catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays/images" --global-only
 two eval "$D/smvs-dvd-dev" --projection raw,catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays/images"
-two eval "$D/smvs-dvd-dev" --projection raw,catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays/images" --query-views zoom-in
 two eval "$D/dvdcovers" --projection raw,catalogue
 two eval "$D/holidays" --projection raw,catalogue
+
+echo "== verdict rules (exemplar calibrate)" >&2
+"$X" calibrate "$D/smvs-dvd-dev" --projection catalogue --distractors "$D/dvdcovers/references" --distractors "$D/holidays/images" \
+    --feature-cache "$cache" --inliers 15,20,25,30,40 --coverage 0,0.05,0.1,0.15,0.2 2>&1 | grep -E 'inliers>=' >&2

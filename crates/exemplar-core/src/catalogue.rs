@@ -35,6 +35,8 @@ pub struct NewExemplar {
     pub descriptor: Vec<f32>,
     pub model: String,
     pub projection: String,
+    /// Serialized local features for spatial verification (bounded by the extractor).
+    pub local_features: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +87,9 @@ pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
 /// Durable catalogue storage. Every write is one transaction: all of it or none.
 pub trait CatalogueStore: Send + Sync + 'static {
-    /// Creates a class with its first exemplars.
+    /// Creates a class with its first exemplars. An exemplar whose bytes the class
+    /// already holds is a [`Stored::Duplicate`]; if the stored one lacks local features and
+    /// the new one has them, they are added (how an old catalogue gains them: re-import).
     fn create_class(
         &self,
         label: &str,
@@ -140,8 +144,17 @@ pub trait CatalogueStore: Send + Sync + 'static {
         ids: &[ExemplarId],
     ) -> impl Future<Output = StoreResult<Vec<ExemplarOwner>>> + Send;
 
-    /// Every live exemplar's class and photo hash (what an import skips as already done).
-    fn exemplar_hashes(&self) -> impl Future<Output = StoreResult<Vec<(ClassId, String)>>> + Send;
+    /// Every live exemplar's class, photo hash and whether it has local features (what an
+    /// import skips as already done).
+    fn exemplar_hashes(
+        &self,
+    ) -> impl Future<Output = StoreResult<Vec<(ClassId, String, bool)>>> + Send;
+
+    /// Local features of the given live exemplars that have them (others are skipped).
+    fn local_features(
+        &self,
+        ids: &[ExemplarId],
+    ) -> impl Future<Output = StoreResult<Vec<(ExemplarId, Vec<u8>)>>> + Send;
 
     /// The last change's sequence number (0 when there is none).
     fn head(&self) -> impl Future<Output = StoreResult<Sequence>> + Send;

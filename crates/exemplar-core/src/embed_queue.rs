@@ -3,19 +3,26 @@
 //! a full queue is refused at once ([`Error::QueueFull`]) instead of growing memory, so the
 //! server can answer 503 with `Retry-After`.
 
-use crate::descriptor::PooledFeature;
 use crate::error::{Error, Result};
-use crate::extractor::{CropBox, ExtractError, FeatureExtractor, ImageInput};
+use crate::extractor::{CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, View};
 use futures_channel::oneshot;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-type Reply = oneshot::Sender<std::result::Result<PooledFeature, ExtractError>>;
+type Reply = oneshot::Sender<std::result::Result<Extracted, ExtractError>>;
+
+/// What to extract from a queued image (see [`ImageInput`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    pub crop: Option<CropBox>,
+    pub view: View,
+    pub local: bool,
+}
 
 struct Job {
     image: Vec<u8>,
-    crop: Option<CropBox>,
+    want: Want,
     reply: Reply,
 }
 
@@ -41,16 +48,16 @@ impl EmbedQueue {
         }
     }
 
-    /// Queues one encoded image (or the `crop` of it); await the returned future for its
-    /// feature. Fails at once, without waiting, when the queue is full.
+    /// Queues one encoded image; await the returned future for what was extracted.
+    /// Fails at once, without waiting, when the queue is full.
     pub fn submit(
         &self,
         image: Vec<u8>,
-        crop: Option<CropBox>,
-    ) -> Result<impl std::future::Future<Output = Result<PooledFeature>>> {
+        want: Want,
+    ) -> Result<impl std::future::Future<Output = Result<Extracted>>> {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.as_ref().ok_or(Error::WorkerStopped)?;
-        match sender.try_send(Job { image, crop, reply }) {
+        match sender.try_send(Job { image, want, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(Error::QueueFull {
@@ -67,9 +74,9 @@ impl EmbedQueue {
         })
     }
 
-    /// Queues one image and waits for its feature.
-    pub async fn embed(&self, image: Vec<u8>) -> Result<PooledFeature> {
-        self.submit(image, None)?.await
+    /// Queues one whole image and waits for its pooled feature.
+    pub async fn embed(&self, image: Vec<u8>) -> Result<crate::PooledFeature> {
+        Ok(self.submit(image, Want::default())?.await?.pooled)
     }
 }
 
@@ -96,7 +103,9 @@ fn run_worker(extractor: &dyn FeatureExtractor, receiver: Receiver<Job>, max_bat
             .iter()
             .map(|j| ImageInput {
                 bytes: &j.image,
-                crop: j.crop,
+                crop: j.want.crop,
+                view: j.want.view,
+                local: j.want.local,
             })
             .collect();
         let results = extractor.extract(&images);
@@ -112,6 +121,7 @@ fn run_worker(extractor: &dyn FeatureExtractor, receiver: Receiver<Job>, max_bat
 mod tests {
     use super::*;
     use crate::extractor::ModelInfo;
+    use crate::PooledFeature;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     use std::time::Duration;
@@ -131,14 +141,17 @@ mod tests {
         fn extract(
             &self,
             images: &[ImageInput<'_>],
-        ) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
+        ) -> Vec<std::result::Result<Extracted, ExtractError>> {
             self.entered.fetch_add(1, Ordering::SeqCst);
             let _open = self.gate.lock().unwrap();
             self.batches.lock().unwrap().push(images.len());
             images
                 .iter()
                 .map(|i| match i.bytes.first() {
-                    Some(b) => Ok(PooledFeature(vec![*b as f32])),
+                    Some(b) => Ok(Extracted {
+                        pooled: PooledFeature(vec![*b as f32]),
+                        local: i.local.then(|| vec![*b]),
+                    }),
                     None => Err(ExtractError::CorruptImage("empty".into())),
                 })
                 .collect()
@@ -160,10 +173,10 @@ mod tests {
     #[test]
     fn answers_in_order_and_reports_bad_images_individually() {
         let queue = EmbedQueue::start(fake(), 8, 4);
-        let a = queue.submit(vec![7], None).unwrap();
-        let b = queue.submit(vec![], None).unwrap();
+        let a = queue.submit(vec![7], Want::default()).unwrap();
+        let b = queue.submit(vec![], Want::default()).unwrap();
         assert_eq!(
-            futures_executor::block_on(a).unwrap(),
+            futures_executor::block_on(a).unwrap().pooled,
             PooledFeature(vec![7.0])
         );
         let err = futures_executor::block_on(b).unwrap_err();
@@ -176,23 +189,26 @@ mod tests {
         let queue = EmbedQueue::start(extractor.clone(), 3, 8);
         let held = extractor.gate.lock().unwrap();
         // The worker takes the first job and blocks on the gate...
-        let first = queue.submit(vec![1], None).unwrap();
+        let first = queue.submit(vec![1], Want::default()).unwrap();
         while extractor.entered.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         // ...so three more fill the queue and the fifth is refused.
         let waiting: Vec<_> = (2..5)
-            .map(|i| queue.submit(vec![i], None).unwrap())
+            .map(|i| queue.submit(vec![i], Want::default()).unwrap())
             .collect();
         assert!(matches!(
-            queue.submit(vec![9], None),
+            queue.submit(vec![9], Want::default()),
             Err(Error::QueueFull { capacity: 3 })
         ));
         drop(held);
-        assert_eq!(futures_executor::block_on(first).unwrap().0, vec![1.0]);
+        assert_eq!(
+            futures_executor::block_on(first).unwrap().pooled.0,
+            vec![1.0]
+        );
         for (i, w) in waiting.into_iter().enumerate() {
             assert_eq!(
-                futures_executor::block_on(w).unwrap().0,
+                futures_executor::block_on(w).unwrap().pooled.0,
                 vec![(i + 2) as f32]
             );
         }

@@ -400,13 +400,9 @@ pub fn query_reference_report(
         let (order, verified) = match rerank {
             None => (global.clone(), None),
             Some(rr) => {
-                // A few more than the shortlist: the open-set pass leaves the
-                // reference (and its duplicates) out and takes the next ones instead.
-                let extra = case.reference.map_or(0, |r| item(r).len());
-                let n = (rr.shortlist + extra).min(global.len());
-                let evidence = (rr.evidence)(q, &global[..n]);
-                let short = rr.shortlist.min(n);
-                let order = reorder(&global, &evidence[..short], rr.min_evidence);
+                let short = rr.shortlist.min(global.len());
+                let evidence = (rr.evidence)(q, &global[..short]);
+                let order = reorder(&global, &evidence, rr.min_evidence);
                 let best_evidence = global[..short]
                     .iter()
                     .zip(&evidence)
@@ -416,12 +412,19 @@ pub fn query_reference_report(
                 if let Some(r) = case.reference {
                     unknown.known_queries += 1;
                     unknown.known_answered_unknown += best_evidence.is_none() as usize;
+                    // The open set: the same search with the reference (and its
+                    // duplicates) gone, so the shortlist takes the next ones instead.
                     let same = item(r);
-                    let wrong = global[..n]
+                    let open: Vec<usize> = global
                         .iter()
-                        .zip(&evidence)
-                        .filter(|(i, _)| !same.contains(i))
+                        .filter(|i| !same.contains(i))
                         .take(rr.shortlist)
+                        .copied()
+                        .collect();
+                    let open_evidence = (rr.evidence)(q, &open);
+                    let wrong = open
+                        .iter()
+                        .zip(&open_evidence)
                         .filter(|(_, e)| **e >= rr.min_evidence)
                         .max_by_key(|(_, e)| **e)
                         .map(|(i, e)| (name(&catalogue_paths[*i]), *e));

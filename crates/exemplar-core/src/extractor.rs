@@ -86,17 +86,44 @@ impl CropBox {
     }
 }
 
-/// One image to embed: its encoded bytes and, optionally, the part of it to look at.
+/// Which part of the (cropped) photo the model looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum View {
+    #[default]
+    Whole,
+    /// The central `fraction` of each side: a second look at a query whose subject fills
+    /// only part of the frame (a cover held up in a shop).
+    Centre(f32),
+}
+
+/// One image to embed: its encoded bytes, optionally the part of it to look at, and
+/// whether its local features (for spatial verification) are wanted too.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageInput<'a> {
     pub bytes: &'a [u8],
     pub crop: Option<CropBox>,
+    pub view: View,
+    pub local: bool,
 }
 
 impl<'a> ImageInput<'a> {
     pub fn whole(bytes: &'a [u8]) -> Self {
-        Self { bytes, crop: None }
+        Self {
+            bytes,
+            crop: None,
+            view: View::Whole,
+            local: false,
+        }
     }
+}
+
+/// What the extractor made of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Extracted {
+    pub pooled: PooledFeature,
+    /// Serialized local features, when asked for and the extractor makes them; taken
+    /// from the cropped photo, in pixels of the photo as sent.
+    pub local: Option<Vec<u8>>,
 }
 
 impl ExtractError {
@@ -121,14 +148,22 @@ pub struct ModelInfo {
 pub trait FeatureExtractor: Send + Sync + 'static {
     fn info(&self) -> &ModelInfo;
 
+    /// True when [`ImageInput::local`] is honoured (the service then verifies).
+    fn makes_local_features(&self) -> bool {
+        false
+    }
+
     /// Embeds a batch in as few forward passes as the implementation can; one result per
     /// input, in order, so one bad image does not fail its neighbours.
-    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<PooledFeature, ExtractError>>;
+    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<Extracted, ExtractError>>;
 
-    /// [`FeatureExtractor::extract`] of whole photos.
+    /// Pooled features of whole photos.
     fn extract_batch(&self, images: &[&[u8]]) -> Vec<Result<PooledFeature, ExtractError>> {
         let inputs: Vec<ImageInput<'_>> = images.iter().map(|b| ImageInput::whole(b)).collect();
         self.extract(&inputs)
+            .into_iter()
+            .map(|r| r.map(|e| e.pooled))
+            .collect()
     }
 }
 

@@ -18,9 +18,13 @@ pub mod refit;
 pub mod rerank;
 mod rng;
 pub mod service;
+pub mod verifier;
 
 pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};
 pub use error::{Error, Result};
-pub use extractor::{CropBox, ExtractError, FeatureExtractor, ImageInput, ModelInfo};
+pub use extractor::{
+    CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo, View,
+};
 pub use projection::{Projection, ProjectionKind};
 pub use refit::RefitPolicy;
+pub use verifier::{EarlyStop, Evidence, VerdictRule, Verifier};

@@ -10,8 +10,11 @@ use crate::pooling::Pooling;
 use crate::weights::{file_fingerprint, StateDict, WeightsSource};
 use candle_core::{Device, Tensor};
 use exemplar_core::{
-    l2_normalize, ExtractError, FeatureExtractor, ImageInput, ModelInfo, PooledFeature, Projection,
+    l2_normalize, ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo, PooledFeature,
+    Projection, View,
 };
+use exemplar_verify::ExtractParams;
+use image::RgbImage;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -26,6 +29,9 @@ pub struct EmbedderConfig {
     pub max_pixels: u64,
     /// Images per forward pass.
     pub max_batch: usize,
+    /// Local features for spatial verification, made when an input asks for them;
+    /// `None`: this embedder makes none (the service is global-only).
+    pub local_features: Option<ExtractParams>,
 }
 
 impl Default for EmbedderConfig {
@@ -37,6 +43,7 @@ impl Default for EmbedderConfig {
             pooling: Pooling::default(),
             max_pixels: DEFAULT_MAX_PIXELS,
             max_batch: 8,
+            local_features: Some(ExtractParams::default()),
         }
     }
 }
@@ -101,16 +108,50 @@ impl CnnEmbedder {
         input: ImageInput<'_>,
         geometry: Geometry,
     ) -> std::result::Result<PreparedImage, ExtractError> {
+        let (region, _) = self.region(input)?;
+        Ok(geometry.prepare(&region))
+    }
+
+    /// The part of the photo an input looks at (its crop, then its view) and where that
+    /// part's top-left corner lies in the upright photo.
+    fn region(
+        &self,
+        input: ImageInput<'_>,
+    ) -> std::result::Result<(RgbImage, (u32, u32)), ExtractError> {
         let rgb = decode_rgb(input.bytes, self.config.max_pixels)?;
-        match input.crop {
-            None => Ok(geometry.prepare(&rgb)),
+        let (part, origin) = match input.crop {
+            None => (rgb, (0, 0)),
             Some(crop) => {
                 crop.check(rgb.width(), rgb.height())?;
                 let part = image::imageops::crop_imm(&rgb, crop.x, crop.y, crop.width, crop.height)
                     .to_image();
-                Ok(geometry.prepare(&part))
+                (part, (crop.x, crop.y))
             }
-        }
+        };
+        Ok(match input.view {
+            View::Whole => (part, origin),
+            View::Centre(fraction) => {
+                let (centre, (x, y)) = crate::views::centre(&part, fraction);
+                (centre, (origin.0 + x, origin.1 + y))
+            }
+        })
+    }
+
+    /// The prepared CNN input and, when asked for and configured, the local features.
+    fn prepare_input(
+        &self,
+        input: ImageInput<'_>,
+    ) -> std::result::Result<(PreparedImage, Option<Vec<u8>>), ExtractError> {
+        let (region, (x, y)) = self.region(input)?;
+        let local = match (&self.config.local_features, input.local) {
+            (Some(params), true) => Some(
+                exemplar_verify::extract_rgb(&region, params)
+                    .offset(x, y)
+                    .to_bytes(),
+            ),
+            _ => None,
+        };
+        Ok((self.config.geometry.prepare(&region), local))
     }
 
     fn batch_tensor(images: &[&PreparedImage]) -> Result<Tensor> {
@@ -188,18 +229,22 @@ impl FeatureExtractor for CnnEmbedder {
         &self.info
     }
 
+    fn makes_local_features(&self) -> bool {
+        self.config.local_features.is_some()
+    }
+
     fn extract(
         &self,
         images: &[ImageInput<'_>],
-    ) -> Vec<std::result::Result<PooledFeature, ExtractError>> {
-        // Decoding is independent per image: spread it over the cores.
-        let prepared: Vec<_> = images
+    ) -> Vec<std::result::Result<Extracted, ExtractError>> {
+        // Decoding (and local features) are independent per image: spread over the cores.
+        let mut prepared: Vec<_> = images
             .par_iter()
-            .map(|input| self.prepare_with(*input, self.config.geometry))
+            .map(|input| self.prepare_input(*input))
             .collect();
         let good: Vec<PreparedImage> = prepared
             .iter()
-            .filter_map(|p| p.as_ref().ok().cloned())
+            .filter_map(|p| p.as_ref().ok().map(|(image, _)| image.clone()))
             .collect();
         let mut features = match self.features(&good) {
             Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
@@ -207,10 +252,18 @@ impl FeatureExtractor for CnnEmbedder {
         }
         .into_iter();
         prepared
-            .into_iter()
+            .iter_mut()
             .map(|p| match p {
-                Ok(_) => features.next().expect("one feature per good image"),
-                Err(e) => Err(e),
+                Ok((_, local)) => {
+                    features
+                        .next()
+                        .expect("one feature per good image")
+                        .map(|pooled| Extracted {
+                            pooled,
+                            local: local.take(),
+                        })
+                }
+                Err(e) => Err(e.clone()),
             })
             .collect()
     }

@@ -23,12 +23,18 @@ pub fn view(rgb: &RgbImage, name: &str) -> Result<RgbImage, UnknownView> {
             );
             square
         }
-        "zoom-in" => {
-            let (w, h) = (rgb.width() * 2 / 3, rgb.height() * 2 / 3);
-            imageops::crop_imm(rgb, (rgb.width() - w) / 2, (rgb.height() - h) / 2, w, h).to_image()
-        }
+        "zoom-in" => centre(rgb, 2.0 / 3.0).0,
         other => return Err(UnknownView(other.to_string())),
     })
+}
+
+/// The central `fraction` of each side and its top-left corner in `rgb`.
+pub fn centre(rgb: &RgbImage, fraction: f32) -> (RgbImage, (u32, u32)) {
+    let fraction = fraction.clamp(0.05, 1.0);
+    let side = |n: u32| ((n as f32 * fraction) as u32).clamp(1, n.max(1));
+    let (w, h) = (side(rgb.width()), side(rgb.height()));
+    let (x, y) = ((rgb.width() - w) / 2, (rgb.height() - h) / 2);
+    (imageops::crop_imm(rgb, x, y, w, h).to_image(), (x, y))
 }
 
 /// Lossless bytes of a view, for APIs that take encoded images.

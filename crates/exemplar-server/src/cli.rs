@@ -58,6 +58,15 @@ pub struct ModelArgs {
     /// Images per forward pass.
     #[arg(long, env = "EXEMPLAR_MAX_BATCH", default_value_t = 8, global = true)]
     pub max_batch: usize,
+    /// Local features kept per image for spatial verification (about 40 bytes each,
+    /// stored with every exemplar); 0 turns the second search stage off (global only).
+    #[arg(
+        long,
+        env = "EXEMPLAR_LOCAL_KEYPOINTS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub local_keypoints: usize,
 }
 
 impl ModelArgs {
@@ -69,6 +78,10 @@ impl ModelArgs {
             pooling: self.pooling,
             max_pixels: self.max_pixels,
             max_batch: self.max_batch,
+            local_features: (self.local_keypoints > 0).then(|| exemplar_verify::ExtractParams {
+                max_keypoints: self.local_keypoints,
+                ..Default::default()
+            }),
         }
     }
 }
@@ -118,6 +131,65 @@ pub struct CatalogueArgs {
     /// at each doubling). Below 257 a 256-d fit is impossible.
     #[arg(long, env = "EXEMPLAR_REFIT_MIN_EXEMPLARS", default_value_t = 512)]
     pub refit_min_exemplars: usize,
+    /// Also search with the photo's central part, this fraction of each side (a cover
+    /// that fills part of the frame); 0 = the whole photo only.
+    #[arg(long, env = "EXEMPLAR_CENTRE_VIEW", default_value_t = 2.0 / 3.0)]
+    pub centre_view: f32,
+    #[command(flatten)]
+    pub stages: StageArgs,
+}
+
+/// The second search stage and the verdict rule (`serve`, `search`, `eval`, `calibrate`).
+#[derive(Debug, Clone, Args)]
+pub struct StageArgs {
+    /// How many of the global ranking's best are geometrically verified.
+    #[arg(long, env = "EXEMPLAR_SHORTLIST", default_value_t = 300)]
+    pub shortlist: usize,
+    /// Inliers (local matches consistent with one homography) that make a verified match.
+    #[arg(long, env = "EXEMPLAR_MIN_INLIERS", default_value_t = 20)]
+    pub min_inliers: u32,
+    /// Share of the reference's area the inliers must span (a shared logo is not a match).
+    #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = 0.05)]
+    pub min_coverage: f32,
+    /// Verify the shortlist in chunks of this many, in global order...
+    #[arg(long, env = "EXEMPLAR_VERIFY_CHUNK", default_value_t = 50)]
+    pub verify_chunk: usize,
+    /// ...and stop after a chunk in which a candidate has this many inliers (0 = always
+    /// verify the whole shortlist)...
+    #[arg(long, env = "EXEMPLAR_SETTLE_INLIERS", default_value_t = 80)]
+    pub settle_inliers: u32,
+    /// ...spanning this share of it.
+    #[arg(long, env = "EXEMPLAR_SETTLE_COVERAGE", default_value_t = 0.2)]
+    pub settle_coverage: f32,
+}
+
+impl StageArgs {
+    pub fn early_stop(&self) -> Option<exemplar_core::EarlyStop> {
+        (self.settle_inliers > 0).then_some(exemplar_core::EarlyStop {
+            chunk: self.verify_chunk.max(1),
+            inliers: self.settle_inliers,
+            coverage: self.settle_coverage,
+        })
+    }
+
+    pub fn verdict_rule(&self) -> exemplar_core::VerdictRule {
+        exemplar_core::VerdictRule {
+            min_inliers: self.min_inliers,
+            min_coverage: self.min_coverage,
+            ..Default::default()
+        }
+    }
+}
+
+impl CatalogueArgs {
+    pub fn two_stage(&self) -> exemplar_core::service::TwoStage {
+        exemplar_core::service::TwoStage {
+            shortlist: self.stages.shortlist.max(1),
+            centre_view: (self.centre_view > 0.0 && self.centre_view < 1.0)
+                .then_some(self.centre_view),
+            early_stop: self.stages.early_stop(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +262,10 @@ pub enum Command {
     },
     /// Exact retrieval metrics over a labelled folder (groundtruth.tsv). Last line: JSON.
     Eval(EvalArgs),
+    /// False-accept and false-reject rates of verdict rules (minimum inliers x minimum
+    /// coverage) on a labelled query/reference folder, to choose `--min-inliers` and
+    /// `--min-coverage`. Last line: JSON.
+    Calibrate(CalibrateArgs),
     /// Fetch (if needed) and verify the configured model's weights, then print their path.
     FetchWeights,
     /// Embedding throughput on synthetic input at the configured geometry. Last line: JSON.
@@ -205,6 +281,18 @@ pub enum Command {
         #[arg(long)]
         random_weights: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// Minimum inliers to try.
+    #[arg(long, value_delimiter = ',', default_value = "10,15,20,25,30,40,50")]
+    pub inliers: Vec<u32>,
+    /// Minimum coverages to try.
+    #[arg(long, value_delimiter = ',', default_value = "0,0.05,0.1,0.15,0.2")]
+    pub coverage: Vec<f32>,
 }
 
 #[derive(Debug, Args)]
@@ -239,21 +327,15 @@ pub struct EvalArgs {
     /// Rank by the global descriptor only (no geometric verification of the shortlist).
     #[arg(long)]
     pub global_only: bool,
-    /// How many of the global ranking's best are geometrically verified.
-    #[arg(long, env = "EXEMPLAR_SHORTLIST", default_value_t = 300)]
-    pub shortlist: usize,
-    /// Inliers (matches consistent with one homography) that make a verified match.
-    #[arg(long, env = "EXEMPLAR_MIN_INLIERS", default_value_t = 20)]
-    pub min_inliers: usize,
-    /// Share of the reference's area the inliers must span (a shared logo is not a match).
-    #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = 0.0)]
-    pub min_coverage: f64,
+    #[command(flatten)]
+    pub stages: StageArgs,
     /// A distractor verified against a reference with this many inliers shows the same
     /// item (another scan of the same cover): naming it counts as right (0 = never).
     #[arg(long, default_value_t = 200)]
     pub same_item_inliers: usize,
     /// Also search with these views of each query (rot90, rot180, rot270, zoom-out,
-    /// zoom-in); a reference scores its best view.
-    #[arg(long, value_delimiter = ',')]
+    /// zoom-in, or none); a reference scores its best view. zoom-in is the service's
+    /// centre view at its default 2/3.
+    #[arg(long, value_delimiter = ',', default_value = "zoom-in")]
     pub query_views: Vec<String>,
 }

@@ -6,11 +6,12 @@ use crate::http::AppCatalogue;
 use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_core::embed_queue::EmbedQueue;
-use exemplar_core::service::{Catalogue, Limits, VerdictRule};
+use exemplar_core::service::{Catalogue, Limits};
 use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
 use exemplar_embed::CnnEmbedder;
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::SqliteStore;
+use exemplar_verify::HomographyVerifier;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub async fn open_catalogue(
         }
     };
     let model = embedder.info().id.clone();
+    let verifies = embedder.makes_local_features();
     // Model time is recorded for `/metrics` (a no-op outside `serve`).
     let timed = Arc::new(crate::http::metrics::TimedExtractor::new(embedder));
     let queue = EmbedQueue::start(timed, args.queue_capacity, 8);
@@ -102,12 +104,17 @@ pub async fn open_catalogue(
         projection,
         model,
         Limits::default(),
-        VerdictRule::default(),
+        args.stages.verdict_rule(),
     )
     .with_refit_policy(RefitPolicy {
         min_exemplars: args.refit_min_exemplars,
         ..RefitPolicy::default()
     });
+    let catalogue = if verifies {
+        catalogue.with_verifier(Arc::new(HomographyVerifier::default()), args.two_stage())
+    } else {
+        catalogue
+    };
     let head = catalogue.catch_up(watermark).await?;
     tracing::info!(
         indexed = catalogue.indexed(),

@@ -117,13 +117,23 @@ impl SqliteStore {
                     .await
                     .map_err(backend)?;
             if let Some(id) = existing {
+                if let Some(local) = &e.local_features {
+                    sqlx::query(
+                        "UPDATE exemplars SET local_features = ? WHERE id = ? AND local_features IS NULL",
+                    )
+                    .bind(local)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+                }
                 stored.push(Stored::Duplicate(id));
                 continue;
             }
             let at = now_ms();
             let id = sqlx::query(
-                "INSERT INTO exemplars (class_id, sha256, original_name, raw_feature, descriptor, model, projection, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO exemplars (class_id, sha256, original_name, raw_feature, descriptor, model, projection, local_features, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(class)
             .bind(&e.sha256)
@@ -132,6 +142,7 @@ impl SqliteStore {
             .bind(vector_to_bytes(&e.descriptor))
             .bind(&e.model)
             .bind(&e.projection)
+            .bind(&e.local_features)
             .bind(at)
             .execute(&mut **tx)
             .await
@@ -407,15 +418,36 @@ impl CatalogueStore for SqliteStore {
         Ok(out)
     }
 
-    async fn exemplar_hashes(&self) -> StoreResult<Vec<(ClassId, String)>> {
-        let rows = sqlx::query("SELECT class_id, sha256 FROM exemplars")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+    async fn exemplar_hashes(&self) -> StoreResult<Vec<(ClassId, String, bool)>> {
+        let rows = sqlx::query(
+            "SELECT class_id, sha256, local_features IS NOT NULL AS has_local FROM exemplars",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(rows
             .iter()
-            .map(|r| (r.get("class_id"), r.get("sha256")))
+            .map(|r| (r.get("class_id"), r.get("sha256"), r.get("has_local")))
             .collect())
+    }
+
+    async fn local_features(&self, ids: &[ExemplarId]) -> StoreResult<Vec<(ExemplarId, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT id, local_features FROM exemplars
+                 WHERE id IN ({placeholders}) AND local_features IS NOT NULL"
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(backend)? {
+                out.push((row.get("id"), row.get("local_features")));
+            }
+        }
+        Ok(out)
     }
 
     async fn head(&self) -> StoreResult<Sequence> {

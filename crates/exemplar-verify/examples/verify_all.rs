@@ -48,6 +48,14 @@ fn main() {
             .unwrap_or(ExtractParams::default().max_keypoints),
         ..ExtractParams::default()
     };
+    // QUERY_MAX_SIDE=N: the queries' long side before extraction (default 640, as references).
+    let query_params = ExtractParams {
+        max_side: std::env::var("QUERY_MAX_SIDE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(params.max_side),
+        ..params.clone()
+    };
     let started = Instant::now();
     let refs: Vec<LocalFeatures> = catalogue.iter().map(|p| features(p, &params)).collect();
     let per_extract_ms = started.elapsed().as_secs_f64() * 1000.0 / catalogue.len() as f64;
@@ -70,7 +78,7 @@ fn main() {
     // (what the query would score if its own reference were not in the catalogue).
     let mut best_wrong: Vec<usize> = Vec::new();
     for case in &queries {
-        let q = features(&case.query, &params);
+        let q = features(&case.query, &query_params);
         let inliers: Vec<usize> = refs
             .par_iter()
             .map(|r| verify(&q, r, &ransac).inliers)

@@ -296,5 +296,9 @@ pub fn extract(gray: &GrayImage, params: &ExtractParams) -> LocalFeatures {
         out.keypoints.extend(k);
         out.descriptors.extend(d);
     }
+    // Each level's share is rounded up: trim the few extra (from the coarsest level) so
+    // the stored size stays bounded.
+    out.keypoints.truncate(params.max_keypoints);
+    out.descriptors.truncate(params.max_keypoints);
     out
 }

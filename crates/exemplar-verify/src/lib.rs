@@ -3,13 +3,17 @@
 //! and a RANSAC homography. A reference that shares many geometrically consistent
 //! matches with the query photo is the same planar thing (a cover) seen again.
 
+mod codec;
 mod features;
 mod homography;
 mod matching;
+mod verifier;
 
+pub use codec::{encoded_len, CodecError};
 pub use features::{extract, extract_rgb, ExtractParams, Keypoint, LocalFeatures};
 pub use homography::{hull_area, ransac_homography, Found, Homography, RansacParams};
 pub use matching::{match_features, Match};
+pub use verifier::HomographyVerifier;
 
 /// The outcome of verifying one reference against a query photo.
 #[derive(Debug, Clone, PartialEq)]

@@ -142,3 +142,34 @@ fn hull_area_of_known_shapes() {
     assert_eq!(hull_area(&[(0.0, 0.0), (1.0, 1.0), (2.0, 2.0)]), 0.0);
     assert_eq!(hull_area(&[]), 0.0);
 }
+
+#[test]
+fn stored_features_are_bounded_and_verify_like_the_originals() {
+    let reference = cover(11, 640, 480);
+    for budget in [50, 300, 1000] {
+        let params = ExtractParams {
+            max_keypoints: budget,
+            ..ExtractParams::default()
+        };
+        let f = extract(&reference, &params);
+        assert!(
+            f.keypoints.len() <= budget,
+            "{} > {budget}",
+            f.keypoints.len()
+        );
+        assert!(f.to_bytes().len() <= exemplar_verify::encoded_len(budget));
+    }
+    // The stored form verifies exactly like the features it came from.
+    let query = warp(
+        &reference,
+        &Homography([1.1, 0.05, -20.0, -0.04, 1.05, -10.0, 0.0, 0.0, 1.0]),
+        640,
+        480,
+    );
+    let (r, q) = (features(&reference), features(&query));
+    let stored = LocalFeatures::from_bytes(&r.to_bytes()).unwrap();
+    let params = RansacParams::default();
+    let direct = verify(&q, &r, &params);
+    assert!(direct.inliers >= 50, "{direct:?}");
+    assert_eq!(verify(&q, &stored, &params), direct);
+}

@@ -16,18 +16,20 @@ use crate::catalogue::{
     CatalogueStore, Change, ClassId, ClassRecord, ExemplarId, Metadata, NewExemplar, Sequence,
     StoreError, Stored,
 };
-use crate::embed_queue::EmbedQueue;
+use crate::embed_queue::{EmbedQueue, Want};
 use crate::error::Error;
-use crate::extractor::{CropBox, ExtractError};
+use crate::extractor::{CropBox, ExtractError, Extracted, View};
 use crate::projection::Projection;
 use crate::refit::RefitPolicy;
-use crate::PooledFeature;
+use crate::verifier::{EarlyStop, Evidence, Verifier};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use thiserror::Error;
 
+pub use crate::verifier::VerdictRule;
+
 mod rebuild;
+mod search;
 pub use rebuild::Rebuilt;
 
 /// One uploaded photo.
@@ -68,20 +70,29 @@ impl Default for Limits {
     }
 }
 
-/// When the best class is named rather than `unknown`. This is the first honest rule,
-/// global similarity only: a class must be both close and clearly ahead of the next one.
-/// Cover recognition (issue 4) replaces it with verified geometric evidence.
+/// The two-stage search: how many global neighbours are verified, and whether the
+/// query's centre is searched as well (a cover that fills part of the frame).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct VerdictRule {
-    pub accept_score: f32,
-    pub min_margin: f32,
+pub struct TwoStage {
+    pub shortlist: usize,
+    /// Side fraction of the centre view; `None`: the whole photo only.
+    pub centre_view: Option<f32>,
+    /// `None`: the whole shortlist is always verified.
+    pub early_stop: Option<EarlyStop>,
 }
 
-impl Default for VerdictRule {
+impl Default for TwoStage {
+    /// Shortlist 300, the central two thirds, and stopping at 80 inliers spanning 20 %:
+    /// measured on SMVS-dev with 1,076 distractors (README, "Cover recognition").
     fn default() -> Self {
         Self {
-            accept_score: 0.85,
-            min_margin: 0.05,
+            shortlist: 300,
+            centre_view: Some(2.0 / 3.0),
+            early_stop: Some(EarlyStop {
+                chunk: 50,
+                inliers: 80,
+                coverage: 0.2,
+            }),
         }
     }
 }
@@ -135,7 +146,10 @@ pub struct Neighbour {
     pub exemplar_id: ExemplarId,
     pub class_id: ClassId,
     pub label: String,
+    /// Global (descriptor) similarity, the best over the query's views.
     pub score: f32,
+    /// Spatial verification of this exemplar, when it was verified.
+    pub evidence: Option<Evidence>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +161,8 @@ pub struct ClassScore {
     pub score: f32,
     /// How many of the returned neighbours belong to the class.
     pub support: usize,
+    /// The class's strongest verification among the returned neighbours.
+    pub evidence: Option<Evidence>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,11 +172,26 @@ pub enum Verdict {
         label: String,
         score: f32,
         margin: f32,
+        /// The verification that decided it (`None` for a global-only service).
+        evidence: Option<Evidence>,
     },
     Unknown {
         best_score: Option<f32>,
         margin: Option<f32>,
+        /// The most inliers any candidate reached (when verifying).
+        best_inliers: Option<u32>,
     },
+}
+
+/// Where a search spent its time, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StageTimings {
+    /// Decoding, the CNN on every view, local features of the query.
+    pub embed_ms: f64,
+    /// Projection, ANN search of every view, the store lookups.
+    pub shortlist_ms: f64,
+    /// Reading the shortlist's local features and verifying them (0 when global-only).
+    pub verify_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +199,7 @@ pub struct SearchAnswer {
     pub neighbours: Vec<Neighbour>,
     pub classes: Vec<ClassScore>,
     pub verdict: Verdict,
+    pub timings: StageTimings,
 }
 
 /// A descriptor space: the projection and the index of descriptors made with it.
@@ -178,7 +210,7 @@ pub struct Space<I> {
 
 /// A photo through the model, before projection.
 struct Embedded {
-    raw: PooledFeature,
+    extracted: Extracted,
     sha256: String,
     name: Option<String>,
 }
@@ -195,6 +227,8 @@ pub struct Catalogue<S, I> {
     limits: Limits,
     verdict: VerdictRule,
     refit: RefitPolicy,
+    verifier: Option<Arc<dyn Verifier>>,
+    two_stage: TwoStage,
 }
 
 impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
@@ -220,7 +254,21 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             limits,
             verdict,
             refit: RefitPolicy::default(),
+            verifier: None,
+            two_stage: TwoStage::default(),
         }
+    }
+
+    /// Verifies the global shortlist with local features (the extractor must make them:
+    /// exemplars stored from now on carry them) and bases the verdict on that evidence.
+    pub fn with_verifier(mut self, verifier: Arc<dyn Verifier>, two_stage: TwoStage) -> Self {
+        self.verifier = Some(verifier);
+        self.two_stage = two_stage;
+        self
+    }
+
+    fn verifying(&self) -> bool {
+        self.verifier.is_some()
     }
 
     /// When the projection is refitted on the catalogue (default: [`RefitPolicy::default`]).
@@ -305,18 +353,46 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 ),
             ));
         }
-        // Queue everything first so the worker can batch the request's images together.
-        let pending = uploads
+        let wants: Vec<(&Upload, Want)> = uploads
             .iter()
             .map(|u| {
+                let want = Want {
+                    crop: u.crop,
+                    view: View::Whole,
+                    local: self.verifying(),
+                };
+                (u, want)
+            })
+            .collect();
+        let extracted = self.extract_all(&wants).await?;
+        Ok(uploads
+            .iter()
+            .zip(extracted)
+            .map(|(upload, extracted)| Embedded {
+                extracted,
+                sha256: Sha256::digest(&upload.bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+                name: upload.name.clone(),
+            })
+            .collect())
+    }
+
+    /// Runs the model on each (upload, what to extract); the first bad image fails all.
+    async fn extract_all(&self, wants: &[(&Upload, Want)]) -> Result<Vec<Extracted>, ServiceError> {
+        // Queue everything first so the worker can batch the request's images together.
+        let pending = wants
+            .iter()
+            .map(|(u, want)| {
                 self.queue
-                    .submit(u.bytes.clone(), u.crop)
+                    .submit(u.bytes.clone(), *want)
                     .map_err(queue_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(uploads.len());
-        for (i, (upload, pending)) in uploads.iter().zip(pending).enumerate() {
-            let raw = pending.await.map_err(|e| match e {
+        let mut out = Vec::with_capacity(wants.len());
+        for (i, ((upload, _), pending)) in wants.iter().zip(pending).enumerate() {
+            let extracted = pending.await.map_err(|e| match e {
                 Error::Extract(x @ ExtractError::CropOutside { .. }) => {
                     bad("bad_crop", x.to_string())
                 }
@@ -330,14 +406,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 ),
                 other => queue_error(other),
             })?;
-            out.push(Embedded {
-                raw,
-                sha256: Sha256::digest(&upload.bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-                name: upload.name.clone(),
-            });
+            out.push(extracted);
         }
         Ok(out)
     }
@@ -350,9 +419,10 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             .map(|e| {
                 Ok(NewExemplar {
                     descriptor: projection
-                        .apply(&e.raw)
+                        .apply(&e.extracted.pooled)
                         .map_err(|x| ServiceError::Internal(x.to_string()))?,
-                    raw_feature: e.raw.0,
+                    raw_feature: e.extracted.pooled.0,
+                    local_features: e.extracted.local,
                     sha256: e.sha256,
                     original_name: e.name,
                     model: self.model.clone(),
@@ -467,116 +537,6 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         }
         self.space.write().expect("space lock").index.remove(id);
         Ok(())
-    }
-
-    /// Nearest exemplars of the photo, classes ranked by their best exemplar, and a verdict.
-    /// `filters`: only classes whose metadata holds every key=value pair.
-    pub async fn search(
-        &self,
-        upload: &Upload,
-        k: usize,
-        filters: &Metadata,
-    ) -> Result<SearchAnswer, ServiceError> {
-        if k == 0 || k > self.limits.max_k {
-            return Err(bad(
-                "bad_k",
-                format!("k must be between 1 and {}", self.limits.max_k),
-            ));
-        }
-        let raw = self
-            .embed_uploads(std::slice::from_ref(upload))
-            .await?
-            .remove(0)
-            .raw;
-        // Fetch more than asked: filtered-out and just-deleted neighbours are dropped.
-        let wanted = if filters.is_empty() {
-            k
-        } else {
-            (k * 8).max(64)
-        };
-        // Project and search in one space, even if a swap is about to happen.
-        let hits = {
-            let space = self.read_space();
-            let query = space
-                .projection
-                .apply(&raw)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            space
-                .index
-                .search(&query, wanted)
-                .map_err(ServiceError::Internal)?
-        };
-        let ids: Vec<ExemplarId> = hits.iter().map(|(id, _)| *id).collect();
-        let owners: BTreeMap<ExemplarId, _> = self
-            .store
-            .owners(&ids)
-            .await?
-            .into_iter()
-            .map(|o| (o.exemplar, o))
-            .collect();
-        let mut neighbours = Vec::new();
-        let mut classes: BTreeMap<ClassId, ClassScore> = BTreeMap::new();
-        for (id, score) in hits {
-            let Some(owner) = owners.get(&id) else {
-                continue;
-            };
-            if !filters
-                .iter()
-                .all(|(key, value)| owner.metadata.get(key) == Some(value))
-            {
-                continue;
-            }
-            if neighbours.len() == k {
-                break;
-            }
-            neighbours.push(Neighbour {
-                exemplar_id: id,
-                class_id: owner.class,
-                label: owner.label.clone(),
-                score,
-            });
-            let entry = classes.entry(owner.class).or_insert_with(|| ClassScore {
-                class_id: owner.class,
-                label: owner.label.clone(),
-                metadata: owner.metadata.clone(),
-                score,
-                support: 0,
-            });
-            entry.score = entry.score.max(score);
-            entry.support += 1;
-        }
-        let mut classes: Vec<ClassScore> = classes.into_values().collect();
-        classes.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let verdict = self.decide(&classes);
-        Ok(SearchAnswer {
-            neighbours,
-            classes,
-            verdict,
-        })
-    }
-
-    fn decide(&self, classes: &[ClassScore]) -> Verdict {
-        let Some(best) = classes.first() else {
-            return Verdict::Unknown {
-                best_score: None,
-                margin: None,
-            };
-        };
-        // With a single candidate class the margin is to "nothing else found" (score 0).
-        let margin = best.score - classes.get(1).map_or(0.0, |c| c.score);
-        if best.score >= self.verdict.accept_score && margin >= self.verdict.min_margin {
-            Verdict::Match {
-                class_id: best.class_id,
-                label: best.label.clone(),
-                score: best.score,
-                margin,
-            }
-        } else {
-            Verdict::Unknown {
-                best_score: Some(best.score),
-                margin: Some(margin),
-            }
-        }
     }
 
     /// Replays the store's changes after `after` into the index (after a restart from a

@@ -1,7 +1,7 @@
 //! `exemplar eval`: embed a labelled folder once, then score one or more descriptors
 //! (raw features and projections of them) by exact brute-force retrieval.
 
-use crate::cli::EvalArgs;
+use crate::cli::{CalibrateArgs, EvalArgs};
 use crate::progress::Progress;
 use anyhow::{bail, Context};
 use exemplar_core::eval::{
@@ -14,14 +14,42 @@ use exemplar_embed::CnnEmbedder;
 use exemplar_verify::{extract_rgb, ExtractParams, LocalFeatures, RansacParams};
 use rayon::prelude::*;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Images read and embedded per step: decoding runs in parallel within a step.
 const CHUNK: usize = 16;
 
+/// A verdict rule to score: minimum inliers and minimum coverage.
+type Rule = (u32, f32);
+
 pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
+    let rule = (args.stages.min_inliers, args.stages.min_coverage);
+    score_rules(embedder, args, &[rule], false)
+}
+
+/// `exemplar calibrate`: the same two stages under every rule of a grid, with the rates
+/// a rule is chosen by (the local features are matched once and reused).
+pub fn calibrate(embedder: &CnnEmbedder, args: &CalibrateArgs) -> anyhow::Result<()> {
+    if args.eval.global_only {
+        bail!("calibrate scores verdict rules: it needs the second stage (drop --global-only)");
+    }
+    let grid: Vec<Rule> = args
+        .inliers
+        .iter()
+        .flat_map(|i| args.coverage.iter().map(move |c| (*i, *c)))
+        .collect();
+    score_rules(embedder, &args.eval, &grid, true)
+}
+
+fn score_rules(
+    embedder: &CnnEmbedder,
+    args: &EvalArgs,
+    rules: &[Rule],
+    calibrating: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut truth = GroundTruth::load(&args.dataset)?;
     let distractors_from = match &truth {
@@ -60,22 +88,19 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
         GroundTruth::Groups { images, .. } => (images.len(), 0),
         GroundTruth::QueryReference { catalogue, .. } => (catalogue.len(), catalogue.len()),
     };
-    // Evidence of catalogue items for a query: inliers of one homography.
-    let evidence = |q: usize, candidates: &[usize]| -> Vec<usize> {
+    // Verification of catalogue item `c` for query `q`: (inliers, coverage), computed
+    // once and shared by every rule and projection.
+    let verified: Mutex<HashMap<(usize, usize), (usize, f64)>> = Mutex::default();
+    let early_stop = args.stages.early_stop();
+    let verification = |q: usize, c: usize| -> (usize, f64) {
+        if let Some(seen) = verified.lock().expect("cache").get(&(q, c)) {
+            return *seen;
+        }
         let local = local.as_ref().expect("two stages have local features");
-        let query = &local[query_offset + q];
-        candidates
-            .par_iter()
-            .map(|&c| {
-                let v = exemplar_verify::verify(query, &local[c], &ransac);
-                // Evidence only when the matches span enough of the reference.
-                if v.coverage >= args.min_coverage {
-                    v.inliers
-                } else {
-                    0
-                }
-            })
-            .collect()
+        let v = exemplar_verify::verify(&local[query_offset + q], &local[c], &ransac);
+        let seen = (v.inliers, v.coverage);
+        verified.lock().expect("cache").insert((q, c), seen);
+        seen
     };
     let same_item = match (&truth, &local) {
         (GroundTruth::QueryReference { queries, .. }, Some(local)) => same_item_pairs(
@@ -87,11 +112,6 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
         ),
         _ => BTreeMap::new(),
     };
-    let rerank = local.as_ref().map(|_| Rerank {
-        shortlist: args.shortlist,
-        min_evidence: args.min_inliers,
-        evidence: &evidence,
-    });
 
     // Which features a catalogue-fitted projection may learn from: the indexed images.
     let catalogue_features: Vec<&[f32]> = match &truth {
@@ -125,7 +145,7 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
                 .map(|f| p.apply(f))
                 .collect::<Result<_, _>>()?,
         };
-        let mut result = json!({
+        let result = json!({
             "projection": name,
             "version": projection.as_ref().map(|p| p.version().to_string()).unwrap_or_else(|| "raw".into()),
             "dim": vectors.first().map(Vec::len).unwrap_or(0),
@@ -142,20 +162,61 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<_, _>>()?;
-        let verify_started = Instant::now();
-        let mut metrics = score(
-            &truth,
-            &vectors,
-            &root,
-            args.per_query,
-            rerank.as_ref(),
-            &same_item,
-            &extra_vectors,
-        );
-        metrics["rank_seconds"] = json!(verify_started.elapsed().as_secs_f64());
-        merge(&mut result, metrics);
-        eprintln!("{}", summary_line(&result));
-        results.push(result);
+        for &(min_inliers, min_coverage) in rules {
+            // As the service verifies: chunk by chunk until one settles the search.
+            // Evidence counts only when the matches span enough of the reference.
+            let evidence = |q: usize, candidates: &[usize]| -> Vec<usize> {
+                let mut out = vec![0; candidates.len()];
+                let chunk = early_stop.map_or(candidates.len(), |s| s.chunk).max(1);
+                for (at, part) in candidates.chunks(chunk).enumerate() {
+                    let seen: Vec<(usize, f64)> =
+                        part.par_iter().map(|&c| verification(q, c)).collect();
+                    for (i, (inliers, coverage)) in seen.iter().enumerate() {
+                        if *coverage >= min_coverage as f64 {
+                            out[at * chunk + i] = *inliers;
+                        }
+                    }
+                    let settles = |(inliers, coverage): &(usize, f64)| {
+                        early_stop.is_some_and(|s| {
+                            s.settles(&exemplar_core::Evidence {
+                                inliers: *inliers as u32,
+                                coverage: *coverage as f32,
+                                ..Default::default()
+                            })
+                        })
+                    };
+                    if seen.iter().any(settles) {
+                        break;
+                    }
+                }
+                out
+            };
+            let rerank = local.as_ref().map(|_| Rerank {
+                shortlist: args.stages.shortlist,
+                min_evidence: min_inliers as usize,
+                evidence: &evidence,
+            });
+            let verify_started = Instant::now();
+            let mut metrics = score(
+                &truth,
+                &vectors,
+                &root,
+                args.per_query,
+                rerank.as_ref(),
+                &same_item,
+                &extra_vectors,
+            );
+            metrics["rank_seconds"] = json!(verify_started.elapsed().as_secs_f64());
+            let mut row = result.clone();
+            merge(&mut row, metrics);
+            if calibrating {
+                row = rates(&row, min_inliers, min_coverage);
+                eprintln!("{}", rates_line(&row));
+            } else {
+                eprintln!("{}", summary_line(&row));
+            }
+            results.push(row);
+        }
     }
 
     println!(
@@ -169,7 +230,7 @@ pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
             "embed_seconds": embed_seconds,
             "embed_ms_per_image": embed_seconds * 1e3 / paths.len().max(1) as f64,
             "same_item_pairs": same_item_json(&truth, &same_item, &root),
-            "stages": if args.global_only { json!("global") } else { json!({"shortlist": args.shortlist, "min_inliers": args.min_inliers}) },
+            "stages": if args.global_only { json!("global") } else { json!({"shortlist": args.stages.shortlist, "min_inliers": args.stages.min_inliers, "min_coverage": args.stages.min_coverage, "settle_inliers": args.stages.settle_inliers, "settle_coverage": args.stages.settle_coverage, "verify_chunk": args.stages.verify_chunk}) },
             "local_features_ms_per_image": local_seconds * 1e3 / paths.len().max(1) as f64,
             "elapsed_seconds": started.elapsed().as_secs_f64(),
             "results": results,
@@ -234,6 +295,7 @@ fn query_views(
     let GroundTruth::QueryReference { queries, .. } = truth else {
         return Ok(Vec::new());
     };
+    let views: Vec<&String> = views.iter().filter(|v| *v != "none").collect();
     if views.is_empty() {
         return Ok(Vec::new());
     }
@@ -431,6 +493,47 @@ fn score(
             value
         }
     }
+}
+
+/// A calibration row: the rule and the rates it is chosen by.
+fn rates(row: &Value, min_inliers: u32, min_coverage: f32) -> Value {
+    let u = &row["unknown"];
+    let count = |key: &str| u[key].as_u64().unwrap_or(0) as f64;
+    let known = count("known_queries");
+    let false_reject = count("known_answered_unknown") / known.max(1.0);
+    let top1 = row["top1"].as_f64().unwrap_or(f64::NAN);
+    // Should be `unknown`: every open-set search and every query without a reference.
+    let should_reject = count("open_set_queries") + count("unknown_queries");
+    let accepted_wrongly = count("open_set_queries") - count("open_set_answered_unknown")
+        + count("unknown_queries")
+        - count("unknown_answered_unknown");
+    json!({
+        "projection": row["projection"],
+        "min_inliers": min_inliers,
+        "min_coverage": min_coverage,
+        "top1": top1,
+        "by_attribute_top1": row["by_attribute"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v["top1"].clone())).collect::<serde_json::Map<_, _>>()),
+        "false_reject_rate": false_reject,
+        // Known queries answered with the wrong item.
+        "wrong_answer_rate": (1.0 - top1 - false_reject).max(0.0),
+        "false_accept_rate": accepted_wrongly / should_reject.max(1.0),
+        "known_queries": known,
+        "should_be_unknown": should_reject,
+    })
+}
+
+fn rates_line(r: &Value) -> String {
+    format!(
+        "{} inliers>={} coverage>={}: top-1 {:.3}, false reject {:.3}, wrong answer {:.3}, false accept {:.3} (of {} that should be unknown)",
+        r["projection"].as_str().unwrap_or("?"),
+        r["min_inliers"],
+        r["min_coverage"],
+        r["top1"].as_f64().unwrap_or(f64::NAN),
+        r["false_reject_rate"].as_f64().unwrap_or(f64::NAN),
+        r["wrong_answer_rate"].as_f64().unwrap_or(f64::NAN),
+        r["false_accept_rate"].as_f64().unwrap_or(f64::NAN),
+        r["should_be_unknown"],
+    )
 }
 
 fn merge(into: &mut Value, from: Value) {

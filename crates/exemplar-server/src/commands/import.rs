@@ -150,6 +150,7 @@ pub fn run(embedder: CnnEmbedder, args: &ImportArgs) -> anyhow::Result<()> {
         (None, Some(manifest)) => plan_manifest(manifest)?,
         _ => bail!("give either a folder or --manifest FILE.csv"),
     };
+    let wants_local = exemplar_core::FeatureExtractor::makes_local_features(&embedder);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -158,11 +159,14 @@ pub fn run(embedder: CnnEmbedder, args: &ImportArgs) -> anyhow::Result<()> {
         let _lock = DataDirLock::acquire(dir)?;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder)).await?;
         let existing = existing_classes(&catalogue).await?;
+        // An exemplar without local features is redone when they are made now.
         let done: HashSet<(ClassId, String)> = catalogue
             .store()
             .exemplar_hashes()
             .await?
             .into_iter()
+            .filter(|(_, _, has_local)| *has_local || !wants_local)
+            .map(|(class, sha, _)| (class, sha))
             .collect();
         let total: usize = plan.iter().map(|c| c.images.len()).sum();
         let tally = Arc::new(Mutex::new(Tally::default()));

@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Eval(args) => eval::run(&load(&cli.model)?, &args),
+        Command::Calibrate(args) => eval::calibrate(&load(&cli.model)?, &args),
         Command::FetchWeights => {
             let embedder = load(&cli.model)?;
             println!("{}", exemplar_core::FeatureExtractor::info(&embedder).id);

@@ -4,7 +4,7 @@
 
 use crate::cli::CatalogueArgs;
 use crate::data_dir::{existing_database, open_catalogue};
-use crate::http::dto::{SearchResult, SearchVerdict};
+use crate::http::dto::{SearchResult, SearchVerdict, VerificationEvidence};
 use anyhow::{bail, Context};
 use exemplar_core::catalogue::Metadata;
 use exemplar_core::service::Upload;
@@ -64,26 +64,41 @@ fn parse_filters(filters: &[String]) -> anyhow::Result<Metadata> {
 }
 
 fn print_answer(path: &std::path::Path, result: &SearchResult) {
+    let inliers = |e: &Option<VerificationEvidence>| {
+        e.as_ref()
+            .map_or(String::new(), |e| format!(", {} inliers", e.inliers))
+    };
     match &result.verdict {
         SearchVerdict::Match {
             class_id,
             label,
             score,
-            margin,
+            evidence,
+            ..
         } => println!(
-            "{}: match {label:?} (class {class_id}, score {score:.3}, margin {margin:.3})",
-            path.display()
-        ),
-        SearchVerdict::Unknown { best_score, .. } => println!(
-            "{}: unknown (best score {})",
+            "{}: match {label:?} (class {class_id}, score {score:.3}{})",
             path.display(),
-            best_score.map_or("-".into(), |s| format!("{s:.3}"))
+            inliers(evidence)
+        ),
+        SearchVerdict::Unknown {
+            best_score,
+            best_inliers,
+            ..
+        } => println!(
+            "{}: unknown (best score {}{})",
+            path.display(),
+            best_score.map_or("-".into(), |s| format!("{s:.3}")),
+            best_inliers.map_or(String::new(), |n| format!(", most inliers {n}"))
         ),
     }
     for class in result.classes.iter().take(5) {
         println!(
-            "  {:.3}  {} (class {}, {} of the neighbours)",
-            class.score, class.label, class.class_id, class.support
+            "  {:.3}  {} (class {}, {} of the neighbours{})",
+            class.score,
+            class.label,
+            class.class_id,
+            class.support,
+            inliers(&class.evidence)
         );
     }
 }

@@ -36,6 +36,8 @@ use utoipa::{Modify, OpenApi};
         dto::NeighbourHit,
         dto::ClassHit,
         dto::SearchVerdict,
+        dto::SearchTimings,
+        dto::VerificationEvidence,
         dto::ErrorBody,
         dto::RebuildReport,
         forms::NewClassForm,

@@ -3,6 +3,7 @@
 
 use exemplar_core::catalogue::{ClassRecord, ExemplarRecord, Metadata};
 use exemplar_core::service::{ExemplarOutcome, Rebuilt, SearchAnswer, Verdict};
+use exemplar_core::Evidence;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -103,13 +104,42 @@ pub struct ClassDetail {
     pub exemplars: Vec<StoredExemplar>,
 }
 
+/// Spatial verification of an exemplar against the photo.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerificationEvidence {
+    /// Local matches consistent with one homography (the verdict's measure).
+    pub inliers: u32,
+    /// Local matches before the geometric check.
+    pub matches: u32,
+    /// Share of the exemplar's area the inliers span (0..1).
+    pub coverage: f32,
+    /// The exemplar's corners in the photo, `[x, y]` in pixels of the upright photo as
+    /// sent, clockwise from its top-left: draw it to show where the item was found.
+    pub quadrilateral: Option<[[f32; 2]; 4]>,
+}
+
+impl From<&Evidence> for VerificationEvidence {
+    fn from(e: &Evidence) -> Self {
+        Self {
+            inliers: e.inliers,
+            matches: e.matches,
+            coverage: e.coverage,
+            quadrilateral: e.quadrilateral,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NeighbourHit {
     pub exemplar_id: i64,
     pub class_id: i64,
     pub label: String,
-    /// Cosine similarity of the descriptors (1 = identical).
+    /// Cosine similarity of the descriptors (1 = identical), best over the photo's views.
     pub score: f32,
+    /// Present when the exemplar was verified (it was in the shortlist and has local
+    /// features).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<VerificationEvidence>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -122,9 +152,13 @@ pub struct ClassHit {
     pub score: f32,
     /// How many of the neighbours belong to the class.
     pub support: usize,
+    /// The class's strongest verification among the neighbours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<VerificationEvidence>,
 }
 
-/// `match`: the photo shows this class; `unknown`: the evidence is too weak to name one.
+/// `match`: the photo shows this class (verified: enough inliers of one geometry);
+/// `unknown`: the evidence is too weak to name one.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum SearchVerdict {
@@ -132,13 +166,30 @@ pub enum SearchVerdict {
         class_id: i64,
         label: String,
         score: f32,
-        /// Lead over the next class.
+        /// Lead in score over the next class.
         margin: f32,
+        /// What verified it (absent on a global-only service).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        evidence: Option<VerificationEvidence>,
     },
     Unknown {
         best_score: Option<f32>,
         margin: Option<f32>,
+        /// The most inliers any shortlisted exemplar reached.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        best_inliers: Option<u32>,
     },
+}
+
+/// Milliseconds per stage of this search.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchTimings {
+    /// Decoding, the CNN on each view, the photo's local features.
+    pub embed_ms: f64,
+    /// Global search of the index and the catalogue lookups.
+    pub shortlist_ms: f64,
+    /// Spatial verification of the shortlist (0 on a global-only service).
+    pub verify_ms: f64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -146,25 +197,34 @@ pub struct SearchResult {
     pub neighbours: Vec<NeighbourHit>,
     pub classes: Vec<ClassHit>,
     pub verdict: SearchVerdict,
+    pub timings: SearchTimings,
 }
 
 impl From<&SearchAnswer> for SearchResult {
     fn from(a: &SearchAnswer) -> Self {
+        let evidence = |e: &Option<Evidence>| e.as_ref().map(VerificationEvidence::from);
         let verdict = match &a.verdict {
             Verdict::Match {
                 class_id,
                 label,
                 score,
                 margin,
+                evidence: e,
             } => SearchVerdict::Match {
                 class_id: *class_id,
                 label: label.clone(),
                 score: *score,
                 margin: *margin,
+                evidence: evidence(e),
             },
-            Verdict::Unknown { best_score, margin } => SearchVerdict::Unknown {
+            Verdict::Unknown {
+                best_score,
+                margin,
+                best_inliers,
+            } => SearchVerdict::Unknown {
                 best_score: *best_score,
                 margin: *margin,
+                best_inliers: *best_inliers,
             },
         };
         Self {
@@ -176,6 +236,7 @@ impl From<&SearchAnswer> for SearchResult {
                     class_id: n.class_id,
                     label: n.label.clone(),
                     score: n.score,
+                    evidence: evidence(&n.evidence),
                 })
                 .collect(),
             classes: a
@@ -187,9 +248,15 @@ impl From<&SearchAnswer> for SearchResult {
                     metadata: c.metadata.clone(),
                     score: c.score,
                     support: c.support,
+                    evidence: evidence(&c.evidence),
                 })
                 .collect(),
             verdict,
+            timings: SearchTimings {
+                embed_ms: a.timings.embed_ms,
+                shortlist_ms: a.timings.shortlist_ms,
+                verify_ms: a.timings.verify_ms,
+            },
         }
     }
 }

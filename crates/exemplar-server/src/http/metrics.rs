@@ -5,7 +5,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use exemplar_core::{ExtractError, FeatureExtractor, ImageInput, ModelInfo, PooledFeature};
+use exemplar_core::service::StageTimings;
+use exemplar_core::{ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -66,6 +67,17 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Per-stage time of one search: `exemplar_search_stage_seconds{stage=...}`.
+pub fn record_search_stages(timings: &StageTimings) {
+    for (stage, ms) in [
+        ("embed", timings.embed_ms),
+        ("shortlist", timings.shortlist_ms),
+        ("verify", timings.verify_ms),
+    ] {
+        metrics::histogram!("exemplar_search_stage_seconds", "stage" => stage).record(ms / 1000.0);
+    }
+}
+
 /// A feature extractor that times each forward pass for `/metrics`.
 pub struct TimedExtractor<E> {
     inner: Arc<E>,
@@ -82,7 +94,11 @@ impl<E: FeatureExtractor> FeatureExtractor for TimedExtractor<E> {
         self.inner.info()
     }
 
-    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<PooledFeature, ExtractError>> {
+    fn makes_local_features(&self) -> bool {
+        self.inner.makes_local_features()
+    }
+
+    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<Extracted, ExtractError>> {
         let started = Instant::now();
         let out = self.inner.extract(images);
         metrics::histogram!("exemplar_embed_batch_seconds").record(started.elapsed().as_secs_f64());

@@ -326,6 +326,7 @@ pub async fn search(
         .catalogue
         .search(&image, form.k.unwrap_or(10), &form.filters)
         .await?;
+    crate::http::metrics::record_search_stages(&answer.timings);
     Ok(Json(SearchResult::from(&answer)))
 }
 

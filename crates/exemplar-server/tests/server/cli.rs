@@ -150,6 +150,36 @@ fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
     ]));
     assert_eq!(global["stages"], "global");
     assert!(global["results"][0].get("unknown").is_none(), "{global}");
+
+    // Calibration: a rule per (inliers, coverage); an impossible one rejects everything.
+    let calibration = last_json(&exemplar(&[
+        "calibrate",
+        dir.path().to_str().unwrap(),
+        "--projection",
+        "raw",
+        "--inliers",
+        "20,100000",
+        "--coverage",
+        "0,0.99",
+    ]));
+    let rules = calibration["results"].as_array().unwrap();
+    assert_eq!(rules.len(), 4, "{calibration}");
+    let (lenient, strict) = (&rules[0], &rules[3]);
+    assert_eq!(
+        (
+            lenient["min_inliers"].as_u64(),
+            lenient["min_coverage"].as_f64()
+        ),
+        (Some(20), Some(0.0))
+    );
+    assert_eq!(lenient["top1"], 1.0, "{calibration}");
+    assert_eq!(lenient["false_reject_rate"], 0.0);
+    assert_eq!(lenient["false_accept_rate"], 0.0, "{calibration}");
+    // 2 open-set searches + the query without a reference.
+    assert_eq!(lenient["should_be_unknown"], 3.0);
+    assert_eq!(strict["false_reject_rate"], 1.0, "{calibration}");
+    assert_eq!(strict["top1"], 0.0);
+    assert_eq!(strict["false_accept_rate"], 0.0);
 }
 
 #[test]

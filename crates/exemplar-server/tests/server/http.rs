@@ -533,7 +533,9 @@ fn metrics_openapi_docs_and_one_owner_per_data_dir() {
         r#"exemplar_http_requests_total{method="POST",route="/search",status="200"} 1"#,
         r#"exemplar_http_requests_total{method="GET",route="/classes/{id}",status="404"} 1"#,
         r#"exemplar_http_request_duration_seconds_bucket{method="POST",route="/classes",status="201",le="+Inf"} 1"#,
-        "exemplar_embedded_images_total 2",
+        // The exemplar, then the query's two views (whole and centre).
+        "exemplar_embedded_images_total 3",
+        r#"exemplar_search_stage_seconds_count{stage="verify"} 1"#,
         "exemplar_index_exemplars 1",
     ] {
         assert!(
@@ -589,4 +591,113 @@ fn metrics_openapi_docs_and_one_owner_per_data_dir() {
         "{stderr}"
     );
     server.stop();
+}
+
+/// `img` turned by `degrees`, scaled by `scale` and placed at (`tx`, `ty`) on a plain
+/// gradient canvas (a print held up in front of a wall); returns the canvas and where
+/// the print's corners landed.
+fn held_up(
+    img: &image::RgbImage,
+    canvas: (u32, u32),
+    degrees: f64,
+    scale: f64,
+    (tx, ty): (f64, f64),
+) -> (image::RgbImage, [[f64; 2]; 4]) {
+    let (c, s) = (degrees.to_radians().cos(), degrees.to_radians().sin());
+    let forward = |x: f64, y: f64| [scale * (c * x - s * y) + tx, scale * (s * x + c * y) + ty];
+    let (w, h) = (img.width() as f64, img.height() as f64);
+    let corners = [
+        forward(0.0, 0.0),
+        forward(w, 0.0),
+        forward(w, h),
+        forward(0.0, h),
+    ];
+    let out = image::RgbImage::from_fn(canvas.0, canvas.1, |u, v| {
+        let (dx, dy) = ((u as f64 - tx) / scale, (v as f64 - ty) / scale);
+        let (x, y) = (c * dx + s * dy, -s * dx + c * dy);
+        if x >= 0.0 && y >= 0.0 && x < w - 1.0 && y < h - 1.0 {
+            // Bilinear sampling, as a camera would blur it.
+            let (x0, y0) = (x.floor() as u32, y.floor() as u32);
+            let (fx, fy) = (x - x0 as f64, y - y0 as f64);
+            let p = |i, j| img.get_pixel(x0 + i, y0 + j).0;
+            let mix = |k: usize| {
+                (p(0, 0)[k] as f64 * (1.0 - fx) * (1.0 - fy)
+                    + p(1, 0)[k] as f64 * fx * (1.0 - fy)
+                    + p(0, 1)[k] as f64 * (1.0 - fx) * fy
+                    + p(1, 1)[k] as f64 * fx * fy) as u8
+            };
+            image::Rgb([mix(0), mix(1), mix(2)])
+        } else {
+            let g = (60 + (u + v) / 12).min(255) as u8;
+            image::Rgb([g, g, g.saturating_add(20)])
+        }
+    });
+    (out, corners)
+}
+
+#[test]
+fn a_print_held_up_in_a_photo_is_verified_and_located_and_a_stranger_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let cat = photo(&SKIMAGE_CHELSEA);
+    let (status, chelsea) = create(&server, "Chelsea", "{}", png(&cat));
+    assert_eq!(status, 201, "{chelsea}");
+
+    let (scene, corners) = held_up(&cat, (900, 700), 12.0, 1.3, (220.0, 110.0));
+    let (status, answer) = server.multipart(
+        "/search",
+        &[Part::File("image", "scene.png", png(&scene))],
+        &[],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let verdict = &answer["verdict"];
+    assert_eq!(verdict["status"], "match", "{answer}");
+    assert_eq!(verdict["class_id"], chelsea["id"]);
+    let evidence = &verdict["evidence"];
+    assert!(evidence["inliers"].as_u64().unwrap() >= 20, "{evidence}");
+    // The outline a client would draw lies on the print: each corner within 2 % of the
+    // photo's diagonal (23 px).
+    let found = evidence["quadrilateral"].as_array().unwrap();
+    for (got, want) in found.iter().zip(corners) {
+        let (x, y) = (got[0].as_f64().unwrap(), got[1].as_f64().unwrap());
+        assert!(
+            (x - want[0]).hypot(y - want[1]) < 23.0,
+            "corner {got} vs {want:?}: {evidence}"
+        );
+    }
+    assert_eq!(answer["neighbours"][0]["evidence"], *evidence);
+    for stage in ["embed_ms", "shortlist_ms", "verify_ms"] {
+        assert!(answer["timings"][stage].as_f64().unwrap() > 0.0, "{answer}");
+    }
+
+    // With a crop, the outline is still in the coordinates of the photo as sent.
+    let crop = "150,50,700,600";
+    let (_, cropped) = server.multipart(
+        "/search",
+        &[
+            Part::File("image", "scene.png", png(&scene)),
+            Part::Text("crop", crop.into()),
+        ],
+        &[],
+    );
+    let first = &cropped["verdict"]["evidence"]["quadrilateral"][0];
+    assert!(
+        (first[0].as_f64().unwrap() - corners[0][0])
+            .hypot(first[1].as_f64().unwrap() - corners[0][1])
+            < 23.0,
+        "{cropped}"
+    );
+
+    // A real photo of something the catalogue does not hold: an honest `unknown`.
+    let (_, stranger) = server.multipart(
+        "/search",
+        &[Part::File(
+            "image",
+            "coffee.png",
+            png(&photo(&SKIMAGE_COFFEE)),
+        )],
+        &[],
+    );
+    assert_eq!(stranger["verdict"]["status"], "unknown", "{stranger}");
+    assert_eq!(stranger["neighbours"][0]["class_id"], chelsea["id"]);
 }

@@ -13,6 +13,7 @@ fn exemplar(sha: &str, x: f32) -> NewExemplar {
         descriptor: vec![x, 1.0 - x],
         model: "m".into(),
         projection: "p".into(),
+        local_features: None,
     }
 }
 

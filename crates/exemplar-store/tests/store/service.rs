@@ -3,10 +3,13 @@
 
 use exemplar_core::catalogue::{CatalogueStore, Metadata};
 use exemplar_core::embed_queue::EmbedQueue;
-use exemplar_core::service::{Catalogue, Limits, ServiceError, Upload, Verdict, VerdictRule};
+use exemplar_core::service::{
+    Catalogue, Limits, ServiceError, TwoStage, Upload, Verdict, VerdictRule,
+};
 use exemplar_core::RefitPolicy;
 use exemplar_core::{
-    l2_normalize, ExtractError, FeatureExtractor, ImageInput, ModelInfo, PooledFeature, Projection,
+    l2_normalize, EarlyStop, Evidence, ExtractError, Extracted, FeatureExtractor, ImageInput,
+    ModelInfo, PooledFeature, Projection, Verifier,
 };
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::SqliteStore;
@@ -23,7 +26,10 @@ impl FeatureExtractor for TextFeatures {
     fn info(&self) -> &ModelInfo {
         &self.0
     }
-    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<PooledFeature, ExtractError>> {
+    fn makes_local_features(&self) -> bool {
+        true
+    }
+    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<Extracted, ExtractError>> {
         images
             .iter()
             .map(|input| {
@@ -41,7 +47,11 @@ impl FeatureExtractor for TextFeatures {
                 v[item % DIM] = 1.0;
                 v[(item + 1 + shot) % DIM] += 0.05 * shot as f32;
                 l2_normalize(&mut v);
-                Ok(PooledFeature(v))
+                Ok(Extracted {
+                    pooled: PooledFeature(v),
+                    // The "local features" are the item number.
+                    local: input.local.then(|| item.to_string().into_bytes()),
+                })
             })
             .collect()
     }
@@ -244,6 +254,155 @@ async fn a_restarted_index_catches_up_from_its_dump_and_the_change_log() {
     let cat = catalogue(&db, fresh_index()).await;
     cat.catch_up(0).await.unwrap();
     assert_eq!(cat.indexed(), 2);
+}
+
+/// "Verifies" by comparing the stand-in local features (item numbers): the same item
+/// shows 60 inliers and an outline, another item 5 stray ones.
+struct ItemVerifier;
+
+impl Verifier for ItemVerifier {
+    fn verify(&self, query: &[u8], references: &[&[u8]]) -> Vec<Evidence> {
+        references
+            .iter()
+            .map(|r| match *r == query {
+                true => Evidence {
+                    inliers: 60,
+                    matches: 80,
+                    coverage: 0.8,
+                    quadrilateral: Some([[1.0, 2.0], [9.0, 2.0], [9.0, 8.0], [1.0, 8.0]]),
+                },
+                false => Evidence {
+                    inliers: 5,
+                    matches: 9,
+                    coverage: 0.01,
+                    quadrilateral: None,
+                },
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn two_stages_name_only_verified_classes_and_old_exemplars_gain_local_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    // Stored by a global-only service: no local features.
+    let (old, _) = catalogue(&db, fresh_index())
+        .await
+        .add_class("Old", &Metadata::new(), &[upload("item-3")])
+        .await
+        .unwrap();
+    let verifying = |index| async move {
+        let two_stage = TwoStage {
+            shortlist: 50,
+            centre_view: None,
+            early_stop: None,
+        };
+        catalogue(&db, index)
+            .await
+            .with_verifier(Arc::new(ItemVerifier), two_stage)
+    };
+    let cat = verifying(fresh_index()).await;
+    cat.catch_up(0).await.unwrap();
+    let (abbey, _) = cat
+        .add_class("Abbey Road", &Metadata::new(), &[upload("item-1")])
+        .await
+        .unwrap();
+    cat.add_class("Help!", &Metadata::new(), &[upload("item-2")])
+        .await
+        .unwrap();
+
+    let answer = cat
+        .search(&upload("item-1/shot-2"), 3, &Metadata::new())
+        .await
+        .unwrap();
+    let Verdict::Match {
+        class_id,
+        evidence: Some(evidence),
+        ..
+    } = &answer.verdict
+    else {
+        panic!("verified match expected: {:?}", answer.verdict);
+    };
+    assert_eq!(*class_id, abbey.id);
+    assert_eq!(evidence.inliers, 60);
+    assert!(evidence.quadrilateral.is_some());
+    assert_eq!(answer.neighbours[0].evidence.as_ref().unwrap().inliers, 60);
+    assert_eq!(answer.classes[0].class_id, abbey.id);
+    assert!(answer.timings.verify_ms > 0.0);
+
+    // The old exemplar is the global twin of the query, but without local features it
+    // cannot be verified: `unknown`, not a guess.
+    let answer = cat
+        .search(&upload("item-3"), 3, &Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.neighbours[0].class_id, old.id);
+    assert_eq!(answer.neighbours[0].evidence, None);
+    assert!(
+        matches!(
+            answer.verdict,
+            Verdict::Unknown {
+                best_inliers: Some(5),
+                ..
+            }
+        ),
+        "{:?}",
+        answer.verdict
+    );
+    // Sending the same photo again fills its local features in.
+    let again = cat
+        .add_exemplars(old.id, &[upload("item-3")])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+    let answer = cat
+        .search(&upload("item-3"), 3, &Metadata::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer.verdict, Verdict::Match { class_id, .. } if class_id == old.id),
+        "{:?}",
+        answer.verdict
+    );
+
+    // Stopping early: once a chunk holds settling evidence, later candidates stay
+    // unverified (and keep their global order).
+    let hasty = catalogue(&dir.path().join("c.sqlite"), fresh_index())
+        .await
+        .with_verifier(
+            Arc::new(ItemVerifier),
+            TwoStage {
+                shortlist: 50,
+                centre_view: None,
+                early_stop: Some(EarlyStop {
+                    chunk: 1,
+                    inliers: 50,
+                    coverage: 0.5,
+                }),
+            },
+        );
+    hasty.catch_up(0).await.unwrap();
+    let answer = hasty
+        .search(&upload("item-1/shot-2"), 3, &Metadata::new())
+        .await
+        .unwrap();
+    assert!(matches!(answer.verdict, Verdict::Match { class_id, .. } if class_id == abbey.id));
+    assert_eq!(answer.neighbours[0].evidence.as_ref().unwrap().inliers, 60);
+    assert_eq!(
+        answer.neighbours[1].evidence, None,
+        "{:?}",
+        answer.neighbours
+    );
+    drop(hasty);
+
+    // A photo of nothing in the catalogue is unknown, with what was found.
+    let stranger = cat
+        .search(&upload("item-9"), 3, &Metadata::new())
+        .await
+        .unwrap();
+    assert!(matches!(stranger.verdict, Verdict::Unknown { .. }));
+    assert_eq!(stranger.neighbours.len(), 3);
 }
 
 /// A distinct photo per number: item directions repeat every DIM, shots tell them apart.
