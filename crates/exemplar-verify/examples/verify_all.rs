@@ -54,6 +54,10 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(params.max_side),
+        max_keypoints: std::env::var("QUERY_KEYPOINTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(params.max_keypoints),
         ..params.clone()
     };
     let started = Instant::now();

@@ -184,9 +184,10 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             })
             .await
             .map_err(|e| ServiceError::Internal(format!("verification failed: {e}")))?;
-            let settled = evidence
-                .iter()
-                .any(|e| self.two_stage.early_stop.is_some_and(|s| s.settles(e)));
+            // Only a verified match settles (a stricter verdict rule than the stop's).
+            let settled = evidence.iter().any(|e| {
+                self.verdict.verified(e) && self.two_stage.early_stop.is_some_and(|s| s.settles(e))
+            });
             for (i, e) in with_local.into_iter().zip(evidence) {
                 part[i].evidence = Some(e);
             }

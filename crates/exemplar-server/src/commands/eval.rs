@@ -163,6 +163,11 @@ fn score_rules(
             })
             .collect::<Result<_, _>>()?;
         for &(min_inliers, min_coverage) in rules {
+            let rule = exemplar_core::VerdictRule {
+                min_inliers,
+                min_coverage,
+                ..Default::default()
+            };
             // As the service verifies: chunk by chunk until one settles the search.
             // Evidence counts only when the matches span enough of the reference.
             let evidence = |q: usize, candidates: &[usize]| -> Vec<usize> {
@@ -176,14 +181,14 @@ fn score_rules(
                             out[at * chunk + i] = *inliers;
                         }
                     }
+                    // Only a verified match settles, as in the service.
                     let settles = |(inliers, coverage): &(usize, f64)| {
-                        early_stop.is_some_and(|s| {
-                            s.settles(&exemplar_core::Evidence {
-                                inliers: *inliers as u32,
-                                coverage: *coverage as f32,
-                                ..Default::default()
-                            })
-                        })
+                        let e = exemplar_core::Evidence {
+                            inliers: *inliers as u32,
+                            coverage: *coverage as f32,
+                            ..Default::default()
+                        };
+                        rule.verified(&e) && early_stop.is_some_and(|s| s.settles(&e))
                     };
                     if seen.iter().any(settles) {
                         break;
