@@ -54,28 +54,42 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    /// One vector column of the given live exemplars, in id order (missing ids skipped).
-    async fn vectors(
+    /// One blob column of the given live exemplars, in id order (missing ids and NULLs
+    /// skipped).
+    async fn blobs(
         &self,
         column: &'static str,
         ids: &[ExemplarId],
-    ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
+    ) -> StoreResult<Vec<(ExemplarId, Vec<u8>)>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(",");
             let sql = format!(
-                "SELECT id, {column} AS v FROM exemplars WHERE id IN ({placeholders}) ORDER BY id"
+                "SELECT id, {column} AS v FROM exemplars
+                 WHERE id IN ({placeholders}) AND {column} IS NOT NULL ORDER BY id"
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id);
             }
             for row in query.fetch_all(&self.pool).await.map_err(backend)? {
-                let bytes: Vec<u8> = row.get("v");
-                out.push((row.get("id"), vector_from_bytes(&bytes)?));
+                out.push((row.get("id"), row.get("v")));
             }
         }
         Ok(out)
+    }
+
+    /// One vector column of the given live exemplars, in id order (missing ids skipped).
+    async fn vectors(
+        &self,
+        column: &'static str,
+        ids: &[ExemplarId],
+    ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
+        self.blobs(column, ids)
+            .await?
+            .into_iter()
+            .map(|(id, bytes)| Ok((id, vector_from_bytes(&bytes)?)))
+            .collect()
     }
 
     async fn make_current(
@@ -432,22 +446,7 @@ impl CatalogueStore for SqliteStore {
     }
 
     async fn local_features(&self, ids: &[ExemplarId]) -> StoreResult<Vec<(ExemplarId, Vec<u8>)>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!(
-                "SELECT id, local_features FROM exemplars
-                 WHERE id IN ({placeholders}) AND local_features IS NOT NULL"
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await.map_err(backend)? {
-                out.push((row.get("id"), row.get("local_features")));
-            }
-        }
-        Ok(out)
+        self.blobs("local_features", ids).await
     }
 
     async fn head(&self) -> StoreResult<Sequence> {
