@@ -21,7 +21,7 @@ pub struct Want {
 }
 
 struct Job {
-    image: Vec<u8>,
+    image: Arc<[u8]>,
     want: Want,
     reply: Reply,
 }
@@ -49,15 +49,20 @@ impl EmbedQueue {
     }
 
     /// Queues one encoded image; await the returned future for what was extracted.
-    /// Fails at once, without waiting, when the queue is full.
+    /// Fails at once, without waiting, when the queue is full. Jobs that share one
+    /// allocation (several views of a photo) can be decoded once when batched together.
     pub fn submit(
         &self,
-        image: Vec<u8>,
+        image: impl Into<Arc<[u8]>>,
         want: Want,
     ) -> Result<impl std::future::Future<Output = Result<Extracted>>> {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.as_ref().ok_or(Error::WorkerStopped)?;
-        match sender.try_send(Job { image, want, reply }) {
+        match sender.try_send(Job {
+            image: image.into(),
+            want,
+            reply,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(Error::QueueFull {

@@ -16,6 +16,7 @@ use exemplar_core::{
 use exemplar_verify::ExtractParams;
 use image::RgbImage;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Everything that decides which feature space an embedder produces.
@@ -108,41 +109,19 @@ impl CnnEmbedder {
         input: ImageInput<'_>,
         geometry: Geometry,
     ) -> std::result::Result<PreparedImage, ExtractError> {
-        let (region, _) = self.region(input)?;
+        let rgb = decode_rgb(input.bytes, self.config.max_pixels)?;
+        let (region, _) = region(&rgb, input)?;
         Ok(geometry.prepare(&region))
     }
 
-    /// The part of the photo an input looks at (its crop, then its view) and where that
-    /// part's top-left corner lies in the upright photo.
-    fn region(
-        &self,
-        input: ImageInput<'_>,
-    ) -> std::result::Result<(RgbImage, (u32, u32)), ExtractError> {
-        let rgb = decode_rgb(input.bytes, self.config.max_pixels)?;
-        let (part, origin) = match input.crop {
-            None => (rgb, (0, 0)),
-            Some(crop) => {
-                crop.check(rgb.width(), rgb.height())?;
-                let part = image::imageops::crop_imm(&rgb, crop.x, crop.y, crop.width, crop.height)
-                    .to_image();
-                (part, (crop.x, crop.y))
-            }
-        };
-        Ok(match input.view {
-            View::Whole => (part, origin),
-            View::Centre(fraction) => {
-                let (centre, (x, y)) = crate::views::centre(&part, fraction);
-                (centre, (origin.0 + x, origin.1 + y))
-            }
-        })
-    }
-
-    /// The prepared CNN input and, when asked for and configured, the local features.
+    /// The prepared CNN input of one input of the decoded photo `rgb` and, when asked for
+    /// and configured, its local features.
     fn prepare_input(
         &self,
+        rgb: &RgbImage,
         input: ImageInput<'_>,
     ) -> std::result::Result<(PreparedImage, Option<Vec<u8>>), ExtractError> {
-        let (region, (x, y)) = self.region(input)?;
+        let (region, (x, y)) = region(rgb, input)?;
         let local = match (&self.config.local_features, input.local) {
             (Some(params), true) => Some(
                 exemplar_verify::extract_rgb(&region, params)
@@ -237,10 +216,30 @@ impl FeatureExtractor for CnnEmbedder {
         &self,
         images: &[ImageInput<'_>],
     ) -> Vec<std::result::Result<Extracted, ExtractError>> {
-        // Decoding (and local features) are independent per image: spread over the cores.
+        // Views of one photo arrive as inputs over the same bytes (one allocation): each
+        // photo is decoded once. Decoding and local features are spread over the cores.
+        let mut photos: Vec<&[u8]> = Vec::new();
+        let photo_of: Vec<usize> = images
+            .iter()
+            .map(|input| {
+                let same = |p: &&[u8]| std::ptr::eq(*p, input.bytes);
+                photos.iter().position(same).unwrap_or_else(|| {
+                    photos.push(input.bytes);
+                    photos.len() - 1
+                })
+            })
+            .collect();
+        let decoded: Vec<_> = photos
+            .par_iter()
+            .map(|bytes| decode_rgb(bytes, self.config.max_pixels))
+            .collect();
         let mut prepared: Vec<_> = images
             .par_iter()
-            .map(|input| self.prepare_input(*input))
+            .zip(&photo_of)
+            .map(|(input, &photo)| match &decoded[photo] {
+                Ok(rgb) => self.prepare_input(rgb, *input),
+                Err(e) => Err(e.clone()),
+            })
             .collect();
         let good: Vec<PreparedImage> = prepared
             .iter()
@@ -282,4 +281,28 @@ pub fn default_projection(embedder: &CnnEmbedder, dim: usize) -> Result<Projecti
             0,
         )),
     }
+}
+
+/// The part of the photo an input looks at (its crop, then its view) and where that
+/// part's top-left corner lies in the upright photo.
+fn region<'a>(
+    rgb: &'a RgbImage,
+    input: ImageInput<'_>,
+) -> std::result::Result<(Cow<'a, RgbImage>, (u32, u32)), ExtractError> {
+    let (part, origin) = match input.crop {
+        None => (Cow::Borrowed(rgb), (0, 0)),
+        Some(crop) => {
+            crop.check(rgb.width(), rgb.height())?;
+            let part =
+                image::imageops::crop_imm(rgb, crop.x, crop.y, crop.width, crop.height).to_image();
+            (Cow::Owned(part), (crop.x, crop.y))
+        }
+    };
+    Ok(match input.view {
+        View::Whole => (part, origin),
+        View::Centre(fraction) => {
+            let (centre, (x, y)) = crate::views::centre(&part, fraction);
+            (Cow::Owned(centre), (origin.0 + x, origin.1 + y))
+        }
+    })
 }

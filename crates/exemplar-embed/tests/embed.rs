@@ -2,7 +2,7 @@
 //! ResNet/VGG code paths on generated weights in torchvision naming.
 
 use candle_core::Tensor;
-use exemplar_core::{cosine, ExtractError, FeatureExtractor};
+use exemplar_core::{cosine, ExtractError, FeatureExtractor, ImageInput, View};
 use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use exemplar_embed::models::SyntheticWeights;
 use exemplar_embed::{
@@ -49,6 +49,45 @@ fn same_image_same_feature_and_batching_does_not_change_it() {
     assert!((norm - 1.0).abs() < 1e-4);
     // Different photos are far apart.
     assert!(cosine(&alone.0, &batch[0].as_ref().unwrap().0) < 0.6);
+}
+
+#[test]
+fn views_of_one_photo_decoded_once_give_what_separate_photos_give() {
+    let model = lite0();
+    let cat = photo(&SKIMAGE_CHELSEA);
+    let copy = cat.clone();
+    let whole = ImageInput {
+        local: true,
+        ..ImageInput::whole(&cat)
+    };
+    let centre = ImageInput {
+        view: View::Centre(2.0 / 3.0),
+        ..ImageInput::whole(&cat)
+    };
+    // One allocation for both views (decoded once) versus two copies of the bytes.
+    let shared = model.extract(&[whole, centre]);
+    let apart = model.extract(&[
+        whole,
+        ImageInput {
+            bytes: &copy,
+            ..centre
+        },
+    ]);
+    for (a, b) in shared.iter().zip(&apart) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert!(cosine(&a.pooled.0, &b.pooled.0) > 0.99999);
+        assert_eq!(a.local, b.local);
+    }
+    let (w, c) = (shared[0].as_ref().unwrap(), shared[1].as_ref().unwrap());
+    assert!(
+        w.local.as_ref().is_some_and(|l| l.len() > 16),
+        "local features asked for"
+    );
+    assert_eq!(c.local, None, "not asked for");
+    assert!(
+        cosine(&w.pooled.0, &c.pooled.0) < 0.99,
+        "the centre is another view"
+    );
 }
 
 #[test]

@@ -381,15 +381,24 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
 
     /// Runs the model on each (upload, what to extract); the first bad image fails all.
     async fn extract_all(&self, wants: &[(&Upload, Want)]) -> Result<Vec<Extracted>, ServiceError> {
-        // Queue everything first so the worker can batch the request's images together.
+        // Queue everything first so the worker can batch the request's images together;
+        // the views of one upload share its bytes, so the extractor can decode them once.
+        let mut shared: Vec<(&Upload, Arc<[u8]>)> = Vec::new();
         let pending = wants
             .iter()
-            .map(|(u, want)| {
-                self.queue
-                    .submit(u.bytes.clone(), *want)
-                    .map_err(queue_error)
+            .map(|&(upload, want)| {
+                let bytes = match shared.iter().find(|(u, _)| std::ptr::eq(*u, upload)) {
+                    Some((_, bytes)) => bytes.clone(),
+                    None => {
+                        let bytes: Arc<[u8]> = upload.bytes.as_slice().into();
+                        shared.push((upload, bytes.clone()));
+                        bytes
+                    }
+                };
+                self.queue.submit(bytes, want).map_err(queue_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        drop(shared);
         let mut out = Vec::with_capacity(wants.len());
         for (i, ((upload, _), pending)) in wants.iter().zip(pending).enumerate() {
             let extracted = pending.await.map_err(|e| match e {
