@@ -5,7 +5,7 @@ use crate::fetch;
 use crate::geometry::{Geometry, PreparedImage};
 use crate::image_input::{decode_rgb, DEFAULT_MAX_PIXELS};
 use crate::imagenet;
-use crate::models::{Architecture, Backbone, TensorSource};
+use crate::models::{Architecture, Backbone, Engine, TensorSource};
 use crate::pooling::Pooling;
 use crate::weights::{file_fingerprint, StateDict, WeightsSource};
 use candle_core::{Device, Tensor};
@@ -33,6 +33,9 @@ pub struct EmbedderConfig {
     /// Local features for spatial verification, made when an input asks for them;
     /// `None`: this embedder makes none (the service is global-only).
     pub local_features: Option<ExtractParams>,
+    /// Which implementation runs the network; both give the same features (within
+    /// float rounding), so it is not part of the model id.
+    pub engine: Engine,
 }
 
 impl Default for EmbedderConfig {
@@ -45,6 +48,7 @@ impl Default for EmbedderConfig {
             max_pixels: DEFAULT_MAX_PIXELS,
             max_batch: 8,
             local_features: Some(ExtractParams::default()),
+            engine: Engine::default(),
         }
     }
 }
@@ -160,7 +164,9 @@ impl CnnEmbedder {
         for indices in by_size.values() {
             for chunk in indices.chunks(self.config.max_batch.max(1)) {
                 let batch: Vec<&PreparedImage> = chunk.iter().map(|&i| &images[i]).collect();
-                let fmap = self.backbone.feature_map(&Self::batch_tensor(&batch)?)?;
+                let fmap = self
+                    .backbone
+                    .feature_map(&Self::batch_tensor(&batch)?, self.config.engine)?;
                 for (&i, v) in chunk.iter().zip(self.config.pooling.pool(&fmap)?) {
                     out[i] = Some(PooledFeature(v));
                 }
@@ -191,7 +197,9 @@ impl CnnEmbedder {
     pub fn classify(&self, bytes: &[u8], k: usize) -> Result<Vec<(usize, f32)>> {
         let image =
             self.prepare_with(ImageInput::whole(bytes), Geometry::CenterCrop { crop: 224 })?;
-        let fmap = self.backbone.feature_map(&Self::batch_tensor(&[&image])?)?;
+        let fmap = self
+            .backbone
+            .feature_map(&Self::batch_tensor(&[&image])?, self.config.engine)?;
         let logits = self
             .backbone
             .logits(&fmap)?

@@ -76,9 +76,18 @@ impl Pooling {
             Pooling::Max => values.iter().copied().fold(f32::NEG_INFINITY, f32::max),
             Pooling::Gem(p) => {
                 let p = p as f64;
+                // An integer power (the default p = 3) by multiplications: `powf` per
+                // value cost ~5 % of a Lite0 forward pass.
+                let power = |v: f64| {
+                    if p.fract() == 0.0 {
+                        v.powi(p as i32)
+                    } else {
+                        v.powf(p)
+                    }
+                };
                 let mean = values
                     .iter()
-                    .map(|v| (v.max(1e-6) as f64).powf(p))
+                    .map(|v| power(v.max(1e-6) as f64))
                     .sum::<f64>()
                     / n;
                 mean.powf(1.0 / p) as f32

@@ -6,7 +6,7 @@ use exemplar_core::{cosine, ExtractError, FeatureExtractor, ImageInput, View};
 use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use exemplar_embed::models::SyntheticWeights;
 use exemplar_embed::{
-    Architecture, CnnEmbedder, EmbedError, EmbedderConfig, Geometry, WeightsSource,
+    Architecture, CnnEmbedder, EmbedError, EmbedderConfig, Engine, Geometry, WeightsSource,
 };
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -325,4 +325,64 @@ fn legacy_lite0_file_holds_the_whole_state_dict() {
         })
         .collect();
     assert!(unused.is_empty(), "unused tensors: {unused:?}");
+}
+
+/// The fast engine must give the descriptors of the reference (Candle's own operations):
+/// within 1e-4 of cosine, on real photos, for every architecture, at batch 2 and on a
+/// non-square input (odd feature-map sizes, asymmetric padding).
+#[test]
+fn the_fast_engine_gives_the_reference_features() {
+    let photos = [photo(&SKIMAGE_CHELSEA), photo(&SKIMAGE_COFFEE)];
+    let photos: Vec<&[u8]> = photos.iter().map(Vec::as_slice).collect();
+    let cases = [
+        (Architecture::EfficientNetLite0, Geometry::default(), false),
+        (
+            Architecture::EfficientNetLite0,
+            Geometry::Full { long_side: 200 },
+            false,
+        ),
+        (
+            Architecture::ResNet(50),
+            Geometry::Full { long_side: 160 },
+            true,
+        ),
+        (
+            Architecture::ResNet(18),
+            Geometry::CenterCrop { crop: 96 },
+            true,
+        ),
+        (
+            Architecture::Vgg(16),
+            Geometry::Full { long_side: 96 },
+            true,
+        ),
+    ];
+    for (arch, geometry, synthetic) in cases {
+        // One set of generated weights per architecture (their names overlap).
+        let weights = SyntheticWeights::new(7, false);
+        let features = |engine: Engine| {
+            let config = EmbedderConfig {
+                architecture: arch,
+                geometry,
+                engine,
+                ..EmbedderConfig::default()
+            };
+            let model = if synthetic {
+                CnnEmbedder::from_weights(config, &weights, "synthetic").unwrap()
+            } else {
+                CnnEmbedder::load(config).unwrap()
+            };
+            model.extract_batch(&photos)
+        };
+        let fast = features(Engine::Nhwc);
+        let reference = features(Engine::Candle);
+        for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
+            let (f, r) = (&f.as_ref().unwrap().0, &r.as_ref().unwrap().0);
+            let distance = 1.0 - cosine(f, r);
+            assert!(
+                distance < 1e-4,
+                "{arch} {geometry} photo {i}: 1 - cosine = {distance}"
+            );
+        }
+    }
 }

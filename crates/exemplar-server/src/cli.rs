@@ -2,7 +2,7 @@
 
 use crate::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};
-use exemplar_embed::{Architecture, EmbedderConfig, Geometry, Pooling, WeightsSource};
+use exemplar_embed::{Architecture, EmbedderConfig, Engine, Geometry, Pooling, WeightsSource};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -67,6 +67,10 @@ pub struct ModelArgs {
         global = true
     )]
     pub local_keypoints: usize,
+    /// Inference engine: nhwc (fast channels-last kernels) or candle (Candle's own
+    /// operations, the slower reference; same features within float rounding).
+    #[arg(long, env = "EXEMPLAR_ENGINE", default_value = "nhwc", global = true)]
+    pub engine: Engine,
 }
 
 impl ModelArgs {
@@ -82,6 +86,7 @@ impl ModelArgs {
                 max_keypoints: self.local_keypoints,
                 ..Default::default()
             }),
+            engine: self.engine,
         }
     }
 }

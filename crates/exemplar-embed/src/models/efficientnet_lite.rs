@@ -2,8 +2,10 @@
 //! `efficientnet_lite_pytorch` package: no squeeze-excitation, ReLU6, TensorFlow "SAME"
 //! padding, batch-norm eps 1e-3.
 
-use super::layers::{average_pool_linear, Activation, Conv, Depthwise, Padding, TensorSource};
-use super::Backbone;
+use super::layers::{
+    average_pool_linear, Activation, Conv, Depthwise, FeatureMaps, Padding, TensorSource,
+};
+use super::{Backbone, Engine};
 use crate::error::Result;
 use candle_core::Tensor;
 
@@ -33,13 +35,19 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = match &self.expand {
-            Some(e) => e.forward(x)?,
-            None => x.clone(),
+    fn forward<M: FeatureMaps>(&self, x: &M) -> Result<M> {
+        let expanded;
+        let hidden = match &self.expand {
+            Some(e) => {
+                expanded = x.conv(e, None)?;
+                &expanded
+            }
+            None => x,
         };
-        let h = self.project.forward(&self.depthwise.forward(&h)?)?;
-        Ok(if self.residual { (h + x)? } else { h })
+        let residual = self.residual.then_some(x);
+        hidden
+            .depthwise(&self.depthwise)?
+            .conv(&self.project, residual)
     }
 }
 
@@ -143,13 +151,19 @@ impl EfficientNetLite0 {
     }
 }
 
-impl Backbone for EfficientNetLite0 {
-    fn feature_map(&self, input: &Tensor) -> Result<Tensor> {
-        let mut x = self.stem.forward(input)?;
+impl EfficientNetLite0 {
+    fn forward<M: FeatureMaps>(&self, input: &M) -> Result<M> {
+        let mut x = input.conv(&self.stem, None)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        self.head.forward(&x)
+        x.conv(&self.head, None)
+    }
+}
+
+impl Backbone for EfficientNetLite0 {
+    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
+        engine.run(input, |x| self.forward(x), |x| self.forward(x))
     }
 
     fn classifier_rows(&self) -> Option<&Tensor> {

@@ -1,8 +1,10 @@
 //! Building blocks: convolutions with batch-norm folded in at load time.
 
 use crate::error::Result;
+use crate::nhwc::{self, Pads};
 use crate::ops::DepthwiseConv2d;
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor, D};
+use std::sync::OnceLock;
 
 /// Where a model reads its tensors from: a real state dict, or generated weights.
 pub trait TensorSource {
@@ -50,7 +52,7 @@ impl Activation {
         })
     }
 
-    fn bounds(&self) -> Option<(f32, f32)> {
+    pub(crate) fn bounds(&self) -> Option<(f32, f32)> {
         match self {
             Activation::None => None,
             Activation::Relu => Some((0.0, f32::INFINITY)),
@@ -82,15 +84,19 @@ pub fn fold_batch_norm(
 }
 
 /// A dense (groups = 1) convolution with bias and fused activation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Conv {
-    weight: Tensor,
-    /// `(1, out, 1, 1)` for broadcasting.
-    bias: Tensor,
+    /// `(k, k, in, out)`, the NHWC engine's layout (see [`nhwc::conv2d`]).
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+    in_channels: usize,
     kernel: usize,
     stride: usize,
     padding: Padding,
     activation: Activation,
+    /// Candle's `(out, in, k, k)` weight and `(1, out, 1, 1)` bias, made on first use
+    /// by the reference engine only.
+    candle: OnceLock<(Tensor, Tensor)>,
 }
 
 impl Conv {
@@ -101,14 +107,16 @@ impl Conv {
         padding: Padding,
         activation: Activation,
     ) -> Result<Self> {
-        let (out, _, kernel, _) = weight.dims4()?;
+        let (_, in_channels, kernel, _) = weight.dims4()?;
         Ok(Self {
-            bias: bias.reshape((1, out, 1, 1))?,
-            weight,
+            packed: weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?,
+            bias: bias.to_vec1()?,
+            in_channels,
             kernel,
             stride,
             padding,
             activation,
+            candle: OnceLock::new(),
         })
     }
 
@@ -128,41 +136,38 @@ impl Conv {
         Self::new(w, b, stride, padding, activation)
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, _, h, w) = x.dims4()?;
-        let y = if self.kernel == 1 && self.stride == 1 {
-            // A 1x1 convolution is a matrix product per image; skipping im2col saves a
-            // copy of the activations.
-            let (out, inp, _, _) = self.weight.dims4()?;
-            let w2 = self.weight.reshape((out, inp))?;
-            let x3 = x.reshape((batch, inp, h * w))?;
-            let per_image = (0..batch)
-                .map(|i| w2.matmul(&x3.get(i)?))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::stack(&per_image, 0)?.reshape((batch, out, h, w))?
-        } else {
-            let (top, bottom) = self.padding.amounts(h, self.kernel, self.stride);
-            let (left, right) = self.padding.amounts(w, self.kernel, self.stride);
-            if top == bottom && left == right && top == left {
-                x.conv2d(&self.weight, top, self.stride, 1, 1)?
-            } else {
-                let padded = x.pad_with_zeros(D::Minus2, top, bottom)?.pad_with_zeros(
-                    D::Minus1,
-                    left,
-                    right,
-                )?;
-                padded.conv2d(&self.weight, 0, self.stride, 1, 1)?
-            }
-        };
-        self.activation.apply(&y.broadcast_add(&self.bias)?)
+    fn candle_weights(&self) -> Result<&(Tensor, Tensor)> {
+        if let Some(w) = self.candle.get() {
+            return Ok(w);
+        }
+        let (k, out) = (self.kernel, self.bias.len());
+        let shape = (k, k, self.in_channels, out);
+        let weight = Tensor::from_slice(&self.packed, shape, &Device::Cpu)?
+            .permute((3, 2, 0, 1))?
+            .contiguous()?;
+        let bias = Tensor::from_slice(&self.bias, (1, out, 1, 1), &Device::Cpu)?;
+        Ok(self.candle.get_or_init(|| (weight, bias)))
+    }
+
+    fn pads(&self, h: usize, w: usize) -> Pads {
+        let (top, bottom) = self.padding.amounts(h, self.kernel, self.stride);
+        let (left, right) = self.padding.amounts(w, self.kernel, self.stride);
+        Pads {
+            top,
+            left,
+            bottom,
+            right,
+        }
     }
 }
 
-/// A depthwise convolution with batch-norm folded and activation fused, run by our own
-/// kernel (see [`crate::ops`]).
+/// A depthwise convolution with batch-norm folded and activation fused.
 #[derive(Debug, Clone)]
 pub struct Depthwise {
-    weight: Vec<f32>,
+    /// `(k, k, channels)` for the NHWC engine.
+    tap_major: Vec<f32>,
+    /// `(channels, k, k)` for the reference engine's NCHW kernel.
+    channel_major: Vec<f32>,
     bias: Vec<f32>,
     kernel: usize,
     stride: usize,
@@ -184,8 +189,10 @@ impl Depthwise {
         activation: Activation,
     ) -> Result<Self> {
         let (w, b) = fold_batch_norm(src, conv, bn, &[channels, 1, kernel, kernel], eps)?;
+        let w = w.reshape((channels, kernel, kernel))?;
         Ok(Self {
-            weight: w.flatten_all()?.to_vec1()?,
+            tap_major: w.permute((1, 2, 0))?.flatten_all()?.to_vec1()?,
+            channel_major: w.flatten_all()?.to_vec1()?,
             bias: b.to_vec1()?,
             kernel,
             stride,
@@ -194,22 +201,130 @@ impl Depthwise {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (pad_top, pad_bottom) = self.padding.amounts(h, self.kernel, self.stride);
-        let (pad_left, pad_right) = self.padding.amounts(w, self.kernel, self.stride);
-        let op = DepthwiseConv2d {
-            weight: self.weight.clone(),
-            bias: self.bias.clone(),
-            kernel: self.kernel,
-            stride: self.stride,
-            pad_top,
-            pad_left,
-            pad_bottom,
-            pad_right,
-            clamp: self.activation.bounds(),
+    fn pads(&self, h: usize, w: usize) -> Pads {
+        let (top, bottom) = self.padding.amounts(h, self.kernel, self.stride);
+        let (left, right) = self.padding.amounts(w, self.kernel, self.stride);
+        Pads {
+            top,
+            left,
+            bottom,
+            right,
+        }
+    }
+}
+
+/// The feature maps of one inference engine: what the backbones are written against,
+/// so that one description of each network runs on both engines.
+///
+/// - [`nhwc::FeatureMap`]: the fast engine (channels last, own kernels);
+/// - [`Tensor`] (NCHW): the reference, Candle's own operations (plus the NCHW depthwise
+///   kernel of [`crate::ops`], which Candle lacks), kept to check the fast engine.
+pub trait FeatureMaps: Sized {
+    /// `act(conv(self) + bias [+ residual])`.
+    fn conv(&self, layer: &Conv, residual: Option<&Self>) -> Result<Self>;
+    fn depthwise(&self, layer: &Depthwise) -> Result<Self>;
+    /// Max over `kernel x kernel` windows, `pad` on every side (never winning).
+    fn max_pool(&self, kernel: usize, stride: usize, pad: usize) -> Result<Self>;
+}
+
+impl FeatureMaps for nhwc::FeatureMap {
+    fn conv(&self, layer: &Conv, residual: Option<&Self>) -> Result<Self> {
+        let spec = nhwc::ConvSpec {
+            kernel: layer.kernel,
+            stride: layer.stride,
+            pads: layer.pads(self.height, self.width),
+            clamp: layer.activation.bounds(),
         };
-        Ok(op.forward(&x.contiguous()?)?)
+        Ok(nhwc::conv2d(
+            self,
+            &layer.packed,
+            &layer.bias,
+            &spec,
+            residual,
+        ))
+    }
+
+    fn depthwise(&self, layer: &Depthwise) -> Result<Self> {
+        Ok(nhwc::depthwise_conv2d(
+            self,
+            &layer.tap_major,
+            &layer.bias,
+            (layer.kernel, layer.stride),
+            layer.pads(self.height, self.width),
+            layer.activation.bounds(),
+        ))
+    }
+
+    fn max_pool(&self, kernel: usize, stride: usize, pad: usize) -> Result<Self> {
+        let pads = Pads {
+            top: pad,
+            left: pad,
+            bottom: pad,
+            right: pad,
+        };
+        Ok(nhwc::max_pool2d(self, kernel, stride, pads))
+    }
+}
+
+impl FeatureMaps for Tensor {
+    fn conv(&self, layer: &Conv, residual: Option<&Self>) -> Result<Self> {
+        let (weight, bias) = layer.candle_weights()?;
+        let (batch, _, h, w) = self.dims4()?;
+        let y = if layer.kernel == 1 && layer.stride == 1 {
+            // A 1x1 convolution is a matrix product per image; skipping im2col saves a
+            // copy of the activations.
+            let (out, inp, _, _) = weight.dims4()?;
+            let w2 = weight.reshape((out, inp))?;
+            let x3 = self.reshape((batch, inp, h * w))?;
+            let per_image = (0..batch)
+                .map(|i| w2.matmul(&x3.get(i)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::stack(&per_image, 0)?.reshape((batch, out, h, w))?
+        } else {
+            let p = layer.pads(h, w);
+            if p.top == p.bottom && p.left == p.right && p.top == p.left {
+                self.conv2d(weight, p.top, layer.stride, 1, 1)?
+            } else {
+                let padded = self
+                    .pad_with_zeros(D::Minus2, p.top, p.bottom)?
+                    .pad_with_zeros(D::Minus1, p.left, p.right)?;
+                padded.conv2d(weight, 0, layer.stride, 1, 1)?
+            }
+        };
+        let y = y.broadcast_add(bias)?;
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        layer.activation.apply(&y)
+    }
+
+    fn depthwise(&self, layer: &Depthwise) -> Result<Self> {
+        let (_, _, h, w) = self.dims4()?;
+        let p = layer.pads(h, w);
+        let op = DepthwiseConv2d {
+            weight: layer.channel_major.clone(),
+            bias: layer.bias.clone(),
+            kernel: layer.kernel,
+            stride: layer.stride,
+            pad_top: p.top,
+            pad_left: p.left,
+            pad_bottom: p.bottom,
+            pad_right: p.right,
+            clamp: layer.activation.bounds(),
+        };
+        Ok(op.forward(&self.contiguous()?)?)
+    }
+
+    fn max_pool(&self, kernel: usize, stride: usize, pad: usize) -> Result<Self> {
+        // Edge-replicated padding never wins a window the edge pixel is already in.
+        let x = if pad > 0 {
+            self.pad_with_same(D::Minus2, pad, pad)?
+                .pad_with_same(D::Minus1, pad, pad)?
+        } else {
+            self.clone()
+        };
+        Ok(x.max_pool2d_with_stride(kernel, stride)?)
     }
 }
 

@@ -7,12 +7,13 @@ mod resnet;
 mod vgg;
 
 use crate::error::{EmbedError, Result};
+use crate::nhwc::FeatureMap;
 use crate::weights::StateDict;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-pub use layers::TensorSource;
+pub use layers::{FeatureMaps, TensorSource};
 
 /// The supported architectures, named as users write them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +92,63 @@ impl Architecture {
     }
 }
 
+/// Which implementation runs a backbone's layers (the same weights and network).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// The channels-last kernels of [`crate::nhwc`]: the fast path.
+    #[default]
+    Nhwc,
+    /// Candle's own NCHW operations: the reference the fast path is checked against,
+    /// and the "before" of `exemplar bench`.
+    Candle,
+}
+
+pub const ENGINE_NAMES: &str = "nhwc, candle";
+
+impl Engine {
+    /// Runs a network written once against [`FeatureMaps`] on this engine.
+    pub(crate) fn run(
+        self,
+        input: &Tensor,
+        fast: impl FnOnce(&FeatureMap) -> Result<FeatureMap>,
+        reference: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            Engine::Nhwc => fast(&FeatureMap::from_nchw(input)?)?.to_nchw(),
+            Engine::Candle => reference(input),
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = EmbedError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "nhwc" => Ok(Engine::Nhwc),
+            "candle" => Ok(Engine::Candle),
+            _ => Err(EmbedError::UnknownSetting {
+                what: "engine",
+                value: s.to_string(),
+                expected: ENGINE_NAMES.into(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Nhwc => "nhwc",
+            Engine::Candle => "candle",
+        })
+    }
+}
+
 /// A truncated CNN.
 pub trait Backbone: Send + Sync {
     /// The last feature map, `(batch, feature_dim, h, w)`, for a normalised
-    /// `(batch, 3, H, W)` input.
-    fn feature_map(&self, input: &Tensor) -> Result<Tensor>;
+    /// `(batch, 3, H, W)` input, computed by `engine`.
+    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor>;
 
     /// ImageNet logits `(batch, 1000)` from a feature map, when the weights carried the
     /// classifier.

@@ -1,10 +1,10 @@
 //! ResNet-18/34/50/101/152 (He et al.) with torchvision's tensor names, which timm's
 //! ResNets share: `conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}`, `downsample.{0,1}`, `fc`.
 
-use super::layers::{average_pool_linear, Activation, Conv, Padding, TensorSource};
-use super::Backbone;
+use super::layers::{average_pool_linear, Activation, Conv, FeatureMaps, Padding, TensorSource};
+use super::{Backbone, Engine};
 use crate::error::{EmbedError, Result};
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 const BN_EPS: f64 = 1e-5;
 const WIDTHS: [usize; 4] = [64, 128, 256, 512];
@@ -15,16 +15,22 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
-        for conv in &self.convs {
-            h = conv.forward(&h)?;
+    /// The last convolution adds the shortcut before its ReLU.
+    fn forward<M: FeatureMaps>(&self, x: &M) -> Result<M> {
+        let (last, first) = self.convs.split_last().expect("blocks have convolutions");
+        let mut h = None;
+        for conv in first {
+            h = Some(h.as_ref().unwrap_or(x).conv(conv, None)?);
         }
+        let downsampled;
         let shortcut = match &self.downsample {
-            Some(d) => d.forward(x)?,
-            None => x.clone(),
+            Some(d) => {
+                downsampled = x.conv(d, None)?;
+                &downsampled
+            }
+            None => x,
         };
-        Ok((h + shortcut)?.relu()?)
+        h.as_ref().unwrap_or(x).conv(last, Some(shortcut))
     }
 }
 
@@ -86,14 +92,14 @@ impl ResNet {
                     vec![
                         conv(&c1, &b1, [width, inp, 1, 1], 1, 0, Activation::Relu)?,
                         conv(&c2, &b2, [width, width, 3, 3], stride, 1, Activation::Relu)?,
-                        conv(&c3, &b3, [out, width, 1, 1], 1, 0, Activation::None)?,
+                        conv(&c3, &b3, [out, width, 1, 1], 1, 0, Activation::Relu)?,
                     ]
                 } else {
                     let (c1, b1) = c(1);
                     let (c2, b2) = c(2);
                     vec![
                         conv(&c1, &b1, [width, inp, 3, 3], stride, 1, Activation::Relu)?,
-                        conv(&c2, &b2, [width, width, 3, 3], 1, 1, Activation::None)?,
+                        conv(&c2, &b2, [width, width, 3, 3], 1, 1, Activation::Relu)?,
                     ]
                 };
                 let downsample = (stride != 1 || inp != out)
@@ -129,18 +135,19 @@ impl ResNet {
     }
 }
 
-impl Backbone for ResNet {
-    fn feature_map(&self, input: &Tensor) -> Result<Tensor> {
-        let x = self.stem.forward(input)?;
-        // Max-pool 3x3/2 with padding 1: inputs are >= 0 after ReLU, so zero padding
-        // is equivalent to PyTorch's -inf padding.
-        let mut x = x
-            .pad_with_zeros(D::Minus2, 1, 1)?
-            .pad_with_zeros(D::Minus1, 1, 1)?;
-        x = x.max_pool2d_with_stride(3, 2)?;
+impl ResNet {
+    fn forward<M: FeatureMaps>(&self, input: &M) -> Result<M> {
+        let mut x = input.conv(&self.stem, None)?.max_pool(3, 2, 1)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
+        Ok(x)
+    }
+}
+
+impl Backbone for ResNet {
+    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
+        let x = engine.run(input, |x| self.forward(x), |x| self.forward(x))?;
         debug_assert_eq!(x.dim(1)?, self.feature_dim);
         Ok(x)
     }

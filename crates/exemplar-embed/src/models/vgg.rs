@@ -2,8 +2,8 @@
 //! (`features.{i}`, `classifier.{0,3,6}`) or timm's (`pre_logits.fc{1,2}`, `head.fc`).
 //! The feature map is the last convolution's output (after ReLU, before the last pool).
 
-use super::layers::{Activation, Conv, Padding, TensorSource};
-use super::Backbone;
+use super::layers::{Activation, Conv, FeatureMaps, Padding, TensorSource};
+use super::{Backbone, Engine};
 use crate::error::{EmbedError, Result};
 use candle_core::Tensor;
 
@@ -93,17 +93,26 @@ impl Vgg {
     }
 }
 
-impl Backbone for Vgg {
-    fn feature_map(&self, input: &Tensor) -> Result<Tensor> {
-        let mut x = input.clone();
-        let last = self.layers.len() - 1;
-        for layer in &self.layers[..last] {
-            x = match layer {
-                Layer::Conv(c) => c.forward(&x)?,
-                Layer::Pool => x.max_pool2d_with_stride(2, 2)?,
-            };
+impl Vgg {
+    /// Every layer but the last pool (the classifier's input is pooled once more).
+    fn forward<M: FeatureMaps>(&self, input: &M) -> Result<M> {
+        let (last, layers) = self.layers.split_last().expect("VGG has layers");
+        debug_assert!(matches!(last, Layer::Pool));
+        let step = |x: &M, layer: &Layer| match layer {
+            Layer::Conv(c) => x.conv(c, None),
+            Layer::Pool => x.max_pool(2, 2, 0),
+        };
+        let mut x = step(input, &layers[0])?;
+        for layer in &layers[1..] {
+            x = step(&x, layer)?;
         }
         Ok(x)
+    }
+}
+
+impl Backbone for Vgg {
+    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
+        engine.run(input, |x| self.forward(x), |x| self.forward(x))
     }
 
     fn classifier_rows(&self) -> Option<&Tensor> {

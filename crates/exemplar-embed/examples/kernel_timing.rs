@@ -1,0 +1,66 @@
+//! Times the NHWC kernels on one layer shape: `kernel_timing dw|conv H W C [K S COUT]`.
+use exemplar_embed::nhwc::{conv2d, depthwise_conv2d, ConvSpec, FeatureMap, Pads};
+use std::time::Instant;
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let num = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let (h, w, c, k, s, cout) = (
+        num(2, 112),
+        num(3, 112),
+        num(4, 32),
+        num(5, 3),
+        num(6, 1),
+        num(7, 96),
+    );
+    let x = FeatureMap {
+        batch: 1,
+        height: h,
+        width: w,
+        channels: c,
+        data: (0..h * w * c).map(|i| (i % 17) as f32 * 0.1).collect(),
+    };
+    let pad = k / 2;
+    let pads = Pads {
+        top: pad,
+        left: pad,
+        bottom: pad,
+        right: pad,
+    };
+    let dw_w: Vec<f32> = (0..k * k * c).map(|i| (i % 7) as f32 * 0.01).collect();
+    let bias = vec![0.1f32; c];
+    let cw: Vec<f32> = (0..k * k * c * cout)
+        .map(|i| (i % 7) as f32 * 0.01)
+        .collect();
+    let cb = vec![0.1f32; cout];
+    let spec = ConvSpec {
+        kernel: k,
+        stride: s,
+        pads,
+        clamp: Some((0.0, 6.0)),
+    };
+    let run = || match a[1].as_str() {
+        "dw" => drop(depthwise_conv2d(
+            &x,
+            &dw_w,
+            &bias,
+            (k, s),
+            pads,
+            Some((0.0, 6.0)),
+        )),
+        _ => drop(conv2d(&x, &cw, &cb, &spec, None)),
+    };
+    for _ in 0..20 {
+        run();
+    }
+    let n = 500;
+    let t = Instant::now();
+    for _ in 0..n {
+        run();
+    }
+    println!(
+        "{} {h}x{w}x{c} k{k} s{s}: {:.3} ms",
+        a[1],
+        t.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+}
