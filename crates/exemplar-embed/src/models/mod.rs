@@ -10,6 +10,7 @@ use crate::error::{EmbedError, Result};
 use crate::nhwc::FeatureMap;
 use crate::weights::StateDict;
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -110,11 +111,23 @@ impl Engine {
     pub(crate) fn run(
         self,
         input: &Tensor,
-        fast: impl FnOnce(&FeatureMap) -> Result<FeatureMap>,
+        fast: impl Fn(&FeatureMap) -> Result<FeatureMap> + Sync,
         reference: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         match self {
-            Engine::Nhwc => fast(&FeatureMap::from_nchw(input)?)?.to_nchw(),
+            // The whole pass runs on pool threads: each layer's parallel loop then starts
+            // from a worker, which takes part in it, instead of an outside thread that
+            // parks until the pool is done (two context switches per layer, measured at
+            // ~20 % of a batch-1 Lite0 pass). The images of a batch go through the
+            // network side by side, one per thread: a single image's maps stay in
+            // cache where a whole batch's (38 MB for Lite0's largest at batch 8) would not.
+            Engine::Nhwc => {
+                let input = FeatureMap::from_nchw(input)?;
+                let images = input.split_images();
+                let maps =
+                    rayon::scope(|_| images.par_iter().map(&fast).collect::<Result<Vec<_>>>())?;
+                FeatureMap::concat_images(&maps).to_nchw()
+            }
             Engine::Candle => reference(input),
         }
     }

@@ -58,6 +58,41 @@ impl FeatureMap {
         Ok(t.permute((0, 3, 1, 2))?.contiguous()?)
     }
 
+    /// One map per image of the batch.
+    pub fn split_images(&self) -> Vec<FeatureMap> {
+        let per_image = self.height * self.width * self.channels;
+        self.data
+            .chunks_exact(per_image.max(1))
+            .map(|image| FeatureMap {
+                batch: 1,
+                data: image.to_vec(),
+                ..*self
+            })
+            .collect()
+    }
+
+    /// The batch of `maps` (all of one size), in order.
+    ///
+    /// # Panics
+    /// When `maps` is empty or their sizes differ.
+    pub fn concat_images(maps: &[FeatureMap]) -> FeatureMap {
+        let first = &maps[0];
+        let mut data = Vec::with_capacity(first.data.len() * maps.len());
+        for m in maps {
+            assert_eq!(
+                (m.height, m.width, m.channels),
+                (first.height, first.width, first.channels),
+                "maps of one batch have one size"
+            );
+            data.extend_from_slice(&m.data);
+        }
+        FeatureMap {
+            batch: maps.iter().map(|m| m.batch).sum(),
+            data,
+            ..*first
+        }
+    }
+
     /// Pixels over the whole batch: the rows of the map seen as a matrix.
     pub fn pixels(&self) -> usize {
         self.batch * self.height * self.width
@@ -180,6 +215,20 @@ mod tests {
         let back = map.to_nchw().unwrap();
         let diff = (back - &t).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_batch_split_into_images_and_joined_again_is_unchanged() {
+        let t = Tensor::arange(0f32, 3. * 2. * 4. * 5., &Device::Cpu)
+            .unwrap()
+            .reshape((3, 2, 4, 5))
+            .unwrap();
+        let batch = FeatureMap::from_nchw(&t).unwrap();
+        let images = batch.split_images();
+        assert_eq!(images.len(), 3);
+        let second = FeatureMap::from_nchw(&t.narrow(0, 1, 1).unwrap()).unwrap();
+        assert_eq!(images[1], second);
+        assert_eq!(FeatureMap::concat_images(&images), batch);
     }
 
     #[test]
