@@ -79,7 +79,7 @@ pub fn conv2d(
 
     let mut out = super::buffers::take(rows * cout);
     let threads = rayon::current_num_threads();
-    let tile = tile_rows(rows, depth, threads);
+    let tile = tile_rows(rows, (!direct).then_some(depth), threads);
     if tile >= rows {
         // Too few pixels to share out (the last layers at batch 1): one product, which
         // the `gemm` crate splits over the threads itself.
@@ -185,15 +185,23 @@ thread_local! {
     static UNFOLDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Rows per tile: enough tiles that every thread stays busy to the end, each tile's
-/// unfolded input within [`TILE_FLOATS`]. `rows` itself means "one tile".
-fn tile_rows(rows: usize, depth: usize, threads: usize) -> usize {
+/// Rows per tile: `rows` itself means "one tile". A convolution that unfolds its input
+/// (`unfolded_depth` values per row) gets enough tiles that every thread stays busy to
+/// the end, each tile's unfolded input within [`TILE_FLOATS`]; one that reads the map
+/// directly gets one tile per thread (every tile repacks the weights: measured 2-5 %
+/// faster on ResNet-50 than cache-sized tiles).
+fn tile_rows(rows: usize, unfolded_depth: Option<usize>, threads: usize) -> usize {
     if threads <= 1 || rows < 2 * threads * MIN_TILE_ROWS {
         return rows;
     }
-    let by_cache = TILE_FLOATS / depth;
-    let by_balance = rows.div_ceil(4 * threads);
-    by_cache.min(by_balance).max(MIN_TILE_ROWS)
+    match unfolded_depth {
+        None => rows.div_ceil(threads),
+        Some(depth) => {
+            let by_cache = TILE_FLOATS / depth;
+            let by_balance = rows.div_ceil(4 * threads);
+            by_cache.min(by_balance).max(MIN_TILE_ROWS)
+        }
+    }
 }
 
 /// The input windows of output pixels `rows` (over the whole batch), one row of
@@ -363,18 +371,27 @@ mod tests {
 
     #[test]
     fn tiles_cover_every_row_and_keep_threads_busy() {
-        assert_eq!(tile_rows(196, 4608, 2), 196, "too few rows: one product");
         assert_eq!(
-            tile_rows(12544, 27, 2),
+            tile_rows(196, Some(4608), 2),
+            196,
+            "too few rows: one product"
+        );
+        assert_eq!(
+            tile_rows(12544, Some(27), 2),
             1568,
             "cheap rows: 4 tiles per thread"
         );
         assert_eq!(
-            tile_rows(3136, 576, 2),
+            tile_rows(3136, Some(576), 2),
             227,
             "costly rows: bounded by cache"
         );
-        assert_eq!(tile_rows(1000, 1 << 20, 2), MIN_TILE_ROWS);
-        assert_eq!(tile_rows(12544, 27, 1), 12544);
+        assert_eq!(tile_rows(1000, Some(1 << 20), 2), MIN_TILE_ROWS);
+        assert_eq!(
+            tile_rows(12544, None, 2),
+            6272,
+            "read directly: a tile per thread"
+        );
+        assert_eq!(tile_rows(12544, Some(27), 1), 12544);
     }
 }
