@@ -27,6 +27,10 @@ pub fn depthwise_conv2d(
     );
     let (oh, ow) = pads.output_size(x.height, x.width, kernel, stride);
     let mut out = super::buffers::take(x.batch * oh * ow * c);
+    // Where each tap of a window lies, from the window's first input pixel.
+    let offsets: Vec<usize> = (0..kernel * kernel)
+        .map(|t| ((t / kernel) * x.width + t % kernel) * c)
+        .collect();
     let arch = pulp::Arch::new();
     out.par_chunks_mut(ow * c)
         .enumerate()
@@ -34,6 +38,7 @@ pub fn depthwise_conv2d(
             arch.dispatch(OutputRow {
                 x,
                 weight,
+                offsets: &offsets,
                 bias,
                 kernel,
                 stride,
@@ -57,6 +62,7 @@ pub fn depthwise_conv2d(
 struct OutputRow<'a> {
     x: &'a FeatureMap,
     weight: &'a [f32],
+    offsets: &'a [usize],
     bias: &'a [f32],
     kernel: usize,
     stride: usize,
@@ -73,200 +79,149 @@ impl WithSimd for OutputRow<'_> {
     /// Compiled for each instruction set (SSE2 .. AVX-512) and run with the best one
     /// this CPU has: the default x86-64 target alone would only use SSE2.
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let Self {
-            x,
-            weight,
-            bias,
-            kernel,
-            stride,
-            pads,
-            clamp,
-            image,
-            oy,
-            out,
-        } = self;
-        let c = x.channels;
-        let lanes = std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>();
-        let vectors = c / lanes;
-        let rows = taps(oy, stride, pads.top, kernel, x.height);
-        let first_pixel = image * x.height * x.width;
-        let offsets: Vec<usize> = (0..kernel * kernel)
-            .map(|t| ((t / kernel) * x.width + t % kernel) * c)
-            .collect();
-        let bounds = clamp.map(|(lo, hi)| (simd.splat_f32s(lo), simd.splat_f32s(hi)));
-        for (ox, out_px) in out.chunks_exact_mut(c).enumerate() {
-            let window = Window {
-                rows,
-                columns: taps(ox, stride, pads.left, kernel, x.width),
-                first_pixel,
-                width: x.width,
-                kernel,
-                channels: c,
+    fn with_simd<S: Simd>(mut self, simd: S) {
+        let c = self.x.channels;
+        let vectors = c / lanes::<S>();
+        // Blocks of up to four vectors of channels, each accumulated in registers over
+        // all taps, for the whole row; then the channels left over, one by one.
+        let mut start = 0;
+        while start < vectors {
+            start += match vectors - start {
+                1 => self.block::<S, 1>(simd, start * lanes::<S>()),
+                2 => self.block::<S, 2>(simd, start * lanes::<S>()),
+                3 => self.block::<S, 3>(simd, start * lanes::<S>()),
+                _ => self.block::<S, 4>(simd, start * lanes::<S>()),
             };
-            let (first_x, x0, count_x) = window.columns;
-            let interior = (rows.2 == kernel && first_x == 0 && count_x == kernel).then(|| {
-                let (iy, ix) = (rows.1 as usize, x0 as usize);
-                Interior {
-                    base: (first_pixel + iy * x.width + ix) * c,
-                    offsets: &offsets,
+        }
+        let (x, weight) = (self.x, self.weight);
+        let rows = taps(self.oy, self.stride, self.pads.top, self.kernel, x.height);
+        for ch in vectors * lanes::<S>()..c {
+            for ox in 0..self.out.len() / c {
+                let columns = taps(ox, self.stride, self.pads.left, self.kernel, x.width);
+                let mut acc = self.bias[ch];
+                self.for_each_tap(rows, columns, |i, w| acc += x.data[i + ch] * weight[w + ch]);
+                self.out[ox * c + ch] = self.clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
+            }
+        }
+    }
+}
+
+impl OutputRow<'_> {
+    /// Output channels `channel..channel + N * lanes` of the whole row; returns `N`.
+    #[inline(always)]
+    fn block<S: Simd, const N: usize>(&mut self, simd: S, channel: usize) -> usize {
+        let (x, c, k, stride) = (self.x, self.x.channels, self.kernel, self.stride);
+        let ow = self.out.len() / c;
+        let rows = taps(self.oy, stride, self.pads.top, k, x.height);
+        let first_pixel = self.image * x.height * x.width;
+        let bias = load::<S, N>(self.bias, channel);
+        let bounds = self
+            .clamp
+            .map(|(lo, hi)| (simd.splat_f32s(lo), simd.splat_f32s(hi)));
+        let finish = |mut acc: [S::f32s; N], out: &mut [f32]| {
+            if let Some((lo, hi)) = bounds {
+                for a in &mut acc {
+                    *a = simd.min_f32s(simd.max_f32s(*a, lo), hi);
                 }
-            });
-            // Up to four vectors of channels accumulate in registers over all taps.
-            let mut start = 0;
-            while start < vectors {
-                let block = Block {
-                    input: &x.data,
-                    weight,
-                    bias,
-                    channel: start * lanes,
-                    window: &window,
-                    interior,
-                    bounds,
-                };
-                let out = &mut out_px[start * lanes..];
-                start += match vectors - start {
-                    1 => block.accumulate::<1>(simd, out),
-                    2 => block.accumulate::<2>(simd, out),
-                    3 => block.accumulate::<3>(simd, out),
-                    _ => block.accumulate::<4>(simd, out),
-                };
             }
-            for ch in vectors * lanes..c {
-                let mut acc = bias[ch];
-                window.for_each(|i, w| acc += x.data[i + ch] * weight[w + ch]);
-                out_px[ch] = clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
-            }
-        }
-    }
-}
-
-/// The taps of one output pixel's window that lie inside the map.
-struct Window {
-    /// (first tap, input coordinate of tap 0, taps inside), down and across; see [`taps`].
-    rows: (usize, isize, usize),
-    columns: (usize, isize, usize),
-    /// Index of the image's first pixel.
-    first_pixel: usize,
-    width: usize,
-    kernel: usize,
-    channels: usize,
-}
-
-impl Window {
-    /// Calls `visit(input offset, weight offset)` for every tap inside the map.
-    #[inline(always)]
-    fn for_each(&self, mut visit: impl FnMut(usize, usize)) {
-        let (first_y, y0, count_y) = self.rows;
-        let (first_x, x0, count_x) = self.columns;
-        for ty in first_y..first_y + count_y {
-            let iy = (y0 + ty as isize) as usize;
-            let row = self.first_pixel + iy * self.width;
-            for tx in first_x..first_x + count_x {
-                let ix = (x0 + tx as isize) as usize;
-                visit(
-                    (row + ix) * self.channels,
-                    (ty * self.kernel + tx) * self.channels,
-                );
-            }
-        }
-    }
-}
-
-/// A block of channels of one output pixel.
-struct Block<'a, V> {
-    input: &'a [f32],
-    weight: &'a [f32],
-    bias: &'a [f32],
-    channel: usize,
-    window: &'a Window,
-    /// Set when the window lies wholly inside the map (most pixels).
-    interior: Option<Interior<'a>>,
-    bounds: Option<(V, V)>,
-}
-
-/// A window wholly inside the map: its first tap's input offset, and every tap's
-/// offset from it (the same for all such windows of a layer).
-#[derive(Clone, Copy)]
-struct Interior<'a> {
-    base: usize,
-    offsets: &'a [usize],
-}
-
-impl<V: Copy> Block<'_, V> {
-    /// `N` vectors of channels: bias plus the sum over the window's taps, kept in
-    /// registers, clamped, written to the start of `out`. Returns `N`.
-    #[inline(always)]
-    fn accumulate<const N: usize>(&self, simd: impl Simd<f32s = V>, out: &mut [f32]) -> usize {
-        let lanes = std::mem::size_of::<V>() / std::mem::size_of::<f32>();
-        let channel = self.channel;
-        let load = |slice: &[f32], at: usize| -> [V; N] {
-            let (v, _) = as_vectors(simd, &slice[at..at + N * lanes]);
-            std::array::from_fn(|j| v[j])
+            store::<S, N>(out, &acc);
         };
-        let mut acc = load(self.bias, channel);
-        if let Some(interior) = self.interior {
-            // The whole window is inside the map: every tap at a fixed offset.
-            for (t, &offset) in interior.offsets.iter().enumerate() {
-                let i = load(self.input, interior.base + offset + channel);
-                let w = load(self.weight, t * self.window.channels + channel);
+        // Output columns whose window lies wholly inside the map: every tap at a fixed
+        // offset from the window's first pixel.
+        let (lo, hi) = if rows.2 == k {
+            let lo = self.pads.left.div_ceil(stride);
+            let hi = (x.width + self.pads.left)
+                .checked_sub(k)
+                .map_or(0, |room| (room / stride + 1).min(ow));
+            (lo.min(hi), hi)
+        } else {
+            (0, 0)
+        };
+        let window_start = |ox: usize| {
+            let (iy, ix) = (rows.1 as usize, ox * stride - self.pads.left);
+            (first_pixel + iy * x.width + ix) * c + channel
+        };
+        let mut ox = lo;
+        // Two pixels at a time share each weight load.
+        while ox + 2 <= hi {
+            let (a, b) = (window_start(ox), window_start(ox + 1));
+            let (mut acc_a, mut acc_b) = (bias, bias);
+            for (t, &offset) in self.offsets.iter().enumerate() {
+                let w = load::<S, N>(self.weight, t * c + channel);
+                let i_a = load::<S, N>(&x.data, a + offset);
+                let i_b = load::<S, N>(&x.data, b + offset);
                 for j in 0..N {
-                    acc[j] = simd.mul_add_e_f32s(i[j], w[j], acc[j]);
+                    acc_a[j] = simd.mul_add_e_f32s(i_a[j], w[j], acc_a[j]);
+                    acc_b[j] = simd.mul_add_e_f32s(i_b[j], w[j], acc_b[j]);
                 }
             }
-            return self.store(simd, acc, out);
+            finish(acc_a, &mut self.out[ox * c + channel..]);
+            finish(acc_b, &mut self.out[(ox + 1) * c + channel..]);
+            ox += 2;
         }
-        // Plain loops, not `Window::for_each`: a closure is compiled without the target
-        // features, and SIMD operations inside it would become function calls.
-        let window = self.window;
-        let (first_y, y0, count_y) = window.rows;
-        let (first_x, x0, count_x) = window.columns;
-        for ty in first_y..first_y + count_y {
-            let iy = (y0 + ty as isize) as usize;
-            let row = window.first_pixel + iy * window.width;
-            for tx in first_x..first_x + count_x {
-                let ix = (x0 + tx as isize) as usize;
-                let i = load(self.input, (row + ix) * window.channels + channel);
-                let w = load(
-                    self.weight,
-                    (ty * window.kernel + tx) * window.channels + channel,
-                );
-                for j in 0..N {
-                    acc[j] = simd.mul_add_e_f32s(i[j], w[j], acc[j]);
+        // The rest: the last interior pixel, and the borders tap by tap.
+        for ox in (ox..hi).chain(0..lo).chain(hi..ow) {
+            let columns = taps(ox, stride, self.pads.left, k, x.width);
+            let mut acc = bias;
+            // Plain loops rather than `for_each_tap`: SIMD operations inside a closure
+            // may be compiled without the target features, as function calls.
+            let ((first_y, y0, count_y), (first_x, x0, count_x)) = (rows, columns);
+            for ty in first_y..first_y + count_y {
+                let iy = (y0 + ty as isize) as usize;
+                for tx in first_x..first_x + count_x {
+                    let ix = (x0 + tx as isize) as usize;
+                    let i = (first_pixel + iy * x.width + ix) * c + channel;
+                    let i = load::<S, N>(&x.data, i);
+                    let w = load::<S, N>(self.weight, (ty * k + tx) * c + channel);
+                    for j in 0..N {
+                        acc[j] = simd.mul_add_e_f32s(i[j], w[j], acc[j]);
+                    }
                 }
             }
+            finish(acc, &mut self.out[ox * c + channel..]);
         }
-        self.store(simd, acc, out)
-    }
-
-    /// Clamps `acc` and writes it to the start of `out`; returns `N`.
-    #[inline(always)]
-    fn store<const N: usize>(
-        &self,
-        simd: impl Simd<f32s = V>,
-        mut acc: [V; N],
-        out: &mut [f32],
-    ) -> usize {
-        let lanes = std::mem::size_of::<V>() / std::mem::size_of::<f32>();
-        if let Some((lo, hi)) = self.bounds {
-            for a in &mut acc {
-                *a = simd.min_f32s(simd.max_f32s(*a, lo), hi);
-            }
-        }
-        let (out, _) = as_vectors_mut(simd, &mut out[..N * lanes]);
-        out.copy_from_slice(&acc);
         N
     }
 }
-
-#[inline(always)]
-fn as_vectors<S: Simd>(_: S, slice: &[f32]) -> (&[S::f32s], &[f32]) {
-    S::as_simd_f32s(slice)
+impl OutputRow<'_> {
+    /// Calls `visit(input offset, weight offset)` for every tap of a window that lies
+    /// inside the map (`rows`, `columns`: see [`taps`]).
+    fn for_each_tap(
+        &self,
+        (first_y, y0, count_y): (usize, isize, usize),
+        (first_x, x0, count_x): (usize, isize, usize),
+        mut visit: impl FnMut(usize, usize),
+    ) {
+        let (x, c, k) = (self.x, self.x.channels, self.kernel);
+        let first_pixel = self.image * x.height * x.width;
+        for ty in first_y..first_y + count_y {
+            let iy = (y0 + ty as isize) as usize;
+            for tx in first_x..first_x + count_x {
+                let ix = (x0 + tx as isize) as usize;
+                visit((first_pixel + iy * x.width + ix) * c, (ty * k + tx) * c);
+            }
+        }
+    }
 }
 
+/// f32 lanes of one vector of `S`.
 #[inline(always)]
-fn as_vectors_mut<S: Simd>(_: S, slice: &mut [f32]) -> (&mut [S::f32s], &mut [f32]) {
-    S::as_mut_simd_f32s(slice)
+fn lanes<S: Simd>() -> usize {
+    std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>()
+}
+
+/// `N` vectors from `slice[at..]`.
+#[inline(always)]
+fn load<S: Simd, const N: usize>(slice: &[f32], at: usize) -> [S::f32s; N] {
+    let (v, _) = S::as_simd_f32s(&slice[at..at + N * lanes::<S>()]);
+    std::array::from_fn(|j| v[j])
+}
+
+/// `N` vectors to the start of `out`.
+#[inline(always)]
+fn store<S: Simd, const N: usize>(out: &mut [f32], values: &[S::f32s; N]) {
+    let (v, _) = S::as_mut_simd_f32s(&mut out[..N * lanes::<S>()]);
+    v.copy_from_slice(values);
 }
 
 #[cfg(test)]
