@@ -23,6 +23,18 @@ pub enum Padding {
 }
 
 impl Padding {
+    /// The padding of an `h x w` input, per side.
+    pub fn pads(&self, h: usize, w: usize, kernel: usize, stride: usize) -> Pads {
+        let (top, bottom) = self.amounts(h, kernel, stride);
+        let (left, right) = self.amounts(w, kernel, stride);
+        Pads {
+            top,
+            left,
+            bottom,
+            right,
+        }
+    }
+
     /// (before, after) padding of one spatial dimension of size `input`.
     pub fn amounts(&self, input: usize, kernel: usize, stride: usize) -> (usize, usize) {
         match *self {
@@ -150,14 +162,7 @@ impl Conv {
     }
 
     fn pads(&self, h: usize, w: usize) -> Pads {
-        let (top, bottom) = self.padding.amounts(h, self.kernel, self.stride);
-        let (left, right) = self.padding.amounts(w, self.kernel, self.stride);
-        Pads {
-            top,
-            left,
-            bottom,
-            right,
-        }
+        self.padding.pads(h, w, self.kernel, self.stride)
     }
 }
 
@@ -202,14 +207,7 @@ impl Depthwise {
     }
 
     fn pads(&self, h: usize, w: usize) -> Pads {
-        let (top, bottom) = self.padding.amounts(h, self.kernel, self.stride);
-        let (left, right) = self.padding.amounts(w, self.kernel, self.stride);
-        Pads {
-            top,
-            left,
-            bottom,
-            right,
-        }
+        self.padding.pads(h, w, self.kernel, self.stride)
     }
 }
 
