@@ -194,6 +194,15 @@ fn taps(
     (first, start, count)
 }
 
+/// The largest absolute difference between two tensors of one shape (kernel tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.dims(), want.dims(), "shapes differ");
+    (got - want)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("f32 tensors on the CPU")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,8 +222,7 @@ mod tests {
         let nhwc = ((4 + 2) * 5 + 3) * 3 + 1;
         assert_eq!(map.data[nhwc], (((3 + 1) * 4 + 2) * 5 + 3) as f32);
         let back = map.to_nchw().unwrap();
-        let diff = (back - &t).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(max_abs_diff(&back, &t), 0.0);
     }
 
     #[test]
