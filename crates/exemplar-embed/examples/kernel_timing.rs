@@ -1,5 +1,9 @@
-//! Times the NHWC kernels on one layer shape: `kernel_timing dw|conv H W C [K S COUT]`.
-use exemplar_embed::nhwc::{conv2d, depthwise_conv2d, ConvSpec, FeatureMap, Pads};
+//! Times the NHWC kernels on one layer shape: `kernel_timing dw|conv|wino H W C [K S COUT]`
+//! (`wino`: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3)).
+use exemplar_embed::nhwc::{
+    conv2d, depthwise_conv2d, winograd_conv3x3, ConvSpec, FeatureMap, PackedMatrix, Pads,
+    WinogradWeights,
+};
 use std::time::Instant;
 
 fn main() {
@@ -32,6 +36,7 @@ fn main() {
     let cw: Vec<f32> = (0..k * k * c * cout)
         .map(|i| (i % 7) as f32 * 0.01)
         .collect();
+    let cw = PackedMatrix::pack(&cw, k * k * c, cout);
     let cb = vec![0.1f32; cout];
     let spec = ConvSpec {
         kernel: k,
@@ -39,7 +44,16 @@ fn main() {
         pads,
         clamp: Some((0.0, 6.0)),
     };
+    let wino = (a[1] == "wino").then(|| WinogradWeights::new(&cw));
     let run = || match a[1].as_str() {
+        "wino" => drop(winograd_conv3x3(
+            &x,
+            wino.as_ref().unwrap(),
+            &cb,
+            pads,
+            Some((0.0, 6.0)),
+            None,
+        )),
         "dw" => drop(depthwise_conv2d(
             &x,
             &dw_w,

@@ -98,8 +98,8 @@ pub fn fold_batch_norm(
 /// A dense (groups = 1) convolution with bias and fused activation.
 #[derive(Debug)]
 pub struct Conv {
-    /// `(k, k, in, out)`, the NHWC engine's layout (see [`nhwc::conv2d`]).
-    packed: Vec<f32>,
+    /// The `(k*k*in) x out` matrix of the NHWC engine (see [`nhwc::conv2d`]), packed.
+    packed: nhwc::PackedMatrix,
     bias: Vec<f32>,
     in_channels: usize,
     kernel: usize,
@@ -109,6 +109,9 @@ pub struct Conv {
     /// Candle's `(out, in, k, k)` weight and `(1, out, 1, 1)` bias, made on first use
     /// by the reference engine only.
     candle: OnceLock<(Tensor, Tensor)>,
+    /// The Winograd-domain weights (4x the memory of the direct ones), made on first
+    /// use by a 3x3 stride-1 layer whose maps are large enough for them to pay.
+    winograd: OnceLock<nhwc::WinogradWeights>,
 }
 
 impl Conv {
@@ -119,9 +122,10 @@ impl Conv {
         padding: Padding,
         activation: Activation,
     ) -> Result<Self> {
-        let (_, in_channels, kernel, _) = weight.dims4()?;
+        let (out, in_channels, kernel, _) = weight.dims4()?;
+        let matrix: Vec<f32> = weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?;
         Ok(Self {
-            packed: weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?,
+            packed: nhwc::PackedMatrix::pack(&matrix, kernel * kernel * in_channels, out),
             bias: bias.to_vec1()?,
             in_channels,
             kernel,
@@ -129,6 +133,7 @@ impl Conv {
             padding,
             activation,
             candle: OnceLock::new(),
+            winograd: OnceLock::new(),
         })
     }
 
@@ -154,7 +159,7 @@ impl Conv {
         }
         let (k, out) = (self.kernel, self.bias.len());
         let shape = (k, k, self.in_channels, out);
-        let weight = Tensor::from_slice(&self.packed, shape, &Device::Cpu)?
+        let weight = Tensor::from_vec(self.packed.unpack(), shape, &Device::Cpu)?
             .permute((3, 2, 0, 1))?
             .contiguous()?;
         let bias = Tensor::from_slice(&self.bias, (1, out, 1, 1), &Device::Cpu)?;
@@ -233,6 +238,25 @@ impl FeatureMaps for nhwc::FeatureMap {
             pads: layer.pads(self.height, self.width),
             clamp: layer.activation.bounds(),
         };
+        let (oh, ow) = spec.pads.output_size(self.height, self.width, 3, 1);
+        // Below 16 input channels the transformed products are too shallow to run near
+        // the core's peak (a stem's 3 channels).
+        if (layer.kernel, layer.stride) == (3, 1)
+            && layer.in_channels >= 16
+            && nhwc::winograd_worth_it(oh, ow)
+        {
+            let weights = layer
+                .winograd
+                .get_or_init(|| nhwc::WinogradWeights::new(&layer.packed));
+            return Ok(nhwc::winograd_conv3x3(
+                self,
+                weights,
+                &layer.bias,
+                spec.pads,
+                spec.clamp,
+                residual,
+            ));
+        }
         Ok(nhwc::conv2d(
             self,
             &layer.packed,

@@ -1,9 +1,8 @@
 //! Dense convolution: unfold a tile of output pixels, multiply by the packed weights,
 //! finish (bias, residual, activation) while the tile is in cache.
 
-use super::gemm::{product, Parallelism};
+use super::matmul::{multiply, Finish, PackedMatrix, ROW_BLOCK};
 use super::{FeatureMap, Pads};
-use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// A dense convolution's geometry and fused activation.
@@ -19,20 +18,21 @@ pub struct ConvSpec {
 /// Unfolded input kept per tile: about half of a Zen 4 core's 1 MiB L2, so the tile's
 /// input, output and the packed weights it streams mostly stay there.
 const TILE_FLOATS: usize = 128 * 1024;
-/// Fewer rows than this per tile and the product's own packing overhead dominates.
+/// Fewer rows than this per tile and the per-tile overheads (the weights streamed again
+/// from L2/L3, the parallel hand-off) dominate.
 const MIN_TILE_ROWS: usize = 64;
 
 /// `act(conv(x, weight) + bias [+ residual])`.
 ///
-/// `weight` is `kernel x kernel x in x out` row-major: a `(k*k*in) x out` matrix whose
-/// row `(ky*k + kx)*in + ci` holds input channel `ci`'s tap `(ky, kx)` for every output.
+/// `weight` is the `(k*k*in) x out` matrix whose row `(ky*k + kx)*in + ci` holds input
+/// channel `ci`'s tap `(ky, kx)` for every output, packed.
 ///
 /// # Panics
 /// When the weights, bias or residual do not fit `x` and `spec` (a bug in the caller:
 /// models check shapes when they load).
 pub fn conv2d(
     x: &FeatureMap,
-    weight: &[f32],
+    weight: &PackedMatrix,
     bias: &[f32],
     spec: &ConvSpec,
     residual: Option<&FeatureMap>,
@@ -40,8 +40,8 @@ pub fn conv2d(
     let (cin, cout, k) = (x.channels, bias.len(), spec.kernel);
     let depth = k * k * cin;
     assert_eq!(
-        weight.len(),
-        depth * cout,
+        (weight.rows(), weight.cols()),
+        (depth, cout),
         "weights do not fit the input's channels"
     );
     let (oh, ow) = spec.pads.output_size(x.height, x.width, k, spec.stride);
@@ -55,45 +55,29 @@ pub fn conv2d(
     }
     // A 1x1 stride-1 convolution reads the map itself as its unfolded input.
     let direct = k == 1 && spec.stride == 1 && spec.pads == Pads::default();
-    let finish = |out: &mut [f32], first_row: usize, lhs: &[f32], parallelism| {
+    // Bias, residual and activation applied as each result leaves the registers.
+    let finish = |out: &mut [f32], first_row: usize, lhs: &[f32], threads| {
         let n = out.len() / cout;
-        product(
-            out,
-            cout,
-            lhs,
-            depth,
-            weight,
-            cout,
-            (n, cout, depth),
-            parallelism,
-        );
-        // Bias, residual and activation in one pass over the tile, still in cache.
-        let residual = residual.map(|r| &r.data[first_row * cout..(first_row + n) * cout]);
-        pulp::Arch::new().dispatch(Epilogue {
-            out,
-            bias,
-            residual,
+        let finish = Finish {
+            bias: Some(bias),
+            residual: residual.map(|r| &r.data[first_row * cout..(first_row + n) * cout]),
             clamp: spec.clamp,
-        });
+        };
+        multiply(out, cout, lhs, depth, n, weight, finish, threads);
     };
 
     let mut out = super::buffers::take(rows * cout);
     let threads = rayon::current_num_threads();
-    let tile = tile_rows(rows, (!direct).then_some(depth), threads);
+    let tile = tile_rows(rows, depth + cout, threads);
     if tile >= rows {
-        // Too few pixels to share out (the last layers at batch 1): one product, which
-        // the `gemm` crate splits over the threads itself.
-        let parallelism = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
+        // Too few pixels for tiles (the last layers at batch 1): one product, its rows
+        // shared among the threads.
         if direct {
-            finish(&mut out, 0, &x.data, parallelism);
+            finish(&mut out, 0, &x.data, threads);
         } else {
             let mut unfolded = Vec::new();
             unfold(x, spec, (oh, ow), 0..rows, &mut unfolded);
-            finish(&mut out, 0, &unfolded, parallelism);
+            finish(&mut out, 0, &unfolded, threads);
         }
     } else {
         out.par_chunks_mut(tile * cout)
@@ -102,16 +86,11 @@ pub fn conv2d(
                 let first = t * tile;
                 let n = out.len() / cout;
                 if direct {
-                    finish(
-                        out,
-                        first,
-                        &x.data[first * cin..(first + n) * cin],
-                        Parallelism::None,
-                    );
+                    finish(out, first, &x.data[first * cin..(first + n) * cin], 1);
                 } else {
                     UNFOLDED.with_borrow_mut(|unfolded| {
                         unfold(x, spec, (oh, ow), first..first + n, unfolded);
-                        finish(out, first, unfolded, Parallelism::None);
+                        finish(out, first, unfolded, 1);
                     });
                 }
             });
@@ -125,83 +104,31 @@ pub fn conv2d(
     }
 }
 
-/// `out = clamp(out + bias [+ residual])`, row by row (`bias` has one value per column).
-struct Epilogue<'a> {
-    out: &'a mut [f32],
-    bias: &'a [f32],
-    residual: Option<&'a [f32]>,
-    clamp: Option<(f32, f32)>,
-}
-
-impl WithSimd for Epilogue<'_> {
-    type Output = ();
-
-    /// With the CPU's widest vectors (the default target would use SSE2 only).
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let Self {
-            out,
-            bias,
-            residual,
-            clamp,
-        } = self;
-        let cout = bias.len();
-        let (b_vec, b_tail) = S::as_simd_f32s(bias);
-        let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        let (lo_vec, hi_vec) = (simd.splat_f32s(lo), simd.splat_f32s(hi));
-        for (r, row) in out.chunks_exact_mut(cout).enumerate() {
-            let (o_vec, o_tail) = S::as_mut_simd_f32s(row);
-            for (o, b) in o_vec.iter_mut().zip(b_vec) {
-                *o = simd.add_f32s(*o, *b);
-            }
-            for (o, b) in o_tail.iter_mut().zip(b_tail) {
-                *o += b;
-            }
-            if let Some(residual) = residual {
-                let (r_vec, r_tail) = S::as_simd_f32s(&residual[r * cout..(r + 1) * cout]);
-                let (o_vec, o_tail) = S::as_mut_simd_f32s(row);
-                for (o, x) in o_vec.iter_mut().zip(r_vec) {
-                    *o = simd.add_f32s(*o, *x);
-                }
-                for (o, x) in o_tail.iter_mut().zip(r_tail) {
-                    *o += x;
-                }
-            }
-            if clamp.is_some() {
-                let (o_vec, o_tail) = S::as_mut_simd_f32s(row);
-                for o in o_vec {
-                    *o = simd.min_f32s(simd.max_f32s(*o, lo_vec), hi_vec);
-                }
-                for o in o_tail {
-                    *o = o.max(lo).min(hi);
-                }
-            }
-        }
-    }
-}
-
 thread_local! {
     /// Each worker's unfolded tile, reused across tiles and layers.
     static UNFOLDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Rows per tile: `rows` itself means "one tile". A convolution that unfolds its input
-/// (`unfolded_depth` values per row) gets enough tiles that every thread stays busy to
-/// the end, each tile's unfolded input within [`TILE_FLOATS`]; one that reads the map
-/// directly gets one tile per thread (every tile repacks the weights: measured 2-5 %
-/// faster on ResNet-50 than cache-sized tiles).
-fn tile_rows(rows: usize, unfolded_depth: Option<usize>, threads: usize) -> usize {
-    if threads <= 1 || rows < 2 * threads * MIN_TILE_ROWS {
+/// Rows per tile: `rows` itself means "one product" (too few rows to share out: the
+/// product shares them among the threads itself). Otherwise tiles small enough that a
+/// tile's input and output (`floats_per_row` together) stay in L2, and enough of them
+/// that every thread stays busy to the end.
+fn tile_rows(rows: usize, floats_per_row: usize, threads: usize) -> usize {
+    if rows < 2 * threads * MIN_TILE_ROWS {
         return rows;
     }
-    match unfolded_depth {
-        None => rows.div_ceil(threads),
-        Some(depth) => {
-            let by_cache = TILE_FLOATS / depth;
-            let by_balance = rows.div_ceil(4 * threads);
-            by_cache.min(by_balance).max(MIN_TILE_ROWS)
-        }
-    }
+    let by_cache = TILE_FLOATS / floats_per_row;
+    let by_balance = if threads > 1 {
+        rows.div_ceil(4 * threads)
+    } else {
+        rows
+    };
+    // Whole register blocks: a tile's last rows would otherwise run a slower, narrower
+    // block.
+    by_cache
+        .min(by_balance)
+        .max(MIN_TILE_ROWS)
+        .next_multiple_of(ROW_BLOCK)
 }
 
 /// The input windows of output pixels `rows` (over the whole batch), one row of
@@ -282,14 +209,17 @@ mod tests {
         }
     }
 
-    /// Candle's `(out, in, k, k)` weights in this engine's `(k, k, in, out)` order.
-    pub(crate) fn pack(w: &Tensor) -> Vec<f32> {
-        w.permute((2, 3, 1, 0))
+    /// Candle's `(out, in, k, k)` weights as this engine's packed `(k*k*in) x out`.
+    pub(crate) fn pack(w: &Tensor) -> PackedMatrix {
+        let (out, cin, k, _) = w.dims4().unwrap();
+        let matrix: Vec<f32> = w
+            .permute((2, 3, 1, 0))
             .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1()
-            .unwrap()
+            .unwrap();
+        PackedMatrix::pack(&matrix, k * k * cin, out)
     }
 
     #[test]
@@ -369,27 +299,23 @@ mod tests {
 
     #[test]
     fn tiles_cover_every_row_and_keep_threads_busy() {
+        assert_eq!(tile_rows(196, 4608, 2), 196, "too few rows: one product");
         assert_eq!(
-            tile_rows(196, Some(4608), 2),
-            196,
-            "too few rows: one product"
-        );
-        assert_eq!(
-            tile_rows(12544, Some(27), 2),
-            1568,
+            tile_rows(12544, 27, 2),
+            1572,
             "cheap rows: 4 tiles per thread"
         );
         assert_eq!(
-            tile_rows(3136, Some(576), 2),
-            227,
+            tile_rows(3136, 640, 2),
+            204,
             "costly rows: bounded by cache"
         );
-        assert_eq!(tile_rows(1000, Some(1 << 20), 2), MIN_TILE_ROWS);
+        assert_eq!(tile_rows(1000, 1 << 20, 2), 72, "at least MIN_TILE_ROWS");
         assert_eq!(
-            tile_rows(12544, None, 2),
-            6272,
-            "read directly: a tile per thread"
+            tile_rows(12544, 27, 1),
+            4860,
+            "one thread: bounded by cache"
         );
-        assert_eq!(tile_rows(12544, Some(27), 1), 12544);
+        assert_eq!(tile_rows(100, 27, 1), 100);
     }
 }

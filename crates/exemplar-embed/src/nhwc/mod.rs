@@ -7,18 +7,20 @@
 //! channels last, a 1x1 convolution *is* a matrix product over all pixels of the batch,
 //! a k x k one unfolds into contiguous runs of channels, and a depthwise one vectorises
 //! over channels. Each convolution here splits its output rows into tiles spread over
-//! the rayon pool; a tile is unfolded, multiplied (the `gemm` crate Candle itself uses,
-//! single-threaded per tile) and finished (bias, residual, activation) while it is in
-//! cache.
+//! the rayon pool; a tile is unfolded, multiplied by weights packed once at load
+//! ([`matmul`]) and finished (bias, residual, activation) while it is in cache.
 
 mod conv;
 mod depthwise;
-mod gemm;
+mod matmul;
 mod max_pool;
+mod winograd;
 
 pub use conv::{conv2d, ConvSpec};
 pub use depthwise::depthwise_conv2d;
+pub use matmul::{multiply, Finish, PackedMatrix};
 pub use max_pool::max_pool2d;
+pub use winograd::{winograd_conv3x3, worth_it as winograd_worth_it, WinogradWeights};
 
 use crate::error::Result;
 use candle_core::{Device, Tensor};
@@ -274,6 +276,7 @@ mod tests {
             clamp: None,
         };
         let dense_weight: Vec<f32> = (0..9 * 8 * 8).map(|i| (i % 7) as f32 * 0.01).collect();
+        let dense_weight = PackedMatrix::pack(&dense_weight, 9 * 8, 8);
         let dense = conv2d(&x, &dense_weight, &bias, &spec, None);
         drop(FeatureMap {
             data: vec![f32::NAN; dense.data.len()],
