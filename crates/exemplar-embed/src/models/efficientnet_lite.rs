@@ -163,7 +163,12 @@ impl EfficientNetLite0 {
 
 impl Backbone for EfficientNetLite0 {
     fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
-        engine.run(input, |x| self.forward(x), |x| self.forward(x))
+        engine.run(
+            input,
+            super::Passes::PerImage,
+            |x| self.forward(x),
+            |x| self.forward(x),
+        )
     }
 
     fn classifier_rows(&self) -> Option<&Tensor> {

@@ -106,11 +106,24 @@ pub enum Engine {
 
 pub const ENGINE_NAMES: &str = "nhwc, candle";
 
+/// How the images of a batch share the threads (measured at batch 8 on 2 threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Passes {
+    /// One pass per image, side by side: a single image's maps stay in cache where a
+    /// batch's would not (Lite0: 28 % slower as two passes of 4).
+    PerImage,
+    /// One pass per thread over its share of the batch: each layer's weights are read
+    /// once per share, not once per image (ResNet-18 12-15 % faster, ResNet-50 3 %, than
+    /// one pass per image; the Winograd weights are 4x the direct ones).
+    PerThread,
+}
+
 impl Engine {
     /// Runs a network written once against [`FeatureMaps`] on this engine.
     pub(crate) fn run(
         self,
         input: &Tensor,
+        passes: Passes,
         fast: impl Fn(&FeatureMap) -> Result<FeatureMap> + Sync,
         reference: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
@@ -119,13 +132,20 @@ impl Engine {
             // from a worker, which takes part in it, instead of an outside thread that
             // parks until the pool is done (two context switches per layer, measured at
             // ~20 % of a batch-1 Lite0 pass). The images of a batch go through the
-            // network side by side, one per thread: a single image's maps stay in
-            // cache where a whole batch's (38 MB for Lite0's largest at batch 8) would not.
+            // network side by side (see [`Passes`]).
             Engine::Nhwc => {
                 let input = FeatureMap::from_nchw(input)?;
-                let images = input.split_images();
+                let per_pass = match passes {
+                    Passes::PerImage => 1,
+                    Passes::PerThread => input.batch.div_ceil(rayon::current_num_threads()),
+                };
+                let passes: Vec<FeatureMap> = input
+                    .split_images()
+                    .chunks(per_pass.max(1))
+                    .map(FeatureMap::concat_images)
+                    .collect();
                 let maps =
-                    rayon::scope(|_| images.par_iter().map(&fast).collect::<Result<Vec<_>>>())?;
+                    rayon::scope(|_| passes.par_iter().map(&fast).collect::<Result<Vec<_>>>())?;
                 FeatureMap::concat_images(&maps).to_nchw()
             }
             Engine::Candle => reference(input),

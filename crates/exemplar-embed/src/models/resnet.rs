@@ -147,7 +147,12 @@ impl ResNet {
 
 impl Backbone for ResNet {
     fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
-        let x = engine.run(input, |x| self.forward(x), |x| self.forward(x))?;
+        let x = engine.run(
+            input,
+            super::Passes::PerThread,
+            |x| self.forward(x),
+            |x| self.forward(x),
+        )?;
         debug_assert_eq!(x.dim(1)?, self.feature_dim);
         Ok(x)
     }

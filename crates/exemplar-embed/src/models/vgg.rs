@@ -112,7 +112,12 @@ impl Vgg {
 
 impl Backbone for Vgg {
     fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
-        engine.run(input, |x| self.forward(x), |x| self.forward(x))
+        engine.run(
+            input,
+            super::Passes::PerThread,
+            |x| self.forward(x),
+            |x| self.forward(x),
+        )
     }
 
     fn classifier_rows(&self) -> Option<&Tensor> {

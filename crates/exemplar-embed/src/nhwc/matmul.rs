@@ -414,6 +414,7 @@ mod tests {
             (130, 3, 27, 1),
             (75, 96, 600, 2),
             (200, 40, 16, 3),
+            (50, 16, 20, 1),
             // Few rows: the columns are split among the threads.
             (49, 200, 70, 2),
             (5, 100, 33, 3),

@@ -116,12 +116,19 @@ pub fn winograd_conv3x3(
     // pixels and large weights), and no more than fit the cache unless that minimum
     // asks for it; then enough groups for every thread if there are tiles to spare.
     let tile_rows = x.batch * tiles_y;
+    let threads = rayon::current_num_threads();
     let by_cache = GROUP_FLOATS / (POINTS * (cin + cout));
     let by_weights = cin * cout / (cin + cout);
-    let by_balance = (tile_rows * tiles_x).div_ceil(2 * rayon::current_num_threads());
+    let by_balance = (tile_rows * tiles_x).div_ceil(2 * threads);
     let group_tiles = by_cache.max(by_weights).min(by_balance.max(by_weights));
     let rows_per_group = (group_tiles / tiles_x).clamp(1, tile_rows);
-    let groups_count = tile_rows.div_ceil(rows_per_group);
+    // Several groups: a multiple of the threads, sizes within one row of each other
+    // (5 equal groups on 2 threads would leave one idle a fifth of the time).
+    let mut groups_count = tile_rows.div_ceil(rows_per_group);
+    if groups_count > 1 {
+        groups_count = groups_count.next_multiple_of(threads).min(tile_rows);
+    }
+    let group_units = |g: usize| tile_rows * g / groups_count..tile_rows * (g + 1) / groups_count;
 
     let mut out = super::buffers::take(x.batch * oh * ow * cout);
     // Split the output at group boundaries: a tile row's outputs are rows
@@ -129,8 +136,8 @@ pub fn winograd_conv3x3(
     let row_floats = ow * cout;
     let mut groups = Vec::new();
     let mut rest: &mut [f32] = &mut out;
-    for first in (0..tile_rows).step_by(rows_per_group) {
-        let units = first..(first + rows_per_group).min(tile_rows);
+    for g in 0..groups_count {
+        let units = group_units(g);
         let output_rows: usize = units
             .clone()
             .map(|u| OUT.min(oh - (u % tiles_y) * OUT))
