@@ -15,8 +15,8 @@ pub struct ConvSpec {
     pub clamp: Option<(f32, f32)>,
 }
 
-/// Unfolded input kept per tile: about half of a Zen 4 core's 1 MiB L2, so the tile's
-/// input, output and the packed weights it streams mostly stay there.
+/// A tile's unfolded input and output together: half of a core's 1 MiB L2, so they and
+/// the packed weights streaming past them mostly stay there.
 const TILE_FLOATS: usize = 128 * 1024;
 /// Fewer rows than this per tile and the per-tile overheads (the weights streamed again
 /// from L2/L3, the parallel hand-off) dominate.

@@ -213,7 +213,8 @@ impl WithSimd for Multiply<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         // A panel is PANEL / lanes vectors wide; the row block fills the registers:
-        // 14 x 2 accumulators of the 32 AVX-512 registers, 3 x 4 of AVX2's 16.
+        // 12 x 2 accumulators of the 32 AVX-512 registers (14 x 2 left too few for the
+        // rest: the compiler then kept accumulators in memory), 3 x 4 of AVX2's 16.
         match core::mem::size_of::<S::f32s>() / 4 {
             16 => self.run::<S, ROW_BLOCK, 2>(simd),
             8 => self.run::<S, 3, 4>(simd),
