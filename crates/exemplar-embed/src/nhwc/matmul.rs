@@ -4,8 +4,8 @@
 //! (`k x n`). The weights are stored as panels of [`PANEL`] columns, `k` rows each, in
 //! the order the inner kernel reads them, so no product repacks anything (the `gemm`
 //! crate repacked the weights on every call: ~9 % of a ResNet-50 pass). The kernel keeps
-//! a block of `rows x PANEL` results in registers over a slice of `k`, broadcasting one
-//! activation per row against the panel's vectors.
+//! a block of `rows x PANEL` results (`rows x PANEL / 2` with AVX2) in registers over a
+//! slice of `k`, broadcasting one activation per row against the panel's vectors.
 
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
@@ -212,13 +212,16 @@ impl WithSimd for Multiply<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        // A panel is PANEL / lanes vectors wide; the row block fills the registers:
-        // 12 x 2 accumulators of the 32 AVX-512 registers (14 x 2 left too few for the
-        // rest: the compiler then kept accumulators in memory), 3 x 4 of AVX2's 16.
+        // The register block, rows x vectors of accumulators, fills the registers but
+        // must leave room for one row of the panel and a broadcast: 12 x 2 of the 32
+        // AVX-512 registers is a whole panel (14 x 2 left too few: the compiler then
+        // kept accumulators in memory); AVX2's 16 take 6 x 2, half a panel per pass
+        // (a whole panel, 3 x 4, spilled: 0.34-0.75x the `gemm` crate on Zen 3);
+        // 4-lane sets (SSE, NEON) 3 x 4, half a panel per pass.
         match core::mem::size_of::<S::f32s>() / 4 {
             16 => self.run::<S, ROW_BLOCK, 2>(simd),
-            8 => self.run::<S, 3, 4>(simd),
-            4 => self.run::<S, 2, 8>(simd),
+            8 => self.run::<S, 6, 2>(simd),
+            4 => self.run::<S, 3, 4>(simd),
             _ => self.run::<S, 1, 32>(simd),
         }
     }
@@ -238,37 +241,95 @@ impl Multiply<'_> {
             finish,
             residual_stride,
         } = self;
-        assert_eq!(NV * core::mem::size_of::<S::f32s>(), PANEL * 4);
+        // Vectors per panel row, covered in one or two passes of NV.
+        let panel_vectors = PANEL * 4 / core::mem::size_of::<S::f32s>();
+        assert!(panel_vectors == NV || panel_vectors == 2 * NV);
         let k = b.rows;
         let panels = b.data.chunks_exact(k * PANEL);
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            for (p, panel) in panels.clone().enumerate() {
-                if !computed.contains(&p) {
-                    continue;
+        // Small weights (shallow products: Lite0's expansions) are swept once per group
+        // of rows from L1/L2, so the group's results are written while they are in
+        // cache; larger ones once per slice of `k` over all rows, as each panel slice
+        // then stays in L1 while all the rows stream past it.
+        let weight_bytes = computed.len() * k * PANEL * 4;
+        let group = if weight_bytes <= SMALL_WEIGHT_BYTES {
+            GROUP_ROWS
+        } else {
+            m
+        };
+        for first_row in (0..m).step_by(group) {
+            let rows = first_row..m.min(first_row + group);
+            run_rows::<S, MR, NV>(
+                simd,
+                panels.clone(),
+                rows,
+                (a, a_stride),
+                (dst, dst_stride),
+                b,
+                &computed,
+                finish,
+                residual_stride,
+            );
+        }
+    }
+}
+
+/// Weights at most this size are swept once per group of [`GROUP_ROWS`] rows.
+const SMALL_WEIGHT_BYTES: usize = 128 << 10;
+const GROUP_ROWS: usize = 4 * ROW_BLOCK;
+
+/// The product's `rows`, every slice of `k`, every panel in `computed`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
+    simd: S,
+    panels: std::slice::ChunksExact<'a, f32>,
+    rows: std::ops::Range<usize>,
+    (a, a_stride): (&'a [f32], usize),
+    (dst, dst_stride): (&mut [f32], usize),
+    b: &PackedMatrix,
+    computed: &std::ops::Range<usize>,
+    finish: Finish<'a>,
+    residual_stride: usize,
+) {
+    let panel_vectors = PANEL * 4 / core::mem::size_of::<S::f32s>();
+    let k = b.rows;
+    let m = rows.end;
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for (p, panel) in panels.clone().enumerate() {
+            if !computed.contains(&p) {
+                continue;
+            }
+            let (panel, _) = S::as_simd_f32s(&panel[k0 * PANEL..(k0 + kc) * PANEL]);
+            let cols = p * PANEL..(p * PANEL + PANEL).min(b.cols);
+            let block = Block {
+                simd,
+                panel,
+                a,
+                a_stride,
+                k0,
+                kc,
+                cols,
+                first_col: computed.start * PANEL,
+                accumulate: k0 > 0,
+                finish: (k0 + kc == k).then_some(finish),
+                residual_stride,
+            };
+            // Full row blocks, then the rest in blocks of 8, 4, 2, 1 rows; each
+            // block over the panel's vectors in passes of NV (its rows of `a` stay
+            // in L1 from one pass to the next).
+            let mut row = rows.start;
+            while row + MR <= m {
+                block.rows::<MR, NV, 0>(row, dst, dst_stride);
+                if panel_vectors > NV {
+                    block.rows::<MR, NV, NV>(row, dst, dst_stride);
                 }
-                let (panel, _) = S::as_simd_f32s(&panel[k0 * PANEL..(k0 + kc) * PANEL]);
-                let cols = p * PANEL..(p * PANEL + PANEL).min(b.cols);
-                let block = Block {
-                    simd,
-                    panel,
-                    a,
-                    a_stride,
-                    k0,
-                    kc,
-                    cols,
-                    first_col: computed.start * PANEL,
-                    accumulate: k0 > 0,
-                    finish: (k0 + kc == k).then_some(finish),
-                    residual_stride,
-                };
-                // Full row blocks, then the rest in blocks of 8, 4, 2, 1 rows.
-                let mut row = 0;
-                while row + MR <= m {
-                    block.rows::<MR, NV>(row, dst, dst_stride);
-                    row += MR;
-                }
-                for_each_tail::<S, NV>(&block, &mut row, m, dst, dst_stride);
+                row += MR;
+            }
+            let tail = row;
+            for_each_tail::<S, NV, 0>(&block, tail, m, dst, dst_stride);
+            if panel_vectors > NV {
+                for_each_tail::<S, NV, NV>(&block, tail, m, dst, dst_stride);
             }
         }
     }
@@ -276,18 +337,18 @@ impl Multiply<'_> {
 
 #[inline(always)]
 #[allow(clippy::int_plus_one)] // one expression for every block size
-fn for_each_tail<S: Simd, const NV: usize>(
+fn for_each_tail<S: Simd, const NV: usize, const FIRST: usize>(
     block: &Block<S>,
-    row: &mut usize,
+    mut row: usize,
     m: usize,
     dst: &mut [f32],
     dst_stride: usize,
 ) {
     macro_rules! tail {
         ($($r:literal),*) => {$(
-            if *row + $r <= m {
-                block.rows::<$r, NV>(*row, dst, dst_stride);
-                *row += $r;
+            if row + $r <= m {
+                block.rows::<$r, NV, FIRST>(row, dst, dst_stride);
+                row += $r;
             }
         )*};
     }
@@ -313,14 +374,23 @@ struct Block<'a, S: Simd> {
 }
 
 impl<S: Simd> Block<'_, S> {
-    /// `dst[row..row + R, cols] (+)= a[row..row + R, k0..k0 + kc] * panel`.
+    /// `dst[row..row + R, cols'] (+)= a[row..row + R, k0..k0 + kc] * panel[.., cols']`
+    /// where `cols'` are the panel's vectors `FIRST..FIRST + NV` (a constant: a variable
+    /// start put bounds checks in the inner loop).
     #[inline(always)]
     // Indexed loops over constant bounds: the compiler unrolls them and keeps `acc` in
     // registers (iterating `acc` by reference made it keep a copy in memory).
     #[allow(clippy::needless_range_loop)]
-    fn rows<const R: usize, const NV: usize>(&self, row: usize, dst: &mut [f32], stride: usize) {
+    fn rows<const R: usize, const NV: usize, const FIRST: usize>(
+        &self,
+        row: usize,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
         let simd = self.simd;
-        let lanes = PANEL / NV;
+        let lanes = core::mem::size_of::<S::f32s>() / 4;
+        let panel_vectors = PANEL / lanes;
+        let first_vector = FIRST;
         let a: [&[f32]; R] = core::array::from_fn(|r| {
             let start = (row + r) * self.a_stride + self.k0;
             &self.a[start..start + self.kc]
@@ -328,9 +398,9 @@ impl<S: Simd> Block<'_, S> {
         let mut acc = [[simd.splat_f32s(0.0); NV]; R];
         // Slices of exactly `kc` steps: the compiler drops the bounds checks in the loop
         // (with them, it also kept the accumulators in memory).
-        let panel = &self.panel[..self.kc * NV];
+        let panel = &self.panel[..self.kc * panel_vectors];
         for k in 0..self.kc {
-            let b: [S::f32s; NV] = core::array::from_fn(|v| panel[k * NV + v]);
+            let b: [S::f32s; NV] = core::array::from_fn(|v| panel[k * panel_vectors + FIRST + v]);
             for r in 0..R {
                 let x = simd.splat_f32s(a[r][k]);
                 for v in 0..NV {
@@ -338,7 +408,13 @@ impl<S: Simd> Block<'_, S> {
                 }
             }
         }
-        let width = self.cols.len();
+        // The block's columns: from the panel's vector `first_vector` on.
+        let skipped = first_vector * lanes;
+        let width = self.cols.len().saturating_sub(skipped);
+        if width == 0 {
+            return;
+        }
+        let cols = self.cols.start + skipped..self.cols.end;
         let (lo, hi) = self
             .finish
             .and_then(|f| f.clamp)
@@ -347,15 +423,15 @@ impl<S: Simd> Block<'_, S> {
         let bias: [S::f32s; NV] =
             core::array::from_fn(|v| match self.finish.and_then(|f| f.bias) {
                 Some(bias) if v * lanes < width => {
-                    load(simd, &bias[self.cols.start + v * lanes..self.cols.end])
+                    load(simd, &bias[cols.start + v * lanes..cols.end])
                 }
                 _ => simd.splat_f32s(0.0),
             });
         for r in 0..R {
-            let start = (row + r) * stride + self.cols.start - self.first_col;
+            let start = (row + r) * stride + cols.start - self.first_col;
             let out = &mut dst[start..start + width];
             let residual = self.finish.and_then(|f| f.residual).map(|res| {
-                let start = (row + r) * self.residual_stride + self.cols.start;
+                let start = (row + r) * self.residual_stride + cols.start;
                 &res[start..start + width]
             });
             for v in 0..NV {
@@ -416,6 +492,8 @@ mod tests {
             (75, 96, 600, 2),
             (200, 40, 16, 3),
             (50, 16, 20, 1),
+            // A last panel wider than half (AVX2 covers a panel in two passes).
+            (20, 57, 9, 1),
             // Few rows: the columns are split among the threads.
             (49, 200, 70, 2),
             (5, 100, 33, 3),
