@@ -491,6 +491,8 @@ mod tests {
             (130, 3, 27, 1),
             (75, 96, 600, 2),
             (200, 40, 16, 3),
+            // Fewer whole row blocks than threads.
+            (30, 20, 7, 3),
             (50, 16, 20, 1),
             // A last panel wider than half (AVX2 covers a panel in two passes).
             (20, 57, 9, 1),
