@@ -1,5 +1,6 @@
 //! Single-thread GFLOP/s of the packed-weight product against the `gemm` crate on layer
 //! shapes: `matmul_timing [M K N]...` (default: shapes from ResNet-50 and Lite0).
+//! `COPIES=N`: rotate among N copies of the weights (cold, as in a network); `THREADS=N`.
 use exemplar_embed::nhwc::{multiply, Finish, PackedMatrix};
 use std::time::Instant;
 
@@ -40,9 +41,27 @@ fn main() {
     for (m, k, n) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
-        let packed = PackedMatrix::pack(&b, k, n);
+        // COPIES=N rotates among N copies of the weights, as a network's layers do
+        // (weights then come from L3 or memory, not L1/L2); THREADS=N shares the rows.
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        let copies: usize = env("COPIES").unwrap_or(1);
+        let threads: usize = env("THREADS").unwrap_or(1);
+        let packed: Vec<_> = (0..copies).map(|_| PackedMatrix::pack(&b, k, n)).collect();
         let mut dst = vec![0f32; m * n];
-        let ours = time(|| multiply(&mut dst, n, &a, k, m, &packed, Finish::default(), 1));
+        let mut next = 0;
+        let ours = time(|| {
+            next = (next + 1) % copies;
+            multiply(
+                &mut dst,
+                n,
+                &a,
+                k,
+                m,
+                &packed[next],
+                Finish::default(),
+                threads,
+            )
+        });
         let theirs = time(|| unsafe {
             gemm::gemm(
                 m,

@@ -36,18 +36,12 @@ struct MbConv {
 
 impl MbConv {
     fn forward<M: FeatureMaps>(&self, x: &M) -> Result<M> {
-        let expanded;
         let hidden = match &self.expand {
-            Some(e) => {
-                expanded = x.conv(e, None)?;
-                &expanded
-            }
-            None => x,
+            Some(e) => x.expand_depthwise(e, &self.depthwise)?,
+            None => x.depthwise(&self.depthwise)?,
         };
         let residual = self.residual.then_some(x);
-        hidden
-            .depthwise(&self.depthwise)?
-            .conv(&self.project, residual)
+        hidden.conv(&self.project, residual)
     }
 }
 

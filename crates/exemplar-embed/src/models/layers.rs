@@ -216,6 +216,11 @@ impl Depthwise {
     }
 }
 
+/// Expanded maps of at least this many floats (1 MiB: Lite0's blocks at 112x112 and
+/// 56x56 pixels) are expanded band by band inside the depthwise layer
+/// ([`nhwc::expand_depthwise`]).
+const EXPANDED_FLOATS_TO_FUSE: usize = 256 * 1024;
+
 /// The feature maps of one inference engine: what the backbones are written against,
 /// so that one description of each network runs on both engines.
 ///
@@ -226,6 +231,10 @@ pub trait FeatureMaps: Sized {
     /// `act(conv(self) + bias [+ residual])`.
     fn conv(&self, layer: &Conv, residual: Option<&Self>) -> Result<Self>;
     fn depthwise(&self, layer: &Depthwise) -> Result<Self>;
+    /// `depthwise(conv(self, expand))`: an inverted bottleneck's first two layers.
+    fn expand_depthwise(&self, expand: &Conv, depthwise: &Depthwise) -> Result<Self> {
+        self.conv(expand, None)?.depthwise(depthwise)
+    }
     /// Max over `kernel x kernel` windows, `pad` on every side (never winning).
     fn max_pool(&self, kernel: usize, stride: usize, pad: usize) -> Result<Self>;
 }
@@ -264,6 +273,29 @@ impl FeatureMaps for nhwc::FeatureMap {
             &spec,
             residual,
         ))
+    }
+
+    fn expand_depthwise(&self, expand: &Conv, depthwise: &Depthwise) -> Result<Self> {
+        let hidden = expand.bias.len();
+        let pointwise = (expand.kernel, expand.stride) == (1, 1);
+        // Smaller expanded maps stay in cache between the two layers anyway.
+        if !pointwise || self.pixels() * hidden < EXPANDED_FLOATS_TO_FUSE {
+            return self.conv(expand, None)?.depthwise(depthwise);
+        }
+        let expansion = nhwc::Expansion {
+            weight: &expand.packed,
+            bias: &expand.bias,
+            clamp: expand.activation.bounds(),
+        };
+        let spec = nhwc::DepthwiseSpec {
+            weight: &depthwise.tap_major,
+            bias: &depthwise.bias,
+            kernel: depthwise.kernel,
+            stride: depthwise.stride,
+            pads: depthwise.pads(self.height, self.width),
+            clamp: depthwise.activation.bounds(),
+        };
+        Ok(nhwc::expand_depthwise(self, &expansion, &spec))
     }
 
     fn depthwise(&self, layer: &Depthwise) -> Result<Self> {

@@ -27,27 +27,20 @@ pub fn depthwise_conv2d(
     );
     let (oh, ow) = pads.output_size(x.height, x.width, kernel, stride);
     let mut out = super::buffers::take(x.batch * oh * ow * c);
-    // Where each tap of a window lies, from the window's first input pixel.
-    let offsets: Vec<usize> = (0..kernel * kernel)
-        .map(|t| ((t / kernel) * x.width + t % kernel) * c)
-        .collect();
-    let arch = pulp::Arch::new();
+    let layer = Layer::new(weight, bias, (kernel, stride), pads, clamp, x.width, c);
+    let per_image = x.height * x.width * c;
     out.par_chunks_mut(ow * c)
         .enumerate()
         .for_each(|(row, out_row)| {
-            arch.dispatch(OutputRow {
-                x,
-                weight,
-                offsets: &offsets,
-                bias,
-                kernel,
-                stride,
-                pads,
-                clamp,
-                image: row / oh,
-                oy: row % oh,
-                out: out_row,
-            })
+            let image = row / oh;
+            let input = InputRows {
+                data: &x.data[image * per_image..(image + 1) * per_image],
+                first_row: 0,
+                height: x.height,
+                width: x.width,
+                channels: c,
+            };
+            layer.output_row(input, row % oh, out_row);
         });
     FeatureMap {
         batch: x.batch,
@@ -58,17 +51,71 @@ pub fn depthwise_conv2d(
     }
 }
 
-/// One row of output pixels.
-struct OutputRow<'a> {
-    x: &'a FeatureMap,
+/// A depthwise layer's weights and geometry, for maps of one width and channel count.
+pub(crate) struct Layer<'a> {
     weight: &'a [f32],
-    offsets: &'a [usize],
     bias: &'a [f32],
     kernel: usize,
     stride: usize,
     pads: Pads,
     clamp: Option<(f32, f32)>,
-    image: usize,
+    /// Where each tap of a window lies, from the window's first input pixel.
+    offsets: Vec<usize>,
+    arch: pulp::Arch,
+}
+
+impl<'a> Layer<'a> {
+    pub(crate) fn new(
+        weight: &'a [f32],
+        bias: &'a [f32],
+        (kernel, stride): (usize, usize),
+        pads: Pads,
+        clamp: Option<(f32, f32)>,
+        width: usize,
+        channels: usize,
+    ) -> Self {
+        let offsets = (0..kernel * kernel)
+            .map(|t| ((t / kernel) * width + t % kernel) * channels)
+            .collect();
+        Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            pads,
+            clamp,
+            offsets,
+            arch: pulp::Arch::new(),
+        }
+    }
+
+    /// Output row `oy` of one image into `out`, from `input`, which must hold every
+    /// input row of the map that the row's windows reach.
+    pub(crate) fn output_row(&self, input: InputRows, oy: usize, out: &mut [f32]) {
+        self.arch.dispatch(OutputRow {
+            layer: self,
+            x: input,
+            oy,
+            out,
+        })
+    }
+}
+
+/// Rows `first_row..` of one image's map (`height` rows in all, `width x channels`
+/// values each): all of it, or the band of rows an output row needs.
+#[derive(Clone, Copy)]
+pub(crate) struct InputRows<'a> {
+    pub data: &'a [f32],
+    pub first_row: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+}
+
+/// One row of output pixels.
+struct OutputRow<'a> {
+    layer: &'a Layer<'a>,
+    x: InputRows<'a>,
     oy: usize,
     out: &'a mut [f32],
 }
@@ -93,14 +140,16 @@ impl WithSimd for OutputRow<'_> {
                 _ => self.block::<S, 4>(simd, start * lanes::<S>()),
             };
         }
-        let (x, weight) = (self.x, self.weight);
-        let rows = taps(self.oy, self.stride, self.pads.top, self.kernel, x.height);
+        let (x, l) = (self.x, self.layer);
+        let rows = taps(self.oy, l.stride, l.pads.top, l.kernel, x.height);
         for ch in vectors * lanes::<S>()..c {
             for ox in 0..self.out.len() / c {
-                let columns = taps(ox, self.stride, self.pads.left, self.kernel, x.width);
-                let mut acc = self.bias[ch];
-                self.for_each_tap(rows, columns, |i, w| acc += x.data[i + ch] * weight[w + ch]);
-                self.out[ox * c + ch] = self.clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
+                let columns = taps(ox, l.stride, l.pads.left, l.kernel, x.width);
+                let mut acc = l.bias[ch];
+                self.for_each_tap(rows, columns, |i, w| {
+                    acc += x.data[i + ch] * l.weight[w + ch]
+                });
+                self.out[ox * c + ch] = l.clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
             }
         }
     }
@@ -110,12 +159,12 @@ impl OutputRow<'_> {
     /// Output channels `channel..channel + N * lanes` of the whole row; returns `N`.
     #[inline(always)]
     fn block<S: Simd, const N: usize>(&mut self, simd: S, channel: usize) -> usize {
-        let (x, c, k, stride) = (self.x, self.x.channels, self.kernel, self.stride);
+        let (x, l) = (self.x, self.layer);
+        let (c, k, stride) = (x.channels, l.kernel, l.stride);
         let ow = self.out.len() / c;
-        let rows = taps(self.oy, stride, self.pads.top, k, x.height);
-        let first_pixel = self.image * x.height * x.width;
-        let bias = load::<S, N>(self.bias, channel);
-        let bounds = self
+        let rows = taps(self.oy, stride, l.pads.top, k, x.height);
+        let bias = load::<S, N>(l.bias, channel);
+        let bounds = l
             .clamp
             .map(|(lo, hi)| (simd.splat_f32s(lo), simd.splat_f32s(hi)));
         let finish = |mut acc: [S::f32s; N], out: &mut [f32]| {
@@ -129,8 +178,8 @@ impl OutputRow<'_> {
         // Output columns whose window lies wholly inside the map: every tap at a fixed
         // offset from the window's first pixel.
         let (lo, hi) = if rows.2 == k {
-            let lo = self.pads.left.div_ceil(stride);
-            let hi = (x.width + self.pads.left)
+            let lo = l.pads.left.div_ceil(stride);
+            let hi = (x.width + l.pads.left)
                 .checked_sub(k)
                 .map_or(0, |room| (room / stride + 1).min(ow));
             (lo.min(hi), hi)
@@ -138,18 +187,18 @@ impl OutputRow<'_> {
             (0, 0)
         };
         let window_start = |ox: usize| {
-            let (iy, ix) = (rows.1 as usize, ox * stride - self.pads.left);
-            (first_pixel + iy * x.width + ix) * c + channel
+            let (iy, ix) = (rows.1 as usize - x.first_row, ox * stride - l.pads.left);
+            (iy * x.width + ix) * c + channel
         };
         let mut ox = lo;
         // Two pixels at a time share each weight load.
         while ox + 2 <= hi {
             let (a, b) = (window_start(ox), window_start(ox + 1));
             let (mut acc_a, mut acc_b) = (bias, bias);
-            for (t, &offset) in self.offsets.iter().enumerate() {
-                let w = load::<S, N>(self.weight, t * c + channel);
-                let i_a = load::<S, N>(&x.data, a + offset);
-                let i_b = load::<S, N>(&x.data, b + offset);
+            for (t, &offset) in l.offsets.iter().enumerate() {
+                let w = load::<S, N>(l.weight, t * c + channel);
+                let i_a = load::<S, N>(x.data, a + offset);
+                let i_b = load::<S, N>(x.data, b + offset);
                 for j in 0..N {
                     acc_a[j] = simd.mul_add_e_f32s(i_a[j], w[j], acc_a[j]);
                     acc_b[j] = simd.mul_add_e_f32s(i_b[j], w[j], acc_b[j]);
@@ -161,18 +210,18 @@ impl OutputRow<'_> {
         }
         // The rest: the last interior pixel, and the borders tap by tap.
         for ox in (ox..hi).chain(0..lo).chain(hi..ow) {
-            let columns = taps(ox, stride, self.pads.left, k, x.width);
+            let columns = taps(ox, stride, l.pads.left, k, x.width);
             let mut acc = bias;
             // Plain loops rather than `for_each_tap`: SIMD operations inside a closure
             // may be compiled without the target features, as function calls.
             let ((first_y, y0, count_y), (first_x, x0, count_x)) = (rows, columns);
             for ty in first_y..first_y + count_y {
-                let iy = (y0 + ty as isize) as usize;
+                let iy = (y0 + ty as isize) as usize - x.first_row;
                 for tx in first_x..first_x + count_x {
                     let ix = (x0 + tx as isize) as usize;
-                    let i = (first_pixel + iy * x.width + ix) * c + channel;
-                    let i = load::<S, N>(&x.data, i);
-                    let w = load::<S, N>(self.weight, (ty * k + tx) * c + channel);
+                    let i = (iy * x.width + ix) * c + channel;
+                    let i = load::<S, N>(x.data, i);
+                    let w = load::<S, N>(l.weight, (ty * k + tx) * c + channel);
                     for j in 0..N {
                         acc[j] = simd.mul_add_e_f32s(i[j], w[j], acc[j]);
                     }
@@ -192,13 +241,12 @@ impl OutputRow<'_> {
         (first_x, x0, count_x): (usize, isize, usize),
         mut visit: impl FnMut(usize, usize),
     ) {
-        let (x, c, k) = (self.x, self.x.channels, self.kernel);
-        let first_pixel = self.image * x.height * x.width;
+        let (x, c, k) = (self.x, self.x.channels, self.layer.kernel);
         for ty in first_y..first_y + count_y {
-            let iy = (y0 + ty as isize) as usize;
+            let iy = (y0 + ty as isize) as usize - x.first_row;
             for tx in first_x..first_x + count_x {
                 let ix = (x0 + tx as isize) as usize;
-                visit((first_pixel + iy * x.width + ix) * c, (ty * k + tx) * c);
+                visit((iy * x.width + ix) * c, (ty * k + tx) * c);
             }
         }
     }

@@ -245,7 +245,6 @@ impl Multiply<'_> {
         let panel_vectors = PANEL * 4 / core::mem::size_of::<S::f32s>();
         assert!(panel_vectors == NV || panel_vectors == 2 * NV);
         let k = b.rows;
-        let panels = b.data.chunks_exact(k * PANEL);
         // Small weights (shallow products: Lite0's expansions) are swept once per group
         // of rows from L1/L2, so the group's results are written while they are in
         // cache; larger ones once per slice of `k` over all rows, as each panel slice
@@ -257,15 +256,12 @@ impl Multiply<'_> {
             m
         };
         for first_row in (0..m).step_by(group) {
-            let rows = first_row..m.min(first_row + group);
             run_rows::<S, MR, NV>(
                 simd,
-                panels.clone(),
-                rows,
+                (b, &computed),
+                first_row..m.min(first_row + group),
                 (a, a_stride),
                 (dst, dst_stride),
-                b,
-                &computed,
                 finish,
                 residual_stride,
             );
@@ -277,60 +273,58 @@ impl Multiply<'_> {
 const SMALL_WEIGHT_BYTES: usize = 128 << 10;
 const GROUP_ROWS: usize = 4 * ROW_BLOCK;
 
-/// The product's `rows`, every slice of `k`, every panel in `computed`.
+/// Rows `rows` of the product over every slice of `k` and every panel in `computed`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
     simd: S,
-    panels: std::slice::ChunksExact<'a, f32>,
+    (b, computed): (&'a PackedMatrix, &std::ops::Range<usize>),
     rows: std::ops::Range<usize>,
     (a, a_stride): (&'a [f32], usize),
     (dst, dst_stride): (&mut [f32], usize),
-    b: &PackedMatrix,
-    computed: &std::ops::Range<usize>,
     finish: Finish<'a>,
     residual_stride: usize,
 ) {
     let panel_vectors = PANEL * 4 / core::mem::size_of::<S::f32s>();
     let k = b.rows;
-    let m = rows.end;
-    for k0 in (0..k).step_by(KC) {
+    let slice = |p: usize, k0: usize| {
+        let start = (p * k + k0) * PANEL;
+        &b.data[start..start + KC.min(k - k0) * PANEL]
+    };
+    for (k0, p) in (0..k)
+        .step_by(KC)
+        .flat_map(|k0| computed.clone().map(move |p| (k0, p)))
+    {
         let kc = KC.min(k - k0);
-        for (p, panel) in panels.clone().enumerate() {
-            if !computed.contains(&p) {
-                continue;
-            }
-            let (panel, _) = S::as_simd_f32s(&panel[k0 * PANEL..(k0 + kc) * PANEL]);
-            let cols = p * PANEL..(p * PANEL + PANEL).min(b.cols);
-            let block = Block {
-                simd,
-                panel,
-                a,
-                a_stride,
-                k0,
-                kc,
-                cols,
-                first_col: computed.start * PANEL,
-                accumulate: k0 > 0,
-                finish: (k0 + kc == k).then_some(finish),
-                residual_stride,
-            };
-            // Full row blocks, then the rest in blocks of 8, 4, 2, 1 rows; each
-            // block over the panel's vectors in passes of NV (its rows of `a` stay
-            // in L1 from one pass to the next).
-            let mut row = rows.start;
-            while row + MR <= m {
-                block.rows::<MR, NV, 0>(row, dst, dst_stride);
-                if panel_vectors > NV {
-                    block.rows::<MR, NV, NV>(row, dst, dst_stride);
-                }
-                row += MR;
-            }
-            let tail = row;
-            for_each_tail::<S, NV, 0>(&block, tail, m, dst, dst_stride);
+        let (panel, _) = S::as_simd_f32s(slice(p, k0));
+        let cols = p * PANEL..(p * PANEL + PANEL).min(b.cols);
+        let block = Block {
+            simd,
+            panel,
+            a,
+            a_stride,
+            k0,
+            kc,
+            cols,
+            first_col: computed.start * PANEL,
+            accumulate: k0 > 0,
+            finish: (k0 + kc == k).then_some(finish),
+            residual_stride,
+        };
+        // Full row blocks, then the rest in blocks of 8, 4, 2, 1 rows; each block over
+        // the panel's vectors in passes of NV (its rows of `a` stay in L1 from one pass
+        // to the next).
+        let mut row = rows.start;
+        while row + MR <= rows.end {
+            block.rows::<MR, NV, 0>(row, dst, dst_stride);
             if panel_vectors > NV {
-                for_each_tail::<S, NV, NV>(&block, tail, m, dst, dst_stride);
+                block.rows::<MR, NV, NV>(row, dst, dst_stride);
             }
+            row += MR;
+        }
+        for_each_tail::<S, NV, 0>(&block, row..rows.end, dst, dst_stride);
+        if panel_vectors > NV {
+            for_each_tail::<S, NV, NV>(&block, row..rows.end, dst, dst_stride);
         }
     }
 }
@@ -339,14 +333,14 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
 #[allow(clippy::int_plus_one)] // one expression for every block size
 fn for_each_tail<S: Simd, const NV: usize, const FIRST: usize>(
     block: &Block<S>,
-    mut row: usize,
-    m: usize,
+    rows: std::ops::Range<usize>,
     dst: &mut [f32],
     dst_stride: usize,
 ) {
+    let (mut row, end) = (rows.start, rows.end);
     macro_rules! tail {
         ($($r:literal),*) => {$(
-            if row + $r <= m {
+            if row + $r <= end {
                 block.rows::<$r, NV, FIRST>(row, dst, dst_stride);
                 row += $r;
             }
@@ -427,6 +421,37 @@ impl<S: Simd> Block<'_, S> {
                 }
                 _ => simd.splat_f32s(0.0),
             });
+        if width >= NV * lanes {
+            // Every vector whole (all but a narrow last panel): indices the compiler
+            // resolves, so the accumulators stay in registers (a loop that may stop
+            // early kept them in memory: a third of a shallow product's time).
+            for r in 0..R {
+                let start = (row + r) * stride + cols.start - self.first_col;
+                let (out, _) = S::as_mut_simd_f32s(&mut dst[start..start + NV * lanes]);
+                let residual = self.finish.and_then(|f| f.residual).map(|res| {
+                    let start = (row + r) * self.residual_stride + cols.start;
+                    S::as_simd_f32s(&res[start..start + NV * lanes]).0
+                });
+                for v in 0..NV {
+                    let mut value = acc[r][v];
+                    if self.accumulate {
+                        value = simd.add_f32s(value, out[v]);
+                    }
+                    if self.finish.is_some() {
+                        value = simd.add_f32s(value, bias[v]);
+                        if let Some(residual) = residual {
+                            value = simd.add_f32s(value, residual[v]);
+                        }
+                        value = simd.min_f32s(simd.max_f32s(value, lo), hi);
+                    }
+                    out[v] = value;
+                }
+            }
+            return;
+        }
+        // A copy for the loop below, which indexes it at run time (that would keep the
+        // accumulators above in memory too).
+        let acc_copy = acc;
         for r in 0..R {
             let start = (row + r) * stride + cols.start - self.first_col;
             let out = &mut dst[start..start + width];
@@ -439,7 +464,7 @@ impl<S: Simd> Block<'_, S> {
                     break;
                 }
                 let out = &mut out[v * lanes..];
-                let mut value = acc[r][v];
+                let mut value = acc_copy[r][v];
                 if self.accumulate {
                     value = simd.add_f32s(value, load(simd, out));
                 }
