@@ -79,69 +79,23 @@ pub fn expand_depthwise(x: &FeatureMap, e: &Expansion, d: &DepthwiseSpec) -> Fea
     // each share's first band expands the rows it shares with the previous one again.
     let share = oh.div_ceil(2 * rayon::current_num_threads()).max(band_rows);
     let mut out = super::buffers::take(x.batch * oh * ow * hidden);
-    let input_per_image = h * w * x.channels;
     out.par_chunks_mut(oh * ow * hidden)
-        .zip(x.data.par_chunks(input_per_image))
-        .for_each(|(out, input)| {
+        .zip(x.data.par_chunks(h * w * x.channels))
+        .for_each(|(out, image)| {
             out.par_chunks_mut(share * ow * hidden)
                 .enumerate()
                 .for_each(|(i, out)| {
+                    let first = i * share;
+                    let rows = first..first + out.len() / (ow * hidden);
+                    let image = InputRows {
+                        data: image,
+                        first_row: 0,
+                        height: h,
+                        width: w,
+                        channels: x.channels,
+                    };
                     BAND.with_borrow_mut(|band| {
-                        let expand = |rows: std::ops::Range<usize>, dst: &mut [f32]| {
-                            let finish = Finish {
-                                bias: Some(e.bias),
-                                residual: None,
-                                clamp: e.clamp,
-                            };
-                            let lhs = &input[rows.start * w * x.channels..];
-                            multiply(
-                                dst,
-                                hidden,
-                                lhs,
-                                x.channels,
-                                rows.len() * w,
-                                e.weight,
-                                finish,
-                                1,
-                            );
-                        };
-                        let first = i * share;
-                        let rows = first..first + out.len() / (ow * hidden);
-                        let mut held = 0..0;
-                        for chunk in (rows.start..rows.end).step_by(band_rows) {
-                            let chunk = chunk..(chunk + band_rows).min(rows.end);
-                            let needed = input_rows(chunk.clone(), d, h);
-                            // Keep the held rows the chunk still needs, at the front.
-                            let kept = needed.start.max(held.start)..held.end.max(needed.start);
-                            if kept.is_empty() || kept.start > needed.start {
-                                held = needed.start..needed.start;
-                            } else {
-                                band.copy_within(
-                                    (kept.start - held.start) * row_floats
-                                        ..(held.end - held.start) * row_floats,
-                                    0,
-                                );
-                                held = kept;
-                            }
-                            band.resize(needed.len() * row_floats, 0.0);
-                            let fresh = held.end..needed.end;
-                            expand(
-                                fresh.clone(),
-                                &mut band[(fresh.start - held.start) * row_floats..],
-                            );
-                            held = needed.start..needed.end;
-                            let band_rows = InputRows {
-                                data: band,
-                                first_row: held.start,
-                                height: h,
-                                width: w,
-                                channels: hidden,
-                            };
-                            for oy in chunk {
-                                let at = (oy - rows.start) * ow * hidden;
-                                layer.output_row(band_rows, oy, &mut out[at..at + ow * hidden]);
-                            }
-                        }
+                        run_share(image, e, d, &layer, rows, band_rows, band, out)
                     })
                 });
         });
@@ -151,6 +105,68 @@ pub fn expand_depthwise(x: &FeatureMap, e: &Expansion, d: &DepthwiseSpec) -> Fea
         width: ow,
         channels: hidden,
         data: out,
+    }
+}
+
+/// Output rows `rows` of one image (`image`: its input map) into `out`, `band_rows`
+/// at a time, through `band`.
+#[allow(clippy::too_many_arguments)]
+fn run_share(
+    image: InputRows,
+    e: &Expansion,
+    d: &DepthwiseSpec,
+    layer: &Layer,
+    rows: std::ops::Range<usize>,
+    band_rows: usize,
+    band: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let (cin, hidden) = (image.channels, e.weight.cols());
+    let row_floats = image.width * hidden;
+    let out_row_floats = out.len() / rows.len();
+    let finish = Finish {
+        bias: Some(e.bias),
+        residual: None,
+        clamp: e.clamp,
+    };
+    // The expanded input rows `band` holds, from its start.
+    let mut held = 0..0;
+    for first in rows.clone().step_by(band_rows) {
+        let chunk = first..(first + band_rows).min(rows.end);
+        let needed = input_rows(chunk.clone(), d, image.height);
+        // Rows the previous band holds and this one needs move to the front (bands
+        // advance down the map, so `needed` never starts above `held`).
+        if held.end <= needed.start {
+            held = needed.start..needed.start;
+        } else {
+            let from = (needed.start - held.start) * row_floats;
+            band.copy_within(from..held.len() * row_floats, 0);
+            held = needed.start..held.end;
+        }
+        band.resize(needed.len() * row_floats, 0.0);
+        let fresh = held.end..needed.end;
+        multiply(
+            &mut band[held.len() * row_floats..],
+            hidden,
+            &image.data[fresh.start * image.width * cin..],
+            cin,
+            fresh.len() * image.width,
+            e.weight,
+            finish,
+            1,
+        );
+        held = needed;
+        let expanded = InputRows {
+            data: band,
+            first_row: held.start,
+            height: image.height,
+            width: image.width,
+            channels: hidden,
+        };
+        for oy in chunk {
+            let at = (oy - rows.start) * out_row_floats;
+            layer.output_row(expanded, oy, &mut out[at..at + out_row_floats]);
+        }
     }
 }
 
