@@ -156,6 +156,13 @@ pub struct StageArgs {
     /// Share of the reference's area the inliers must span (a shared logo is not a match).
     #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = 0.05)]
     pub min_coverage: f32,
+    /// Share of the located outline that must lie inside the photo...
+    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME", default_value_t = 0.5)]
+    pub min_in_frame: f32,
+    /// ...and when it misses the photo's centre (a neighbouring cover cut off by the edge
+    /// of the photo is not the one photographed).
+    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME_OFF_CENTRE", default_value_t = 0.99)]
+    pub min_in_frame_off_centre: f32,
     /// Verify the shortlist in chunks of this many, in global order...
     #[arg(long, env = "EXEMPLAR_VERIFY_CHUNK", default_value_t = 50)]
     pub verify_chunk: usize,
@@ -181,6 +188,8 @@ impl StageArgs {
         exemplar_core::VerdictRule {
             min_inliers: self.min_inliers,
             min_coverage: self.min_coverage,
+            min_in_frame: self.min_in_frame,
+            min_in_frame_off_centre: self.min_in_frame_off_centre,
             ..Default::default()
         }
     }
@@ -298,6 +307,9 @@ pub struct CalibrateArgs {
     /// Minimum coverages to try.
     #[arg(long, value_delimiter = ',', default_value = "0,0.05,0.1,0.15,0.2")]
     pub coverage: Vec<f32>,
+    /// Framing rules to try, each MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE (0:0 = none).
+    #[arg(long, value_delimiter = ',', default_value = "0:0,0.5:0.99")]
+    pub framing: Vec<String>,
 }
 
 #[derive(Debug, Args)]

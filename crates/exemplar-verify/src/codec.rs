@@ -1,12 +1,15 @@
 //! The stored form of a reference's local features: what verification needs (keypoint
 //! positions and descriptors, the image size) and nothing else, in a bounded, versioned
 //! little-endian layout. 40 bytes per keypoint plus a 16-byte header: at most 40,016
-//! bytes per exemplar with the default 1,000 keypoints.
+//! bytes per exemplar with the default 1,000 keypoints. Features of a part cut from a
+//! larger photo (a search's `crop`) also carry where the part starts: `EXL2`, 8 bytes more.
 
 use crate::{Keypoint, LocalFeatures};
 
 const MAGIC: &[u8; 4] = b"EXL1";
+const MAGIC_WITH_ORIGIN: &[u8; 4] = b"EXL2";
 const HEADER: usize = 16;
+const ORIGIN: usize = 8;
 const PER_KEYPOINT: usize = 40;
 
 /// Why stored bytes are not local features.
@@ -28,11 +31,16 @@ pub fn encoded_len(keypoints: usize) -> usize {
 
 impl LocalFeatures {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(encoded_len(self.keypoints.len()));
-        out.extend_from_slice(MAGIC);
+        let cut = self.origin != (0, 0);
+        let mut out = Vec::with_capacity(encoded_len(self.keypoints.len()) + ORIGIN);
+        out.extend_from_slice(if cut { MAGIC_WITH_ORIGIN } else { MAGIC });
         out.extend_from_slice(&self.width.to_le_bytes());
         out.extend_from_slice(&self.height.to_le_bytes());
         out.extend_from_slice(&(self.keypoints.len() as u32).to_le_bytes());
+        if cut {
+            out.extend_from_slice(&self.origin.0.to_le_bytes());
+            out.extend_from_slice(&self.origin.1.to_le_bytes());
+        }
         for (k, d) in self.keypoints.iter().zip(&self.descriptors) {
             out.extend_from_slice(&k.x.to_le_bytes());
             out.extend_from_slice(&k.y.to_le_bytes());
@@ -46,21 +54,34 @@ impl LocalFeatures {
     /// The inverse of [`LocalFeatures::to_bytes`]; angle, level and response are not
     /// stored (verification does not use them) and come back as zero.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
-            return Err(CodecError("not in the EXL1 format".into()));
+        let header = match bytes.get(..4) {
+            Some(m) if m == MAGIC => HEADER,
+            Some(m) if m == MAGIC_WITH_ORIGIN => HEADER + ORIGIN,
+            _ => return Err(CodecError("not in the EXL1 or EXL2 format".into())),
+        };
+        if bytes.len() < header {
+            return Err(CodecError(format!(
+                "{} bytes: no room for the header",
+                bytes.len()
+            )));
         }
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let (width, height, count) = (word(4), word(8), word(12) as usize);
-        if bytes.len() != encoded_len(count) {
+        let origin = if header > HEADER {
+            (word(16), word(20))
+        } else {
+            (0, 0)
+        };
+        let expected = encoded_len(count) + (header - HEADER);
+        if bytes.len() != expected {
             return Err(CodecError(format!(
-                "{} bytes for {count} keypoints, expected {}",
+                "{} bytes for {count} keypoints, expected {expected}",
                 bytes.len(),
-                encoded_len(count)
             )));
         }
         let mut keypoints = Vec::with_capacity(count);
         let mut descriptors = Vec::with_capacity(count);
-        for record in bytes[HEADER..].chunks_exact(PER_KEYPOINT) {
+        for record in bytes[header..].chunks_exact(PER_KEYPOINT) {
             let float = |at: usize| f32::from_le_bytes(record[at..at + 4].try_into().expect("4"));
             let long = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().expect("8"));
             keypoints.push(Keypoint {
@@ -75,6 +96,7 @@ impl LocalFeatures {
         Ok(Self {
             width,
             height,
+            origin,
             keypoints,
             descriptors,
         })
@@ -82,12 +104,14 @@ impl LocalFeatures {
 
     /// The same keypoints in the coordinates of a larger photo this one was cut from at
     /// (`dx`, `dy`), so a located outline is drawn on the photo the client sent. The size
-    /// stays the cut's: RANSAC's tolerance scales with the part looked at.
+    /// stays the cut's: RANSAC's tolerance scales with the part looked at, and the cut,
+    /// at `origin`, is the frame a located outline's framing is judged in.
     pub fn offset(mut self, dx: u32, dy: u32) -> Self {
         for k in &mut self.keypoints {
             k.x += dx as f32;
             k.y += dy as f32;
         }
+        self.origin = (self.origin.0 + dx, self.origin.1 + dy);
         self
     }
 }
@@ -101,6 +125,7 @@ mod tests {
         let features = LocalFeatures {
             width: 640,
             height: 480,
+            origin: (0, 0),
             keypoints: vec![
                 Keypoint {
                     x: 1.5,
@@ -130,5 +155,14 @@ mod tests {
             LocalFeatures::from_bytes(&empty).unwrap().keypoints.len(),
             0
         );
+        // Cut from a larger photo: the cut's position survives too, for 8 bytes more.
+        let cut = features.offset(100, 20);
+        let bytes = cut.to_bytes();
+        assert_eq!(bytes.len(), encoded_len(2) + 8);
+        let back = LocalFeatures::from_bytes(&bytes).unwrap();
+        assert_eq!(back, cut);
+        assert_eq!((back.origin, back.keypoints[0].x), ((100, 20), 101.5));
+        assert!(LocalFeatures::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        assert!(LocalFeatures::from_bytes(b"EXL2............").is_err());
     }
 }

@@ -49,8 +49,12 @@ pub struct Keypoint {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LocalFeatures {
+    /// The size of the photo (or part of one) the keypoints were found in...
     pub width: u32,
     pub height: u32,
+    /// ...and where that part starts in the photo the keypoints' coordinates refer to
+    /// (see [`LocalFeatures::offset`]); (0, 0) for a whole photo.
+    pub origin: (u32, u32),
     pub keypoints: Vec<Keypoint>,
     pub descriptors: Vec<[u64; 4]>,
 }

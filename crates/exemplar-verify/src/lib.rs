@@ -5,12 +5,14 @@
 
 mod codec;
 mod features;
+mod framing;
 mod homography;
 mod matching;
 mod verifier;
 
 pub use codec::{encoded_len, CodecError};
 pub use features::{extract, extract_rgb, ExtractParams, Keypoint, LocalFeatures};
+pub use framing::{framing, Framing};
 pub use homography::{hull_area, ransac_homography, Found, Homography, RansacParams};
 pub use matching::{match_features, Match};
 pub use verifier::HomographyVerifier;
@@ -27,6 +29,26 @@ pub struct Verification {
     pub coverage: f64,
     /// Reference coordinates → query coordinates, when one was found.
     pub homography: Option<Homography>,
+    /// Where the reference's outline lies in the photo, when a homography was found.
+    pub framing: Option<Framing>,
+}
+
+impl Verification {
+    /// The evidence the verdict rule reads; `reference` is what was verified (its size
+    /// gives the located outline's corners).
+    pub fn evidence(&self, reference: &LocalFeatures) -> exemplar_core::Evidence {
+        exemplar_core::Evidence {
+            inliers: self.inliers as u32,
+            matches: self.matches as u32,
+            coverage: self.coverage as f32,
+            quadrilateral: self
+                .homography
+                .and_then(|h| h.quadrilateral(reference.width, reference.height))
+                .map(|q| q.map(|(x, y)| [x as f32, y as f32])),
+            in_frame: self.framing.map_or(0.0, |f| f.in_frame as f32),
+            centred: self.framing.is_some_and(|f| f.centred),
+        }
+    }
 }
 
 /// Matches `query` against `reference` and checks the matches for one homography.
@@ -37,10 +59,19 @@ pub fn verify(
 ) -> Verification {
     let matches = match_features(reference, query, 0.8);
     let found = ransac_homography(reference, query, &matches, params);
+    let outline = found.as_ref().and_then(|f| {
+        f.homography
+            .quadrilateral(reference.width, reference.height)
+    });
     Verification {
         inliers: found.as_ref().map_or(0, |f| f.inliers),
         matches: matches.len(),
         coverage: found.as_ref().map_or(0.0, |f| f.coverage),
         homography: found.map(|f| f.homography),
+        // Judged in the part of the photo the query's features were found in.
+        framing: outline.map(|q| {
+            let (ox, oy) = (query.origin.0 as f64, query.origin.1 as f64);
+            framing(&q.map(|(x, y)| (x - ox, y - oy)), query.width, query.height)
+        }),
     }
 }

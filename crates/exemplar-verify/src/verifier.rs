@@ -22,16 +22,7 @@ impl Verifier for HomographyVerifier {
                 let Ok(reference) = LocalFeatures::from_bytes(bytes) else {
                     return Evidence::default();
                 };
-                let v = verify(&query, &reference, &self.ransac);
-                Evidence {
-                    inliers: v.inliers as u32,
-                    matches: v.matches as u32,
-                    coverage: v.coverage as f32,
-                    quadrilateral: v
-                        .homography
-                        .and_then(|h| h.quadrilateral(reference.width, reference.height))
-                        .map(|q| q.map(|(x, y)| [x as f32, y as f32])),
-                }
+                verify(&query, &reference, &self.ransac).evidence(&reference)
             })
             .collect()
     }

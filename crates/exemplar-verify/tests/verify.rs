@@ -96,6 +96,28 @@ fn the_same_cover_at_an_angle_is_verified_and_located() {
             "{found:?} vs {truth:?}"
         );
     }
+    // Whole in the photo and over its centre: the photo's subject.
+    let framing = v.framing.unwrap();
+    assert!(framing.in_frame > 0.99, "{framing:?}");
+    assert!(framing.centred);
+}
+
+#[test]
+fn a_cover_cut_off_by_the_photo_edge_is_reported_so() {
+    // The cover's left 240 of 400 columns, at the right of a 640 × 560 photo: a neighbour
+    // on the shelf rather than the cover photographed.
+    let reference = cover(3, 400, 500);
+    let shift = Homography([1.0, 0.0, -400.0, 0.0, 1.0, -30.0, 0.0, 0.0, 1.0]);
+    let query = warp(&reference, &shift, 640, 560);
+    let v = verify(
+        &features(&query),
+        &features(&reference),
+        &RansacParams::default(),
+    );
+    assert!(v.inliers >= 40, "{} inliers", v.inliers);
+    let framing = v.framing.unwrap();
+    assert!((framing.in_frame - 0.6).abs() < 0.03, "{framing:?}");
+    assert!(!framing.centred, "{framing:?}");
 }
 
 #[test]

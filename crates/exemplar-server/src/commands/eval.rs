@@ -9,7 +9,7 @@ use exemplar_core::eval::{
 };
 use exemplar_core::refit::CATALOGUE_SOURCE;
 use exemplar_core::rerank::Rerank;
-use exemplar_core::{FeatureExtractor, PooledFeature, Projection};
+use exemplar_core::{Evidence, FeatureExtractor, PooledFeature, Projection, VerdictRule};
 use exemplar_embed::CnnEmbedder;
 use exemplar_verify::{extract_rgb, ExtractParams, LocalFeatures, RansacParams};
 use rayon::prelude::*;
@@ -22,12 +22,8 @@ use std::time::Instant;
 /// Images read and embedded per step: decoding runs in parallel within a step.
 const CHUNK: usize = 16;
 
-/// A verdict rule to score: minimum inliers and minimum coverage.
-type Rule = (u32, f32);
-
 pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
-    let rule = (args.stages.min_inliers, args.stages.min_coverage);
-    score_rules(embedder, args, &[rule], false)
+    score_rules(embedder, args, &[args.stages.verdict_rule()], false)
 }
 
 /// `exemplar calibrate`: the same two stages under every rule of a grid, with the rates
@@ -36,18 +32,43 @@ pub fn calibrate(embedder: &CnnEmbedder, args: &CalibrateArgs) -> anyhow::Result
     if args.eval.global_only {
         bail!("calibrate scores verdict rules: it needs the second stage (drop --global-only)");
     }
-    let grid: Vec<Rule> = args
-        .inliers
+    let framings = args
+        .framing
         .iter()
-        .flat_map(|i| args.coverage.iter().map(move |c| (*i, *c)))
-        .collect();
+        .map(|f| parse_framing(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut grid = Vec::new();
+    for &min_inliers in &args.inliers {
+        for &min_coverage in &args.coverage {
+            for &(min_in_frame, min_in_frame_off_centre) in &framings {
+                grid.push(VerdictRule {
+                    min_inliers,
+                    min_coverage,
+                    min_in_frame,
+                    min_in_frame_off_centre,
+                    ..Default::default()
+                });
+            }
+        }
+    }
     score_rules(embedder, &args.eval, &grid, true)
+}
+
+/// `MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE`, both shares of the outline (0..1).
+fn parse_framing(text: &str) -> anyhow::Result<(f32, f32)> {
+    let parsed = text.split_once(':').and_then(|(a, b)| {
+        let (a, b) = (a.trim().parse::<f32>().ok()?, b.trim().parse::<f32>().ok()?);
+        ((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b)).then_some((a, b))
+    });
+    parsed.with_context(|| {
+        format!("--framing {text:?}: expected MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE, shares in 0..1 (e.g. 0.5:0.99)")
+    })
 }
 
 fn score_rules(
     embedder: &CnnEmbedder,
     args: &EvalArgs,
-    rules: &[Rule],
+    rules: &[VerdictRule],
     calibrating: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -88,18 +109,18 @@ fn score_rules(
         GroundTruth::Groups { images, .. } => (images.len(), 0),
         GroundTruth::QueryReference { catalogue, .. } => (catalogue.len(), catalogue.len()),
     };
-    // Verification of catalogue item `c` for query `q`: (inliers, coverage), computed
-    // once and shared by every rule and projection.
-    let verified: Mutex<HashMap<(usize, usize), (usize, f64)>> = Mutex::default();
+    // Verification of catalogue item `c` for query `q`, computed once and shared by
+    // every rule and projection.
+    let verified: Mutex<HashMap<(usize, usize), Evidence>> = Mutex::default();
     let early_stop = args.stages.early_stop();
-    let verification = |q: usize, c: usize| -> (usize, f64) {
+    let verification = |q: usize, c: usize| -> Evidence {
         if let Some(seen) = verified.lock().expect("cache").get(&(q, c)) {
-            return *seen;
+            return seen.clone();
         }
         let local = local.as_ref().expect("two stages have local features");
-        let v = exemplar_verify::verify(&local[query_offset + q], &local[c], &ransac);
-        let seen = (v.inliers, v.coverage);
-        verified.lock().expect("cache").insert((q, c), seen);
+        let seen = exemplar_verify::verify(&local[query_offset + q], &local[c], &ransac)
+            .evidence(&local[c]);
+        verified.lock().expect("cache").insert((q, c), seen.clone());
         seen
     };
     let same_item = match (&truth, &local) {
@@ -162,34 +183,23 @@ fn score_rules(
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<_, _>>()?;
-        for &(min_inliers, min_coverage) in rules {
-            let rule = exemplar_core::VerdictRule {
-                min_inliers,
-                min_coverage,
-                ..Default::default()
-            };
+        for rule in rules {
             // As the service verifies: chunk by chunk until one settles the search.
-            // Evidence counts only when the matches span enough of the reference.
+            // Evidence counts (as its inliers) only when the rule verifies it.
             let evidence = |q: usize, candidates: &[usize]| -> Vec<usize> {
                 let mut out = vec![0; candidates.len()];
                 let chunk = early_stop.map_or(candidates.len(), |s| s.chunk).max(1);
                 for (at, part) in candidates.chunks(chunk).enumerate() {
-                    let seen: Vec<(usize, f64)> =
+                    let seen: Vec<Evidence> =
                         part.par_iter().map(|&c| verification(q, c)).collect();
-                    for (i, (inliers, coverage)) in seen.iter().enumerate() {
-                        if *coverage >= min_coverage as f64 {
-                            out[at * chunk + i] = *inliers;
+                    for (i, e) in seen.iter().enumerate() {
+                        if rule.verified(e) {
+                            out[at * chunk + i] = e.inliers as usize;
                         }
                     }
                     // Only a verified match settles, as in the service.
-                    let settles = |(inliers, coverage): &(usize, f64)| {
-                        let e = exemplar_core::Evidence {
-                            inliers: *inliers as u32,
-                            coverage: *coverage as f32,
-                            ..Default::default()
-                        };
-                        rule.verified(&e) && early_stop.is_some_and(|s| s.settles(&e))
-                    };
+                    let settles =
+                        |e: &Evidence| rule.verified(e) && early_stop.is_some_and(|s| s.settles(e));
                     if seen.iter().any(settles) {
                         break;
                     }
@@ -198,7 +208,7 @@ fn score_rules(
             };
             let rerank = local.as_ref().map(|_| Rerank {
                 shortlist: args.stages.shortlist,
-                min_evidence: min_inliers as usize,
+                min_evidence: rule.min_inliers as usize,
                 evidence: &evidence,
             });
             let verify_started = Instant::now();
@@ -215,7 +225,7 @@ fn score_rules(
             let mut row = result.clone();
             merge(&mut row, metrics);
             if calibrating {
-                row = rates(&row, min_inliers, min_coverage);
+                row = rates(&row, rule);
                 eprintln!("{}", rates_line(&row));
             } else {
                 eprintln!("{}", summary_line(&row));
@@ -235,7 +245,7 @@ fn score_rules(
             "embed_seconds": embed_seconds,
             "embed_ms_per_image": embed_seconds * 1e3 / paths.len().max(1) as f64,
             "same_item_pairs": same_item_json(&truth, &same_item, &root),
-            "stages": if args.global_only { json!("global") } else { json!({"shortlist": args.stages.shortlist, "min_inliers": args.stages.min_inliers, "min_coverage": args.stages.min_coverage, "settle_inliers": args.stages.settle_inliers, "settle_coverage": args.stages.settle_coverage, "verify_chunk": args.stages.verify_chunk}) },
+            "stages": if args.global_only { json!("global") } else { json!({"shortlist": args.stages.shortlist, "min_inliers": args.stages.min_inliers, "min_coverage": args.stages.min_coverage, "min_in_frame": args.stages.min_in_frame, "min_in_frame_off_centre": args.stages.min_in_frame_off_centre, "settle_inliers": args.stages.settle_inliers, "settle_coverage": args.stages.settle_coverage, "verify_chunk": args.stages.verify_chunk}) },
             "local_features_ms_per_image": local_seconds * 1e3 / paths.len().max(1) as f64,
             "elapsed_seconds": started.elapsed().as_secs_f64(),
             "results": results,
@@ -501,7 +511,7 @@ fn score(
 }
 
 /// A calibration row: the rule and the rates it is chosen by.
-fn rates(row: &Value, min_inliers: u32, min_coverage: f32) -> Value {
+fn rates(row: &Value, rule: &VerdictRule) -> Value {
     let u = &row["unknown"];
     let count = |key: &str| u[key].as_u64().unwrap_or(0) as f64;
     let known = count("known_queries");
@@ -514,8 +524,10 @@ fn rates(row: &Value, min_inliers: u32, min_coverage: f32) -> Value {
         - count("unknown_answered_unknown");
     json!({
         "projection": row["projection"],
-        "min_inliers": min_inliers,
-        "min_coverage": min_coverage,
+        "min_inliers": rule.min_inliers,
+        "min_coverage": rule.min_coverage,
+        "min_in_frame": rule.min_in_frame,
+        "min_in_frame_off_centre": rule.min_in_frame_off_centre,
         "top1": top1,
         "by_attribute_top1": row["by_attribute"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v["top1"].clone())).collect::<serde_json::Map<_, _>>()),
         "false_reject_rate": false_reject,
@@ -529,10 +541,12 @@ fn rates(row: &Value, min_inliers: u32, min_coverage: f32) -> Value {
 
 fn rates_line(r: &Value) -> String {
     format!(
-        "{} inliers>={} coverage>={}: top-1 {:.3}, false reject {:.3}, wrong answer {:.3}, false accept {:.3} (of {} that should be unknown)",
+        "{} inliers>={} coverage>={} in-frame>={}:{}: top-1 {:.3}, false reject {:.3}, wrong answer {:.3}, false accept {:.3} (of {} that should be unknown)",
         r["projection"].as_str().unwrap_or("?"),
         r["min_inliers"],
         r["min_coverage"],
+        r["min_in_frame"],
+        r["min_in_frame_off_centre"],
         r["top1"].as_f64().unwrap_or(f64::NAN),
         r["false_reject_rate"].as_f64().unwrap_or(f64::NAN),
         r["wrong_answer_rate"].as_f64().unwrap_or(f64::NAN),
@@ -582,5 +596,23 @@ fn summary_line(r: &Value) -> String {
             ),
             None => String::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_framing;
+
+    #[test]
+    fn framing_rules_are_two_shares() {
+        assert_eq!(parse_framing("0.7:0.99").unwrap(), (0.7, 0.99));
+        assert_eq!(parse_framing("0:0").unwrap(), (0.0, 0.0));
+        for bad in ["0.7", "0.7:", "a:b", "0.7:1.5", "-1:0"] {
+            let message = parse_framing(bad).unwrap_err().to_string();
+            assert!(
+                message.contains("MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE"),
+                "{message}"
+            );
+        }
     }
 }

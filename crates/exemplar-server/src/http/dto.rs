@@ -116,6 +116,10 @@ pub struct VerificationEvidence {
     /// The exemplar's corners in the photo, `[x, y]` in pixels of the upright photo as
     /// sent, clockwise from its top-left: draw it to show where the item was found.
     pub quadrilateral: Option<[[f32; 2]; 4]>,
+    /// Share of that outline inside the photo (0..1).
+    pub in_frame: f32,
+    /// Whether the outline covers the photo's centre (a cut-off cover must, to be named).
+    pub centred: bool,
 }
 
 impl From<&Evidence> for VerificationEvidence {
@@ -125,6 +129,8 @@ impl From<&Evidence> for VerificationEvidence {
             matches: e.matches,
             coverage: e.coverage,
             quadrilateral: e.quadrilateral,
+            in_frame: e.in_frame,
+            centred: e.centred,
         }
     }
 }

@@ -151,7 +151,8 @@ fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
     assert_eq!(global["stages"], "global");
     assert!(global["results"][0].get("unknown").is_none(), "{global}");
 
-    // Calibration: a rule per (inliers, coverage); an impossible one rejects everything.
+    // Calibration: a rule per (inliers, coverage, framing); an impossible one rejects
+    // everything.
     let calibration = last_json(&exemplar(&[
         "calibrate",
         dir.path().to_str().unwrap(),
@@ -161,6 +162,8 @@ fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
         "20,100000",
         "--coverage",
         "0,0.99",
+        "--framing",
+        "0.5:0.99",
     ]));
     let rules = calibration["results"].as_array().unwrap();
     assert_eq!(rules.len(), 4, "{calibration}");
@@ -172,6 +175,8 @@ fn eval_query_reference_protocol_with_unknown_queries_and_distractors() {
         ),
         (Some(20), Some(0.0))
     );
+    assert!((lenient["min_in_frame"].as_f64().unwrap() - 0.5).abs() < 1e-6);
+    assert!((lenient["min_in_frame_off_centre"].as_f64().unwrap() - 0.99).abs() < 1e-6);
     assert_eq!(lenient["top1"], 1.0, "{calibration}");
     assert_eq!(lenient["false_reject_rate"], 0.0);
     assert_eq!(lenient["false_accept_rate"], 0.0, "{calibration}");

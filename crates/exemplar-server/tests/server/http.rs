@@ -687,6 +687,27 @@ fn a_print_held_up_in_a_photo_is_verified_and_located_and_a_stranger_is_unknown(
             < 23.0,
         "{cropped}"
     );
+    // ...and framed within the crop: the print is whole in it, over its centre.
+    let framing = &cropped["verdict"]["evidence"];
+    assert!(framing["in_frame"].as_f64().unwrap() > 0.99, "{framing}");
+    assert_eq!(framing["centred"], true, "{framing}");
+
+    // A crop that shows only the print's right part, as a photo of the cover beside it
+    // would: still verified, but not framed as the subject, so `unknown`.
+    let (_, edge) = server.multipart(
+        "/search",
+        &[
+            Part::File("image", "scene.png", png(&scene)),
+            Part::Text("crop", "480,0,420,700".into()),
+        ],
+        &[],
+    );
+    assert_eq!(edge["verdict"]["status"], "unknown", "{edge}");
+    // Enough inliers and coverage: the framing alone made it `unknown`.
+    let seen = &edge["neighbours"][0]["evidence"];
+    assert!(seen["inliers"].as_u64().unwrap() >= 20, "{seen}");
+    assert!(seen["coverage"].as_f64().unwrap() >= 0.05, "{seen}");
+    assert!(seen["in_frame"].as_f64().unwrap() < 0.99, "{seen}");
 
     // A real photo of something the catalogue does not hold: an honest `unknown`.
     let (_, stranger) = server.multipart(

@@ -270,12 +270,14 @@ impl Verifier for ItemVerifier {
                     matches: 80,
                     coverage: 0.8,
                     quadrilateral: Some([[1.0, 2.0], [9.0, 2.0], [9.0, 8.0], [1.0, 8.0]]),
+                    in_frame: 1.0,
+                    centred: true,
                 },
                 false => Evidence {
                     inliers: 5,
                     matches: 9,
                     coverage: 0.01,
-                    quadrilateral: None,
+                    ..Evidence::default()
                 },
             })
             .collect()
