@@ -154,14 +154,19 @@ pub struct StageArgs {
     #[arg(long, env = "EXEMPLAR_MIN_INLIERS", default_value_t = 20)]
     pub min_inliers: u32,
     /// Share of the reference's area the inliers must span (a shared logo is not a match).
-    #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = 0.05)]
+    #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = 0.05, value_parser = share)]
     pub min_coverage: f32,
     /// Share of the located outline that must lie inside the photo...
-    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME", default_value_t = 0.5)]
+    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME", default_value_t = 0.5, value_parser = share)]
     pub min_in_frame: f32,
     /// ...and when it misses the photo's centre (a neighbouring cover cut off by the edge
     /// of the photo is not the one photographed).
-    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME_OFF_CENTRE", default_value_t = 0.99)]
+    #[arg(
+        long,
+        env = "EXEMPLAR_MIN_IN_FRAME_OFF_CENTRE",
+        default_value_t = 0.99,
+        value_parser = share
+    )]
     pub min_in_frame_off_centre: f32,
     /// Verify the shortlist in chunks of this many, in global order...
     #[arg(long, env = "EXEMPLAR_VERIFY_CHUNK", default_value_t = 50)]
@@ -171,7 +176,7 @@ pub struct StageArgs {
     #[arg(long, env = "EXEMPLAR_SETTLE_INLIERS", default_value_t = 80)]
     pub settle_inliers: u32,
     /// ...spanning this share of it.
-    #[arg(long, env = "EXEMPLAR_SETTLE_COVERAGE", default_value_t = 0.2)]
+    #[arg(long, env = "EXEMPLAR_SETTLE_COVERAGE", default_value_t = 0.2, value_parser = share)]
     pub settle_coverage: f32,
 }
 
@@ -355,4 +360,31 @@ pub struct EvalArgs {
     /// centre view at its default 2/3.
     #[arg(long, value_delimiter = ',', default_value = "zoom-in")]
     pub query_views: Vec<String>,
+}
+
+/// A share (0..1) given on the command line: a value outside it would silently reject or
+/// accept everything.
+pub fn share(text: &str) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a share between 0 and 1")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_outside_zero_to_one_are_refused_with_the_flag_named() {
+        assert_eq!(share("0.5"), Ok(0.5));
+        assert!(share("1.5").is_err() && share("-0.1").is_err() && share("half").is_err());
+        let error = Cli::try_parse_from(["exemplar", "eval", "data", "--min-in-frame", "1.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--min-in-frame") && error.contains("between 0 and 1"),
+            "{error}"
+        );
+    }
 }

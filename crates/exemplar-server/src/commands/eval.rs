@@ -1,7 +1,7 @@
 //! `exemplar eval`: embed a labelled folder once, then score one or more descriptors
 //! (raw features and projections of them) by exact brute-force retrieval.
 
-use crate::cli::{CalibrateArgs, EvalArgs};
+use crate::cli::{share, CalibrateArgs, EvalArgs};
 use crate::progress::Progress;
 use anyhow::{bail, Context};
 use exemplar_core::eval::{
@@ -56,10 +56,9 @@ pub fn calibrate(embedder: &CnnEmbedder, args: &CalibrateArgs) -> anyhow::Result
 
 /// `MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE`, both shares of the outline (0..1).
 fn parse_framing(text: &str) -> anyhow::Result<(f32, f32)> {
-    let parsed = text.split_once(':').and_then(|(a, b)| {
-        let (a, b) = (a.trim().parse::<f32>().ok()?, b.trim().parse::<f32>().ok()?);
-        ((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b)).then_some((a, b))
-    });
+    let parsed = text
+        .split_once(':')
+        .and_then(|(a, b)| Some((share(a).ok()?, share(b).ok()?)));
     parsed.with_context(|| {
         format!("--framing {text:?}: expected MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE, shares in 0..1 (e.g. 0.5:0.99)")
     })
