@@ -1,8 +1,9 @@
-//! Times the NHWC kernels on one layer shape: `kernel_timing dw|conv|wino H W C [K S COUT]`
-//! (`wino`: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3)).
+//! Times the NHWC kernels on one layer shape: `kernel_timing dw|conv|wino|fused H W C [K S COUT]`
+//! (`wino`: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3); `fused`: a 1x1 expansion
+//! from C to COUT channels and a K x K depthwise layer in one pass).
 use exemplar_embed::nhwc::{
-    conv2d, depthwise_conv2d, winograd_conv3x3, ConvSpec, FeatureMap, PackedMatrix, Pads,
-    WinogradWeights,
+    conv2d, depthwise_conv2d, expand_depthwise, winograd_conv3x3, ConvSpec, DepthwiseSpec,
+    Expansion, FeatureMap, PackedMatrix, Pads, WinogradWeights,
 };
 use std::time::Instant;
 
@@ -45,6 +46,15 @@ fn main() {
         clamp: Some((0.0, 6.0)),
     };
     let wino = (a[1] == "wino").then(|| WinogradWeights::new(&cw));
+    // The fused layer's expansion is 1x1 (C to COUT) and its depthwise layer K x K.
+    let expand = PackedMatrix::pack(
+        &(0..c * cout)
+            .map(|i| (i % 7) as f32 * 0.01)
+            .collect::<Vec<_>>(),
+        c,
+        cout,
+    );
+    let fused_dw: Vec<f32> = (0..k * k * cout).map(|i| (i % 7) as f32 * 0.01).collect();
     let run = || match a[1].as_str() {
         "wino" => drop(winograd_conv3x3(
             &x,
@@ -61,6 +71,22 @@ fn main() {
             (k, s),
             pads,
             Some((0.0, 6.0)),
+        )),
+        "fused" => drop(expand_depthwise(
+            &x,
+            &Expansion {
+                weight: &expand,
+                bias: &cb,
+                clamp: Some((0.0, 6.0)),
+            },
+            &DepthwiseSpec {
+                weight: &fused_dw,
+                bias: &cb,
+                kernel: k,
+                stride: s,
+                pads,
+                clamp: Some((0.0, 6.0)),
+            },
         )),
         _ => drop(conv2d(&x, &cw, &cb, &spec, None)),
     };

@@ -139,6 +139,10 @@ impl Engine {
                     Passes::PerImage => 1,
                     Passes::PerThread => input.batch.div_ceil(rayon::current_num_threads()),
                 };
+                if per_pass >= input.batch {
+                    // One pass (batch 1): no copies into and out of per-pass batches.
+                    return rayon::scope(|_| fast(&input))?.to_nchw();
+                }
                 let passes: Vec<FeatureMap> = input
                     .split_images()
                     .chunks(per_pass.max(1))

@@ -38,6 +38,12 @@ pub(crate) fn store<S: Simd>(s: S, values: &mut [f32], value: S::f32s) {
     }
 }
 
+/// Floats per vector of the instruction set `S`.
+#[inline(always)]
+const fn lanes<S: Simd>() -> usize {
+    core::mem::size_of::<S::f32s>() / 4
+}
+
 /// A `rows x cols` matrix in column panels (zero-padded to whole panels).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedMatrix {
@@ -313,17 +319,20 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
         };
         // Full row blocks, then the rest in blocks of 8, 4, 2, 1 rows; each block over
         // the panel's vectors in passes of NV (its rows of `a` stay in L1 from one pass
-        // to the next).
+        // to the next). A second pass only where the panel has columns in it: a narrow
+        // last panel (16 of Lite0's 16, 40, 80, 112, 144 columns) would otherwise
+        // compute zeros and drop them (half of its first projection's arithmetic).
+        let second_pass = panel_vectors > NV && block.cols.len() > NV * lanes::<S>();
         let mut row = rows.start;
         while row + MR <= rows.end {
             block.rows::<MR, NV, 0>(row, dst, dst_stride);
-            if panel_vectors > NV {
+            if second_pass {
                 block.rows::<MR, NV, NV>(row, dst, dst_stride);
             }
             row += MR;
         }
         for_each_tail::<S, NV, 0>(&block, row..rows.end, dst, dst_stride);
-        if panel_vectors > NV {
+        if second_pass {
             for_each_tail::<S, NV, NV>(&block, row..rows.end, dst, dst_stride);
         }
     }
