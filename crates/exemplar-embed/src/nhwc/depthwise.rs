@@ -1,6 +1,7 @@
 //! Depthwise convolution over channels-last maps: every output pixel is a per-channel
 //! weighted sum of its window, so the work is runs of channel-contiguous multiply-adds.
 
+use super::matmul::lanes;
 use super::{taps, FeatureMap, Pads};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
@@ -250,12 +251,6 @@ impl OutputRow<'_> {
             }
         }
     }
-}
-
-/// f32 lanes of one vector of `S`.
-#[inline(always)]
-fn lanes<S: Simd>() -> usize {
-    std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>()
 }
 
 /// `N` vectors from `slice[at..]`.

@@ -40,7 +40,7 @@ pub(crate) fn store<S: Simd>(s: S, values: &mut [f32], value: S::f32s) {
 
 /// Floats per vector of the instruction set `S`.
 #[inline(always)]
-const fn lanes<S: Simd>() -> usize {
+pub(crate) const fn lanes<S: Simd>() -> usize {
     core::mem::size_of::<S::f32s>() / 4
 }
 
@@ -224,7 +224,7 @@ impl WithSimd for Multiply<'_> {
         // kept accumulators in memory); AVX2's 16 take 6 x 2, half a panel per pass
         // (a whole panel, 3 x 4, spilled: 0.34-0.75x the `gemm` crate on Zen 3);
         // 4-lane sets (SSE, NEON) 3 x 4, half a panel per pass.
-        match core::mem::size_of::<S::f32s>() / 4 {
+        match lanes::<S>() {
             16 => self.run::<S, ROW_BLOCK, 2>(simd),
             8 => self.run::<S, 6, 2>(simd),
             4 => self.run::<S, 3, 4>(simd),
@@ -248,7 +248,7 @@ impl Multiply<'_> {
             residual_stride,
         } = self;
         // Vectors per panel row, covered in one or two passes of NV.
-        let panel_vectors = PANEL * 4 / core::mem::size_of::<S::f32s>();
+        let panel_vectors = PANEL / lanes::<S>();
         assert!(panel_vectors == NV || panel_vectors == 2 * NV);
         let k = b.rows;
         // Small weights (shallow products: Lite0's expansions) are swept once per group
@@ -291,7 +291,7 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
     finish: Finish<'a>,
     residual_stride: usize,
 ) {
-    let panel_vectors = PANEL * 4 / core::mem::size_of::<S::f32s>();
+    let panel_vectors = PANEL / lanes::<S>();
     let k = b.rows;
     let slice = |p: usize, k0: usize| {
         let start = (p * k + k0) * PANEL;
@@ -391,7 +391,7 @@ impl<S: Simd> Block<'_, S> {
         stride: usize,
     ) {
         let simd = self.simd;
-        let lanes = core::mem::size_of::<S::f32s>() / 4;
+        let lanes = lanes::<S>();
         let panel_vectors = PANEL / lanes;
         let first_vector = FIRST;
         let a: [&[f32]; R] = core::array::from_fn(|r| {

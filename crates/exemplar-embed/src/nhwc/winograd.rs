@@ -9,7 +9,7 @@
 //! fp32 rounding small: within 5e-6 of the largest output against the direct
 //! convolution in the tests (up to 64 channels).
 
-use super::matmul::{load, multiply, store, Finish, PackedMatrix};
+use super::matmul::{lanes, load, multiply, store, Finish, PackedMatrix};
 use super::{FeatureMap, Pads};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
@@ -300,7 +300,7 @@ impl WithSimd for InputTransform<'_> {
         let Self { geometry, tiles, v } = self;
         let x = geometry.x;
         let (cin, n) = (x.channels, tiles.len());
-        let lanes = core::mem::size_of::<S::f32s>() / 4;
+        let lanes = lanes::<S>();
         for (t, tile) in tiles.iter().enumerate() {
             let y0 = tile.oy as isize - geometry.pads.top as isize;
             let x0 = tile.ox as isize - geometry.pads.left as isize;
@@ -366,7 +366,7 @@ impl WithSimd for OutputTransform<'_> {
         } = self;
         let (cout, n) = (bias.len(), tiles.len());
         let (oh, ow) = (geometry.oh, geometry.ow);
-        let lanes = core::mem::size_of::<S::f32s>() / 4;
+        let lanes = lanes::<S>();
         let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         let (lo, hi) = (s.splat_f32s(lo), s.splat_f32s(hi));
         for (t, tile) in tiles.iter().enumerate() {
