@@ -109,6 +109,26 @@ impl CustomOp1 for DepthwiseConv2d {
     }
 }
 
+/// Calls `f` with a tensor's values in row-major order: borrowed from the tensor when it
+/// is a contiguous f32 tensor on the CPU (no copy: 0.6 MB for one 224x224 input),
+/// copied out otherwise.
+pub(crate) fn with_f32_values<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> R,
+) -> crate::error::Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            if let Ok(values) = cpu.as_slice::<f32>() {
+                return Ok(f(&values[start..end]));
+            }
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

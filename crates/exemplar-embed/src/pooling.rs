@@ -59,22 +59,23 @@ impl std::str::FromStr for Pooling {
 impl Pooling {
     pub fn pool(&self, feature_map: &Tensor) -> Result<Vec<Vec<f32>>> {
         let (batch, channels, h, w) = feature_map.dims4()?;
-        // One flat copy, sliced per channel (a vector per channel and image cost more
-        // than the pooling itself).
-        let values: Vec<f32> = feature_map.flatten_all()?.to_vec1()?;
+        // The tensor's values in place, sliced per channel (a vector per channel and
+        // image cost more than the pooling itself).
         let pixels = (h * w).max(1);
-        Ok(values
-            .chunks_exact(channels * pixels)
-            .take(batch)
-            .map(|image| {
-                let mut v: Vec<f32> = image
-                    .chunks_exact(pixels)
-                    .map(|c| self.pool_channel(c))
-                    .collect();
-                l2_normalize(&mut v);
-                v
-            })
-            .collect())
+        crate::ops::with_f32_values(feature_map, |values| {
+            values
+                .chunks_exact(channels * pixels)
+                .take(batch)
+                .map(|image| {
+                    let mut v: Vec<f32> = image
+                        .chunks_exact(pixels)
+                        .map(|c| self.pool_channel(c))
+                        .collect();
+                    l2_normalize(&mut v);
+                    v
+                })
+                .collect()
+        })
     }
 
     fn pool_channel(&self, values: &[f32]) -> f32 {
@@ -88,15 +89,24 @@ impl Pooling {
                 // `powf`, and `powi` (an out-of-line call), per value cost 3-5 % of a
                 // Lite0 forward pass.
                 let integer = (p.fract() == 0.0).then_some(p as u32);
-                let power = |v: f64| match integer {
-                    Some(e) => (1..e).fold(v, |acc, _| acc * v),
-                    None => v.powf(p),
+                let power = |v: f32| {
+                    let v = v.max(1e-6) as f64;
+                    match integer {
+                        Some(e) => (1..e).fold(v, |acc, _| acc * v),
+                        None => v.powf(p),
+                    }
                 };
-                let mean = values
-                    .iter()
-                    .map(|v| power(v.max(1e-6) as f64))
-                    .sum::<f64>()
-                    / n;
+                // Four running sums: one sum waits for each addition (0.2 ms of Lite0's
+                // 62,720 values).
+                let mut sums = [0f64; 4];
+                let mut quads = values.chunks_exact(4);
+                for quad in &mut quads {
+                    for (sum, v) in sums.iter_mut().zip(quad) {
+                        *sum += power(*v);
+                    }
+                }
+                let rest: f64 = quads.remainder().iter().map(|v| power(*v)).sum();
+                let mean = (sums.iter().sum::<f64>() + rest) / n;
                 mean.powf(1.0 / p) as f32
             }
         }
@@ -134,6 +144,16 @@ mod tests {
         assert!((gem[0] as f64 - want).abs() < 1e-5);
         let pooled = Pooling::Max.pool(&t).unwrap();
         assert!((pooled[0][0] - 4.0 / 80f32.sqrt()).abs() < 1e-6);
+        // Seven values: a group of four running sums and three left over.
+        let seven = [1f32, 2., 3., 4., 5., 6., 7.];
+        let want = (seven.iter().map(|v| (*v as f64).powi(3)).sum::<f64>() / 7.0).cbrt();
+        assert!((Pooling::Gem(3.0).pool_channel(&seven) as f64 - want).abs() < 1e-5);
+        // A strided view (channels and rows swapped) pools as its contiguous copy.
+        let view = t.transpose(1, 2).unwrap();
+        let gem = Pooling::Gem(3.0);
+        let want = gem.pool(&view.contiguous().unwrap()).unwrap();
+        assert_eq!(gem.pool(&view).unwrap(), want);
+        assert_ne!(want, gem.pool(&t).unwrap());
     }
 
     #[test]

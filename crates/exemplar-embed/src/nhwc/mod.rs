@@ -42,12 +42,13 @@ impl FeatureMap {
     /// From Candle's `(batch, channels, height, width)`.
     pub fn from_nchw(t: &Tensor) -> Result<Self> {
         let (batch, channels, height, width) = t.dims4()?;
-        // One copy out of the tensor, then a plain transpose per image: Candle's
+        // A plain transpose per image, straight from the tensor's storage: Candle's
         // permute-then-copy walks a strided index per value (0.6 ms of a 15 ms Lite0
         // pass for one 224x224 input).
-        let nchw = t.flatten_all()?.to_vec1::<f32>()?;
-        let mut data = buffers::take(nchw.len());
-        transpose_images(&nchw, &mut data, batch, channels, height * width);
+        let mut data = buffers::take(batch * channels * height * width);
+        crate::ops::with_f32_values(t, |nchw| {
+            transpose_images(nchw, &mut data, batch, channels, height * width)
+        })?;
         Ok(Self {
             batch,
             height,
@@ -195,6 +196,16 @@ fn transpose_images(src: &[f32], dst: &mut [f32], batch: usize, rows: usize, col
         .zip(dst.chunks_exact_mut(per_image))
         .take(batch)
     {
+        if rows <= 4 {
+            // A few long rows (an RGB input): one pass along them, each output pixel
+            // written whole (the tiles below would write 3 values per 16-value line).
+            for (c, out) in dst.chunks_exact_mut(rows).enumerate() {
+                for (r, value) in out.iter_mut().enumerate() {
+                    *value = src[r * cols + c];
+                }
+            }
+            continue;
+        }
         for r0 in (0..rows).step_by(TILE) {
             for c0 in (0..cols).step_by(TILE) {
                 for r in r0..(r0 + TILE).min(rows) {
@@ -276,21 +287,27 @@ mod tests {
 
     #[test]
     fn nchw_conversions_match_candles_permute_past_whole_tiles() {
-        // 20 channels and 7 x 5 pixels: neither side a multiple of the 16-value tile.
+        // 20 channels and 7 x 5 pixels: neither side a multiple of the 16-value tile;
+        // 3 channels (an RGB input: its own path); a tensor that is a strided view of
+        // another (not read in place).
         let t = Tensor::arange(0f32, 2. * 20. * 7. * 5., &Device::Cpu)
             .unwrap()
             .reshape((2, 20, 7, 5))
             .unwrap();
-        let map = FeatureMap::from_nchw(&t).unwrap();
-        let want: Vec<f32> = t
-            .permute((0, 2, 3, 1))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(map.data, want);
-        assert_eq!(max_abs_diff(&map.to_nchw().unwrap(), &t), 0.0);
+        let rgb = t.narrow(1, 4, 3).unwrap().contiguous().unwrap();
+        let strided = t.transpose(2, 3).unwrap();
+        for t in [t, rgb, strided] {
+            let map = FeatureMap::from_nchw(&t).unwrap();
+            let want: Vec<f32> = t
+                .permute((0, 2, 3, 1))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(map.data, want, "{:?}", t.shape());
+            assert_eq!(max_abs_diff(&map.to_nchw().unwrap(), &t), 0.0);
+        }
     }
 
     #[test]
