@@ -96,8 +96,8 @@ impl Pooling {
                         None => v.powf(p),
                     }
                 };
-                // Four running sums: one sum waits for each addition (0.2 ms of Lite0's
-                // 62,720 values).
+                // Four running sums: a single sum waits for each addition to finish
+                // before the next (Lite0: 49 values per channel, 1280 channels).
                 let mut sums = [0f64; 4];
                 let mut quads = values.chunks_exact(4);
                 for quad in &mut quads {
