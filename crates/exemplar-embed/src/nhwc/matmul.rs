@@ -1,8 +1,8 @@
 //! Matrix products against a right-hand side packed once, when the model loads.
 //!
 //! Every layer multiplies activations (`m x k`, rows read in place) by its weights
-//! (`k x n`). The weights are stored as panels of [`PANEL`] columns, `k` rows each, in
-//! the order the inner kernel reads them, so no product repacks anything (the `gemm`
+//! (`k x n`). The weights are stored as panels of [`PANEL`] columns, each as two halves
+//! of `k` rows, in the order the inner kernel reads them, so no product repacks anything (the `gemm`
 //! crate repacked the weights on every call: ~9 % of a ResNet-50 pass). The kernel keeps
 //! a block of `rows x PANEL` results (`rows x PANEL / 2` with AVX2) in registers over a
 //! slice of `k`, broadcasting one activation per row against the panel's vectors.
@@ -12,11 +12,17 @@ use rayon::prelude::*;
 
 /// Columns per packed panel: two AVX-512 vectors.
 pub const PANEL: usize = 32;
+/// Columns per half panel. Each half is stored whole (`k x HALF`), one after the
+/// other: AVX2 covers a panel in two passes, one per half, and each pass then reads
+/// one contiguous stream. (Rows of 32 interleaved halves made every pass read every
+/// other cache line: half of L1's sets, so a pass's 16 KiB did not stay in L1.)
+const HALF: usize = PANEL / 2;
 /// Rows per register block with AVX-512 (a multiple of the other instruction sets'):
 /// products whose rows are a multiple of it have no tail block.
 pub const ROW_BLOCK: usize = 12;
-/// Depth of one pass over a panel: its `KC x PANEL` slice (32 KiB) stays in L1 while
-/// every row block of the product streams past it.
+/// Depth of one pass over a panel: the slice it reads (`KC x PANEL`, 32 KiB, with
+/// AVX-512; one half of it, 16 KiB, per pass with AVX2) stays in L1 while every row
+/// block of the product streams past it.
 const KC: usize = 256;
 
 /// The first vector of `values` (zeros past its end): a plain load when the slice
@@ -59,11 +65,15 @@ impl PackedMatrix {
     /// When `matrix` does not hold `rows * cols` values.
     pub fn pack(matrix: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(matrix.len(), rows * cols, "matrix does not fit its shape");
-        let panels = cols.div_ceil(PANEL);
-        let mut data = vec![0f32; panels * rows * PANEL];
-        for (p, panel) in data.chunks_exact_mut(rows * PANEL).enumerate() {
-            let (c0, width) = (p * PANEL, PANEL.min(cols - p * PANEL));
-            for (r, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+        let halves = cols.div_ceil(PANEL) * 2;
+        let mut data = vec![0f32; halves * rows * HALF];
+        for (h, half) in data.chunks_exact_mut(rows * HALF).enumerate() {
+            let c0 = h * HALF;
+            let width = HALF.min(cols.saturating_sub(c0));
+            if width == 0 {
+                continue; // the empty half of a narrow last panel
+            }
+            for (r, dst) in half.chunks_exact_mut(HALF).enumerate() {
                 dst[..width].copy_from_slice(&matrix[r * cols + c0..][..width]);
             }
         }
@@ -73,9 +83,13 @@ impl PackedMatrix {
     /// The row-major matrix back.
     pub fn unpack(&self) -> Vec<f32> {
         let mut matrix = vec![0f32; self.rows * self.cols];
-        for (p, panel) in self.data.chunks_exact(self.rows * PANEL).enumerate() {
-            let (c0, width) = (p * PANEL, PANEL.min(self.cols - p * PANEL));
-            for (r, src) in panel.chunks_exact(PANEL).enumerate() {
+        for (h, half) in self.data.chunks_exact(self.rows * HALF).enumerate() {
+            let c0 = h * HALF;
+            let width = HALF.min(self.cols.saturating_sub(c0));
+            if width == 0 {
+                continue;
+            }
+            for (r, src) in half.chunks_exact(HALF).enumerate() {
                 matrix[r * self.cols + c0..][..width].copy_from_slice(&src[..width]);
             }
         }
@@ -293,16 +307,16 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
 ) {
     let panel_vectors = PANEL / lanes::<S>();
     let k = b.rows;
-    let slice = |p: usize, k0: usize| {
-        let start = (p * k + k0) * PANEL;
-        &b.data[start..start + KC.min(k - k0) * PANEL]
+    let slice = |p: usize, half: usize, k0: usize| {
+        let start = ((2 * p + half) * k + k0) * HALF;
+        S::as_simd_f32s(&b.data[start..start + KC.min(k - k0) * HALF]).0
     };
     for (k0, p) in (0..k)
         .step_by(KC)
         .flat_map(|k0| computed.clone().map(move |p| (k0, p)))
     {
         let kc = KC.min(k - k0);
-        let (panel, _) = S::as_simd_f32s(slice(p, k0));
+        let panel = [slice(p, 0, k0), slice(p, 1, k0)];
         let cols = p * PANEL..(p * PANEL + PANEL).min(b.cols);
         let block = Block {
             simd,
@@ -317,22 +331,27 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
             finish: (k0 + kc == k).then_some(finish),
             residual_stride,
         };
-        // Full row blocks, then the rest in blocks of 8, 4, 2, 1 rows; each block over
-        // the panel's vectors in passes of NV (its rows of `a` stay in L1 from one pass
-        // to the next). A second pass only where the panel has columns in it: a narrow
-        // last panel (16 of Lite0's 16, 40, 80, 112, 144 columns) would otherwise
-        // compute zeros and drop them (half of its first projection's arithmetic).
+        // Full row blocks, then the rest in blocks of 8, 4, 2, 1 rows, over the panel's
+        // vectors in passes of NV: all the rows for one pass, then all for the next, so
+        // that the half-panel a pass reads stays in L1 while the rows of `a` stream past
+        // (a block's two passes one after the other kept the block's rows in L1
+        // instead, and the panel's two halves, 32 KiB, went through L2). A second pass only
+        // where the panel has columns in it: a narrow last panel (16 of Lite0's 16, 40,
+        // 80, 112, 144 columns) would otherwise compute zeros and drop them (half of its
+        // first projection's arithmetic).
         let second_pass = panel_vectors > NV && block.cols.len() > NV * lanes::<S>();
         let mut row = rows.start;
         while row + MR <= rows.end {
             block.rows::<MR, NV, 0>(row, dst, dst_stride);
-            if second_pass {
-                block.rows::<MR, NV, NV>(row, dst, dst_stride);
-            }
             row += MR;
         }
         for_each_tail::<S, NV, 0>(&block, row..rows.end, dst, dst_stride);
         if second_pass {
+            let mut row = rows.start;
+            while row + MR <= rows.end {
+                block.rows::<MR, NV, NV>(row, dst, dst_stride);
+                row += MR;
+            }
             for_each_tail::<S, NV, NV>(&block, row..rows.end, dst, dst_stride);
         }
     }
@@ -361,7 +380,8 @@ fn for_each_tail<S: Simd, const NV: usize, const FIRST: usize>(
 /// One pass of `kc` rows of a panel over row blocks of the product.
 struct Block<'a, S: Simd> {
     simd: S,
-    panel: &'a [S::f32s],
+    /// The panel's two halves, `kc` rows each.
+    panel: [&'a [S::f32s]; 2],
     a: &'a [f32],
     a_stride: usize,
     k0: usize,
@@ -392,7 +412,8 @@ impl<S: Simd> Block<'_, S> {
     ) {
         let simd = self.simd;
         let lanes = lanes::<S>();
-        let panel_vectors = PANEL / lanes;
+        // Vectors per row of a half; vector `j` of a panel row is in half `j / hv`.
+        let hv = HALF.div_ceil(lanes);
         let first_vector = FIRST;
         let a: [&[f32]; R] = core::array::from_fn(|r| {
             let start = (row + r) * self.a_stride + self.k0;
@@ -401,9 +422,15 @@ impl<S: Simd> Block<'_, S> {
         let mut acc = [[simd.splat_f32s(0.0); NV]; R];
         // Slices of exactly `kc` steps: the compiler drops the bounds checks in the loop
         // (with them, it also kept the accumulators in memory).
-        let panel = &self.panel[..self.kc * panel_vectors];
+        let halves = [
+            &self.panel[0][..self.kc * hv],
+            &self.panel[1][..self.kc * hv],
+        ];
         for k in 0..self.kc {
-            let b: [S::f32s; NV] = core::array::from_fn(|v| panel[k * panel_vectors + FIRST + v]);
+            let b: [S::f32s; NV] = core::array::from_fn(|v| {
+                let j = FIRST + v;
+                halves[j / hv][k * hv + j % hv]
+            });
             for r in 0..R {
                 let x = simd.splat_f32s(a[r][k]);
                 for v in 0..NV {
