@@ -422,14 +422,18 @@ impl<S: Simd> Block<'_, S> {
         let mut acc = [[simd.splat_f32s(0.0); NV]; R];
         // Slices of exactly `kc` steps: the compiler drops the bounds checks in the loop
         // (with them, it also kept the accumulators in memory).
-        let halves = [
-            &self.panel[0][..self.kc * hv],
-            &self.panel[1][..self.kc * hv],
-        ];
-        for k in 0..self.kc {
+        // Each half walked by rows of `hv` vectors, zipped with `0..kc`: indexing the
+        // halves by `k * hv + j` kept two bounds checks in the loop.
+        let first = self.panel[0][..self.kc * hv].chunks_exact(hv);
+        let second = self.panel[1][..self.kc * hv].chunks_exact(hv);
+        for ((first, second), k) in first.zip(second).zip(0..self.kc) {
             let b: [S::f32s; NV] = core::array::from_fn(|v| {
                 let j = FIRST + v;
-                halves[j / hv][k * hv + j % hv]
+                if j < hv {
+                    first[j]
+                } else {
+                    second[j - hv]
+                }
             });
             for r in 0..R {
                 let x = simd.splat_f32s(a[r][k]);
