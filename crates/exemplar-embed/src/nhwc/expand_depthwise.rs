@@ -63,15 +63,7 @@ pub fn expand_depthwise(x: &FeatureMap, e: &Expansion, d: &DepthwiseSpec) -> Fea
     assert_eq!(d.bias.len(), hidden, "depthwise bias does not fit");
     let (h, w) = (x.height, x.width);
     let (oh, ow) = d.pads.output_size(h, w, d.kernel, d.stride);
-    let layer = Layer::new(
-        d.weight,
-        d.bias,
-        (d.kernel, d.stride),
-        d.pads,
-        d.clamp,
-        w,
-        hidden,
-    );
+    let layer = Layer::new(d.weight, d.bias, (d.kernel, d.stride), d.pads, d.clamp);
     let row_floats = w * hidden;
     // Output rows per band: as many as fit their input rows in BAND_FLOATS.
     let band_rows = ((BAND_FLOATS / row_floats).saturating_sub(d.kernel) / d.stride + 1).max(1);

@@ -420,10 +420,10 @@ impl<S: Simd> Block<'_, S> {
             &self.a[start..start + self.kc]
         });
         let mut acc = [[simd.splat_f32s(0.0); NV]; R];
-        // Slices of exactly `kc` steps: the compiler drops the bounds checks in the loop
-        // (with them, it also kept the accumulators in memory).
-        // Each half walked by rows of `hv` vectors, zipped with `0..kc`: indexing the
-        // halves by `k * hv + j` kept two bounds checks in the loop.
+        // Slices of exactly `kc` steps, each half walked by rows of `hv` vectors and
+        // zipped with `0..kc`: the compiler drops every bounds check in the loop (with
+        // some left, it also kept the accumulators in memory; indexing the halves by
+        // `k * hv + j` kept two).
         let first = self.panel[0][..self.kc * hv].chunks_exact(hv);
         let second = self.panel[1][..self.kc * hv].chunks_exact(hv);
         for ((first, second), k) in first.zip(second).zip(0..self.kc) {
