@@ -563,6 +563,10 @@ mod tests {
             (50, 16, 20, 1),
             // A last panel wider than half (AVX2 covers a panel in two passes).
             (20, 57, 9, 1),
+            // Exactly one half of a panel, and a half and a half: the empty and the full
+            // second half (each half is stored on its own), depth over several passes.
+            (37, 16, 300, 1),
+            (26, 48, 19, 2),
             // Few rows: the columns are split among the threads.
             (49, 200, 70, 2),
             (5, 100, 33, 3),
