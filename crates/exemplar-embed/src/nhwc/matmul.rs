@@ -239,17 +239,18 @@ impl WithSimd for Multiply<'_> {
         // (a whole panel, 3 x 4, spilled: 0.34-0.75x the `gemm` crate on Zen 3);
         // 4-lane sets (SSE, NEON) 3 x 4, half a panel per pass.
         match lanes::<S>() {
-            16 => self.run::<S, ROW_BLOCK, 2>(simd),
-            8 => self.run::<S, 6, 2>(simd),
-            4 => self.run::<S, 3, 4>(simd),
-            _ => self.run::<S, 1, 32>(simd),
+            16 => self.run::<S, ROW_BLOCK, 2, ROW_BLOCK>(simd),
+            8 => self.run::<S, 6, 2, 12>(simd),
+            4 => self.run::<S, 3, 4, 6>(simd),
+            _ => self.run::<S, 1, 32, 1>(simd),
         }
     }
 }
 
 impl Multiply<'_> {
+    /// `MR x NV` register blocks; `MR1 x 1` for a pass over a single vector of columns.
     #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, simd: S) {
+    fn run<S: Simd, const MR: usize, const NV: usize, const MR1: usize>(self, simd: S) {
         let Self {
             dst,
             dst_stride,
@@ -276,7 +277,7 @@ impl Multiply<'_> {
             m
         };
         for first_row in (0..m).step_by(group) {
-            run_rows::<S, MR, NV>(
+            run_rows::<S, MR, NV, MR1>(
                 simd,
                 (b, &computed),
                 first_row..m.min(first_row + group),
@@ -296,7 +297,7 @@ const GROUP_ROWS: usize = 4 * ROW_BLOCK;
 /// Rows `rows` of the product over every slice of `k` and every panel in `computed`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
+fn run_rows<'a, S: Simd, const MR: usize, const NV: usize, const MR1: usize>(
     simd: S,
     (b, computed): (&'a PackedMatrix, &std::ops::Range<usize>),
     rows: std::ops::Range<usize>,
@@ -340,21 +341,40 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize>(
         // 80, 112, 144 columns) would otherwise compute zeros and drop them (half of its
         // first projection's arithmetic).
         let second_pass = panel_vectors > NV && block.cols.len() > NV * lanes::<S>();
-        let mut row = rows.start;
-        while row + MR <= rows.end {
-            block.rows::<MR, NV, 0>(row, dst, dst_stride);
-            row += MR;
+        // A pass with a single vector of columns (the narrow last panels of Lite0's 24
+        // and 40 channels: 8 columns) runs as such, with twice the rows per block,
+        // rather than computing a second vector of zeros.
+        let single = |first: usize| NV > 1 && block.cols.len() <= (first + 1) * lanes::<S>();
+        if single(0) {
+            pass::<S, MR1, 1, 0>(&block, rows.clone(), dst, dst_stride);
+        } else {
+            pass::<S, MR, NV, 0>(&block, rows.clone(), dst, dst_stride);
         }
-        for_each_tail::<S, NV, 0>(&block, row..rows.end, dst, dst_stride);
         if second_pass {
-            let mut row = rows.start;
-            while row + MR <= rows.end {
-                block.rows::<MR, NV, NV>(row, dst, dst_stride);
-                row += MR;
+            if single(NV) {
+                pass::<S, MR1, 1, NV>(&block, rows.clone(), dst, dst_stride);
+            } else {
+                pass::<S, MR, NV, NV>(&block, rows.clone(), dst, dst_stride);
             }
-            for_each_tail::<S, NV, NV>(&block, row..rows.end, dst, dst_stride);
         }
     }
+}
+
+/// Vectors `FIRST..FIRST + NV` of a panel's columns over rows `rows`: blocks of `MR`
+/// rows, then the rest in blocks of 8, 4, 2, 1.
+#[inline(always)]
+fn pass<S: Simd, const MR: usize, const NV: usize, const FIRST: usize>(
+    block: &Block<S>,
+    rows: std::ops::Range<usize>,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    let mut row = rows.start;
+    while row + MR <= rows.end {
+        block.rows::<MR, NV, FIRST>(row, dst, dst_stride);
+        row += MR;
+    }
+    for_each_tail::<S, NV, FIRST>(block, row..rows.end, dst, dst_stride);
 }
 
 #[inline(always)]
@@ -442,83 +462,74 @@ impl<S: Simd> Block<'_, S> {
                 }
             }
         }
-        // The block's columns: from the panel's vector `first_vector` on.
+        // The block's columns: from the panel's vector `first_vector` on (fewer than
+        // `NV` vectors in a narrow last panel, the last one maybe partial).
         let skipped = first_vector * lanes;
         let width = self.cols.len().saturating_sub(skipped);
         if width == 0 {
             return;
         }
-        let cols = self.cols.start + skipped..self.cols.end;
-        let (lo, hi) = self
-            .finish
-            .and_then(|f| f.clamp)
-            .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        let (lo, hi) = (simd.splat_f32s(lo), simd.splat_f32s(hi));
-        let bias: [S::f32s; NV] =
-            core::array::from_fn(|v| match self.finish.and_then(|f| f.bias) {
-                Some(bias) if v * lanes < width => {
-                    load(simd, &bias[cols.start + v * lanes..cols.end])
-                }
-                _ => simd.splat_f32s(0.0),
-            });
-        if width >= NV * lanes {
-            // Every vector whole (all but a narrow last panel): constant indices and no
-            // early exit. With the loop below for every block, this step took a third of
-            // a shallow product's time (`perf annotate`: accumulators zeroed, stored and
-            // reloaded through memory around every block). The two loops compute the
-            // same value; one closure for both measured no better (within the noise).
+        let first_col = self.cols.start + skipped;
+        let vector = |v: usize| (v * lanes).min(width)..((v + 1) * lanes).min(width);
+        // Step by step over the whole block, each a loop over constant bounds that the
+        // compiler unrolls, so the accumulators stay in registers (one loop doing every
+        // step per row was left rolled, with the accumulators in memory: `perf annotate`
+        // put 60 % of a 16-deep product's time there).
+        let out_at: [usize; R] =
+            core::array::from_fn(|r| (row + r) * stride + first_col - self.first_col);
+        if self.accumulate {
             for r in 0..R {
-                let start = (row + r) * stride + cols.start - self.first_col;
-                let (out, _) = S::as_mut_simd_f32s(&mut dst[start..start + NV * lanes]);
-                let residual = self.finish.and_then(|f| f.residual).map(|res| {
-                    let start = (row + r) * self.residual_stride + cols.start;
-                    S::as_simd_f32s(&res[start..start + NV * lanes]).0
-                });
                 for v in 0..NV {
-                    let mut value = acc[r][v];
-                    if self.accumulate {
-                        value = simd.add_f32s(value, out[v]);
+                    let cols = vector(v);
+                    if !cols.is_empty() {
+                        let at = out_at[r];
+                        let old = load(simd, &dst[at + cols.start..at + cols.end]);
+                        acc[r][v] = simd.add_f32s(acc[r][v], old);
                     }
-                    if self.finish.is_some() {
-                        value = simd.add_f32s(value, bias[v]);
-                        if let Some(residual) = residual {
-                            value = simd.add_f32s(value, residual[v]);
-                        }
-                        value = simd.min_f32s(simd.max_f32s(value, lo), hi);
-                    }
-                    out[v] = value;
                 }
             }
-            return;
         }
-        // A copy for the loop below, which indexes it at run time (that would keep the
-        // accumulators above in memory too).
-        let acc_copy = acc;
-        for r in 0..R {
-            let start = (row + r) * stride + cols.start - self.first_col;
-            let out = &mut dst[start..start + width];
-            let residual = self.finish.and_then(|f| f.residual).map(|res| {
-                let start = (row + r) * self.residual_stride + cols.start;
-                &res[start..start + width]
-            });
-            for v in 0..NV {
-                if v * lanes >= width {
-                    break;
-                }
-                let out = &mut out[v * lanes..];
-                let mut value = acc_copy[r][v];
-                if self.accumulate {
-                    value = simd.add_f32s(value, load(simd, out));
-                }
-                if self.finish.is_some() {
-                    value = simd.add_f32s(value, bias[v]);
-                    if let Some(residual) = residual {
-                        let x = load(simd, &residual[v * lanes..]);
-                        value = simd.add_f32s(value, x);
+        if let Some(finish) = self.finish {
+            if let Some(bias) = finish.bias {
+                for v in 0..NV {
+                    let cols = vector(v);
+                    if !cols.is_empty() {
+                        let at = first_col;
+                        let bias = load(simd, &bias[at + cols.start..at + cols.end]);
+                        for r in 0..R {
+                            acc[r][v] = simd.add_f32s(acc[r][v], bias);
+                        }
                     }
-                    value = simd.min_f32s(simd.max_f32s(value, lo), hi);
                 }
-                store(simd, out, value);
+            }
+            if let Some(residual) = finish.residual {
+                for r in 0..R {
+                    let at = (row + r) * self.residual_stride + first_col;
+                    for v in 0..NV {
+                        let cols = vector(v);
+                        if !cols.is_empty() {
+                            let x = load(simd, &residual[at + cols.start..at + cols.end]);
+                            acc[r][v] = simd.add_f32s(acc[r][v], x);
+                        }
+                    }
+                }
+            }
+            if let Some((lo, hi)) = finish.clamp {
+                let (lo, hi) = (simd.splat_f32s(lo), simd.splat_f32s(hi));
+                for r in 0..R {
+                    for v in 0..NV {
+                        acc[r][v] = simd.min_f32s(simd.max_f32s(acc[r][v], lo), hi);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for v in 0..NV {
+                let cols = vector(v);
+                if !cols.is_empty() {
+                    let at = out_at[r];
+                    store(simd, &mut dst[at + cols.start..at + cols.end], acc[r][v]);
+                }
             }
         }
     }
@@ -567,6 +578,11 @@ mod tests {
             // second half (each half is stored on its own), depth over several passes.
             (37, 16, 300, 1),
             (26, 48, 19, 2),
+            // Passes over a single vector of columns (AVX2: the 8 last columns of 24 and
+            // 40), rows in blocks of twice the usual size and a tail, depth over several
+            // passes.
+            (37, 24, 300, 1),
+            (61, 40, 33, 2),
             // Few rows: the columns are split among the threads.
             (49, 200, 70, 2),
             (5, 100, 33, 3),
