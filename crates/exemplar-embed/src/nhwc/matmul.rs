@@ -434,7 +434,6 @@ impl<S: Simd> Block<'_, S> {
         let lanes = lanes::<S>();
         // Vectors per row of a half; vector `j` of a panel row is in half `j / hv`.
         let hv = HALF.div_ceil(lanes);
-        let first_vector = FIRST;
         let a: [&[f32]; R] = core::array::from_fn(|r| {
             let start = (row + r) * self.a_stride + self.k0;
             &self.a[start..start + self.kc]
@@ -462,9 +461,9 @@ impl<S: Simd> Block<'_, S> {
                 }
             }
         }
-        // The block's columns: from the panel's vector `first_vector` on (fewer than
-        // `NV` vectors in a narrow last panel, the last one maybe partial).
-        let skipped = first_vector * lanes;
+        // The block's columns: from the panel's vector `FIRST` on (fewer than `NV`
+        // vectors in a narrow last panel, the last one maybe partial).
+        let skipped = FIRST * lanes;
         let width = self.cols.len().saturating_sub(skipped);
         if width == 0 {
             return;
@@ -494,8 +493,8 @@ impl<S: Simd> Block<'_, S> {
                 for v in 0..NV {
                     let cols = vector(v);
                     if !cols.is_empty() {
-                        let at = first_col;
-                        let bias = load(simd, &bias[at + cols.start..at + cols.end]);
+                        let cols = first_col + cols.start..first_col + cols.end;
+                        let bias = load(simd, &bias[cols]);
                         for r in 0..R {
                             acc[r][v] = simd.add_f32s(acc[r][v], bias);
                         }
