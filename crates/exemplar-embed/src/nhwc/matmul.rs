@@ -461,19 +461,41 @@ impl<S: Simd> Block<'_, S> {
                 }
             }
         }
-        // The finish below indexes the accumulators in loops the compiler may leave
-        // rolled (12 x 2 of them with AVX-512); it then kept them in memory and stored
-        // each one after every multiply-add of the loop above (`perf annotate`: 24
-        // stores per step, a third of the FMA rate). Passing them through `black_box`
-        // lets the loop keep its own copy in registers and hands the finish another.
-        let mut acc = core::hint::black_box(acc);
         // The block's columns: from the panel's vector `FIRST` on (fewer than `NV`
         // vectors in a narrow last panel, the last one maybe partial).
-        let skipped = FIRST * lanes;
-        let width = self.cols.len().saturating_sub(skipped);
-        if width == 0 {
-            return;
+        let width = self.cols.len().saturating_sub(FIRST * lanes);
+        if width >= NV * lanes {
+            self.finish::<R, NV, FIRST, true>(acc, row, dst, stride);
+        } else if width > 0 {
+            // The finish of a narrow panel (bounds and partial vectors per column) is
+            // too large for the compiler to unroll; left rolled, it indexes the
+            // accumulators in memory, and the compiler then kept the loop's copy there
+            // too, storing each after every multiply-add (AVX-512, 12 x 2: 24 stores
+            // per step, a third of the FMA rate). `black_box` hands it a copy instead.
+            self.finish::<R, NV, FIRST, false>(core::hint::black_box(acc), row, dst, stride);
         }
+    }
+
+    /// Finishes a block's results (`acc`, from [`Self::rows`]) into `dst`: adds the
+    /// previous slice's, then the bias and residual, clamps, stores. `WHOLE`: every
+    /// vector of the block lies inside the product's columns.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    fn finish<const R: usize, const NV: usize, const FIRST: usize, const WHOLE: bool>(
+        &self,
+        mut acc: [[S::f32s; NV]; R],
+        row: usize,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        let simd = self.simd;
+        let lanes = lanes::<S>();
+        let skipped = FIRST * lanes;
+        let width = if WHOLE {
+            NV * lanes
+        } else {
+            self.cols.len() - skipped
+        };
         let first_col = self.cols.start + skipped;
         let vector = |v: usize| (v * lanes).min(width)..((v + 1) * lanes).min(width);
         // Step by step over the whole block, each a loop over constant bounds that the
