@@ -1,6 +1,10 @@
 use clap::Parser;
 use exemplar_server::cli::Cli;
 
+/// Feature maps on cache-line boundaries (see the module).
+#[global_allocator]
+static ALLOCATOR: exemplar_server::alloc::CacheAligned = exemplar_server::alloc::CacheAligned;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     exemplar_server::telemetry::init(cli.log_format);
