@@ -584,6 +584,34 @@ mod tests {
         assert_eq!(packed.unpack(), m);
     }
 
+    /// The whole product on this thread with the instruction set `simd`.
+    #[inline(always)]
+    fn product_with<S: Simd>(
+        simd: S,
+        dst: &mut [f32],
+        (dst_stride, a, a_stride, m, b, finish): (
+            usize,
+            &[f32],
+            usize,
+            usize,
+            &PackedMatrix,
+            Finish,
+        ),
+    ) {
+        Multiply {
+            dst,
+            dst_stride,
+            a,
+            a_stride,
+            m,
+            b,
+            panels: 0..b.cols.div_ceil(PANEL),
+            finish,
+            residual_stride: dst_stride,
+        }
+        .with_simd(simd)
+    }
+
     #[test]
     fn computes_the_product_for_every_block_shape() {
         // Rows cover full blocks and every tail; columns partial panels; depth several
@@ -625,7 +653,7 @@ mod tests {
             // Old values in dst (including the padding columns of its stride) are
             // overwritten or left alone, never added to.
             let dst_stride = n + 2;
-            let mut dst = vec![1.5f32; m * dst_stride];
+            let dst = vec![1.5f32; m * dst_stride];
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 2.0).collect();
             let residual: Vec<f32> = (0..m * dst_stride).map(|i| (i % 7) as f32).collect();
             let finish = Finish {
@@ -633,10 +661,36 @@ mod tests {
                 residual: Some(&residual),
                 clamp: Some((-1.0, 30.0)),
             };
-            multiply(
-                &mut dst, dst_stride, &a, a_stride, m, &packed, finish, threads,
-            );
             let want = naive(m, n, k, &a, a_stride, &b);
+            // The best instruction set here (with threads), then each narrower one that
+            // this CPU runs, whole product on one thread: each has its own block shapes.
+            let mut results = vec![("best", {
+                let mut dst = dst.clone();
+                multiply(
+                    &mut dst, dst_stride, &a, a_stride, m, &packed, finish, threads,
+                );
+                dst
+            })];
+            let args = (dst_stride, a.as_slice(), a_stride, m, &packed, finish);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                let mut dst = dst.clone();
+                v3.vectorize(|| product_with(v3, &mut dst, args));
+                results.push(("AVX2", dst));
+            }
+            let mut scalar = dst.clone();
+            let simd = pulp::Scalar::new();
+            simd.vectorize(|| product_with(simd, &mut scalar, args));
+            results.push(("scalar", scalar));
+            for (set, dst) in results {
+                check(m, n, k, set, &dst, &want);
+            }
+        }
+
+        fn check(m: usize, n: usize, k: usize, set: &str, dst: &[f32], want: &[f32]) {
+            let dst_stride = n + 2;
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 2.0).collect();
+            let residual: Vec<f32> = (0..m * dst_stride).map(|i| (i % 7) as f32).collect();
             for i in 0..m {
                 for j in 0..dst_stride {
                     let got = dst[i * dst_stride + j];
@@ -645,10 +699,10 @@ mod tests {
                             .clamp(-1.0, 30.0);
                         assert!(
                             (got - want).abs() < 1e-3,
-                            "{m}x{n}x{k} ({i},{j}): {got} vs {want}"
+                            "{set} {m}x{n}x{k} ({i},{j}): {got} vs {want}"
                         );
                     } else {
-                        assert_eq!(got, 1.5, "{m}x{n}x{k}: wrote past its columns");
+                        assert_eq!(got, 1.5, "{set} {m}x{n}x{k}: wrote past its columns");
                     }
                 }
             }
