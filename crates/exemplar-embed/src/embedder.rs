@@ -5,10 +5,9 @@ use crate::fetch;
 use crate::geometry::{Geometry, PreparedImage};
 use crate::image_input::{decode_rgb, DEFAULT_MAX_PIXELS};
 use crate::imagenet;
-use crate::models::{Architecture, Backbone, Engine, TensorSource};
+use crate::models::{Architecture, Backbone, Engine, InputBatch, TensorSource};
 use crate::pooling::Pooling;
 use crate::weights::{file_fingerprint, StateDict, WeightsSource};
-use candle_core::{Device, Tensor};
 use exemplar_core::{
     l2_normalize, ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo, PooledFeature,
     Projection, View,
@@ -137,17 +136,13 @@ impl CnnEmbedder {
         Ok((self.config.geometry.prepare(&region), local))
     }
 
-    fn batch_tensor(images: &[&PreparedImage]) -> Result<Tensor> {
-        let (h, w) = (images[0].height, images[0].width);
-        let mut data = Vec::with_capacity(images.len() * 3 * h * w);
-        for image in images {
-            data.extend_from_slice(&image.chw);
+    /// Prepared images of one size as the network's input.
+    fn input_batch<'a>(images: &[&'a PreparedImage]) -> InputBatch<'a> {
+        InputBatch {
+            images: images.iter().map(|image| image.chw.as_slice()).collect(),
+            height: images[0].height,
+            width: images[0].width,
         }
-        Ok(Tensor::from_vec(
-            data,
-            (images.len(), 3, h, w),
-            &Device::Cpu,
-        )?)
     }
 
     /// Raw pooled features of prepared images, in order. Images of the same size share
@@ -166,7 +161,7 @@ impl CnnEmbedder {
                 let batch: Vec<&PreparedImage> = chunk.iter().map(|&i| &images[i]).collect();
                 let fmap = self
                     .backbone
-                    .feature_map(&Self::batch_tensor(&batch)?, self.config.engine)?;
+                    .feature_map(&Self::input_batch(&batch), self.config.engine)?;
                 for (&i, v) in chunk.iter().zip(self.config.pooling.pool(&fmap)?) {
                     out[i] = Some(PooledFeature(v));
                 }
@@ -199,7 +194,7 @@ impl CnnEmbedder {
             self.prepare_with(ImageInput::whole(bytes), Geometry::CenterCrop { crop: 224 })?;
         let fmap = self
             .backbone
-            .feature_map(&Self::batch_tensor(&[&image])?, self.config.engine)?;
+            .feature_map(&Self::input_batch(&[&image]), self.config.engine)?;
         let logits = self
             .backbone
             .logits(&fmap)?

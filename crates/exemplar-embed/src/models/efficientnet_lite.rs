@@ -5,7 +5,7 @@
 use super::layers::{
     average_pool_linear, Activation, Conv, Depthwise, FeatureMaps, Padding, TensorSource,
 };
-use super::{Backbone, Engine};
+use super::{Backbone, Engine, InputBatch};
 use crate::error::Result;
 use candle_core::Tensor;
 
@@ -156,7 +156,7 @@ impl EfficientNetLite0 {
 }
 
 impl Backbone for EfficientNetLite0 {
-    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
+    fn feature_map(&self, input: &InputBatch, engine: Engine) -> Result<Tensor> {
         engine.run(
             input,
             super::Passes::PerImage,

@@ -122,7 +122,7 @@ impl Engine {
     /// Runs a network written once against [`FeatureMaps`] on this engine.
     pub(crate) fn run(
         self,
-        input: &Tensor,
+        input: &InputBatch,
         passes: Passes,
         fast: impl Fn(&FeatureMap) -> Result<FeatureMap> + Sync,
         reference: impl FnOnce(&Tensor) -> Result<Tensor>,
@@ -134,25 +134,27 @@ impl Engine {
             // ~20 % of a batch-1 Lite0 pass). The images of a batch go through the
             // network side by side (see [`Passes`]).
             Engine::Nhwc => {
-                let input = FeatureMap::from_nchw(input)?;
+                let (h, w) = (input.height, input.width);
                 let per_pass = match passes {
                     Passes::PerImage => 1,
-                    Passes::PerThread => input.batch.div_ceil(rayon::current_num_threads()),
+                    Passes::PerThread => input.images.len().div_ceil(rayon::current_num_threads()),
                 };
-                if per_pass >= input.batch {
+                let passes: Vec<&[&[f32]]> = input.images.chunks(per_pass.max(1)).collect();
+                if passes.len() <= 1 {
                     // One pass (batch 1): no copies into and out of per-pass batches.
-                    return rayon::scope(|_| fast(&input))?.to_nchw();
+                    let images = passes.first().copied().unwrap_or_default();
+                    return rayon::scope(|_| fast(&FeatureMap::from_chw_images(images, 3, h, w)))?
+                        .into_nchw_view();
                 }
-                let passes: Vec<FeatureMap> = input
-                    .split_images()
-                    .chunks(per_pass.max(1))
-                    .map(FeatureMap::concat_images)
-                    .collect();
-                let maps =
-                    rayon::scope(|_| passes.par_iter().map(&fast).collect::<Result<Vec<_>>>())?;
-                FeatureMap::concat_images(&maps).to_nchw()
+                let maps = rayon::scope(|_| {
+                    passes
+                        .par_iter()
+                        .map(|images| fast(&FeatureMap::from_chw_images(images, 3, h, w)))
+                        .collect::<Result<Vec<_>>>()
+                })?;
+                FeatureMap::concat_images(&maps).into_nchw_view()
             }
-            Engine::Candle => reference(input),
+            Engine::Candle => reference(&input.to_tensor()?),
         }
     }
 }
@@ -181,11 +183,30 @@ impl std::fmt::Display for Engine {
     }
 }
 
+/// A batch of normalised RGB images of one size, `3 x height x width` values each
+/// (CHW), borrowed where they were prepared: the fast engine reads them straight into
+/// its channels-last map, the reference one into a Candle tensor.
+pub struct InputBatch<'a> {
+    pub images: Vec<&'a [f32]>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl InputBatch<'_> {
+    /// Candle's `(batch, 3, height, width)`.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let data: Vec<f32> = self.images.concat();
+        let shape = (self.images.len(), 3, self.height, self.width);
+        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+}
+
 /// A truncated CNN.
 pub trait Backbone: Send + Sync {
     /// The last feature map, `(batch, feature_dim, h, w)`, for a normalised
-    /// `(batch, 3, H, W)` input, computed by `engine`.
-    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor>;
+    /// `(batch, 3, H, W)` input, computed by `engine` (the fast engine's is a view of
+    /// channels-last values: not contiguous).
+    fn feature_map(&self, input: &InputBatch, engine: Engine) -> Result<Tensor>;
 
     /// ImageNet logits `(batch, 1000)` from a feature map, when the weights carried the
     /// classifier.

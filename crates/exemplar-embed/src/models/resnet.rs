@@ -2,7 +2,7 @@
 //! ResNets share: `conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}`, `downsample.{0,1}`, `fc`.
 
 use super::layers::{average_pool_linear, Activation, Conv, FeatureMaps, Padding, TensorSource};
-use super::{Backbone, Engine};
+use super::{Backbone, Engine, InputBatch};
 use crate::error::{EmbedError, Result};
 use candle_core::Tensor;
 
@@ -146,7 +146,7 @@ impl ResNet {
 }
 
 impl Backbone for ResNet {
-    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
+    fn feature_map(&self, input: &InputBatch, engine: Engine) -> Result<Tensor> {
         let x = engine.run(
             input,
             super::Passes::PerThread,

@@ -3,7 +3,7 @@
 //! The feature map is the last convolution's output (after ReLU, before the last pool).
 
 use super::layers::{Activation, Conv, FeatureMaps, Padding, TensorSource};
-use super::{Backbone, Engine};
+use super::{Backbone, Engine, InputBatch};
 use crate::error::{EmbedError, Result};
 use candle_core::Tensor;
 
@@ -111,7 +111,7 @@ impl Vgg {
 }
 
 impl Backbone for Vgg {
-    fn feature_map(&self, input: &Tensor, engine: Engine) -> Result<Tensor> {
+    fn feature_map(&self, input: &InputBatch, engine: Engine) -> Result<Tensor> {
         engine.run(
             input,
             super::Passes::PerThread,

@@ -135,7 +135,7 @@ fn run_share(
             band.copy_within(from..held.len() * row_floats, 0);
             held = needed.start..held.end;
         }
-        band.resize(needed.len() * row_floats, 0.0);
+        let band = super::scratch(band, needed.len() * row_floats);
         let fresh = held.end..needed.end;
         multiply(
             &mut band[held.len() * row_floats..],

@@ -26,6 +26,7 @@ pub use winograd::{winograd_conv3x3, worth_it as winograd_worth_it, WinogradWeig
 
 use crate::error::Result;
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 /// A batch of feature maps, `batch x height x width x channels`, row-major. Its buffer
 /// goes back to [`buffers`] when it is dropped.
@@ -41,35 +42,86 @@ pub struct FeatureMap {
 impl FeatureMap {
     /// From Candle's `(batch, channels, height, width)`.
     pub fn from_nchw(t: &Tensor) -> Result<Self> {
-        let (batch, channels, height, width) = t.dims4()?;
-        // A plain transpose per image, straight from the tensor's storage: Candle's
-        // permute-then-copy walks a strided index per value (0.6 ms of a 15 ms Lite0
-        // pass for one 224x224 input).
-        let mut data = buffers::take(batch * channels * height * width);
+        let (_, channels, height, width) = t.dims4()?;
+        let per_image = (channels * height * width).max(1);
+        // Straight from the tensor's storage: Candle's permute-then-copy walks a strided
+        // index per value (0.6 ms of a 15 ms Lite0 pass for one 224x224 input).
         crate::ops::with_f32_values(t, |nchw| {
-            transpose_images(nchw, &mut data, batch, channels, height * width)
-        })?;
-        Ok(Self {
-            batch,
+            let images: Vec<&[f32]> = nchw.chunks_exact(per_image).collect();
+            Self::from_chw_images(&images, channels, height, width)
+        })
+    }
+
+    /// The batch of `images`, each `channels x height x width` (CHW, as prepared for
+    /// the network).
+    ///
+    /// # Panics
+    /// When an image does not hold `channels x height x width` values.
+    pub fn from_chw_images(
+        images: &[&[f32]],
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Self {
+        let pixels = height * width;
+        let per_image = channels * pixels;
+        assert!(
+            images.iter().all(|image| image.len() == per_image),
+            "images do not hold {channels} x {height} x {width} values"
+        );
+        let mut data = buffers::take(images.len() * per_image);
+        if per_image > 0 {
+            // A network's RGB input: shares of pixels on every thread, each pixel written
+            // whole from the three planes (the serial copy was 1-2 % of a batch-1 pass).
+            const SHARE: usize = 4096;
+            data.par_chunks_mut(per_image)
+                .zip(images)
+                .for_each(|(hwc, chw)| {
+                    if channels > 4 {
+                        transpose(chw, hwc, channels, pixels);
+                        return;
+                    }
+                    hwc.par_chunks_mut(SHARE * channels)
+                        .enumerate()
+                        .for_each(|(i, out)| interleave(chw, pixels, i * SHARE, out));
+                });
+        }
+        Self {
+            batch: images.len(),
             height,
             width,
             channels,
             data,
-        })
+        }
     }
 
     /// To Candle's `(batch, channels, height, width)`, contiguous.
     pub fn to_nchw(&self) -> Result<Tensor> {
-        let mut nchw: Vec<f32> = Vec::with_capacity(self.data.len());
-        let (pixels, channels) = (self.height * self.width, self.channels);
-        // Collected rather than written into a zeroed vector: no pass clearing it first.
-        for image in self.data.chunks_exact((pixels * channels).max(1)) {
-            for c in 0..channels {
-                nchw.extend(image[c..].iter().step_by(channels).take(pixels));
-            }
+        let pixels = self.height * self.width;
+        // In blocks (see `transpose`): reading each channel's values one by one along
+        // the map touches a new cache line per value.
+        let mut nchw = vec![0f32; self.data.len()];
+        let per_image = (pixels * self.channels).max(1);
+        for (hwc, chw) in self
+            .data
+            .chunks_exact(per_image)
+            .zip(nchw.chunks_exact_mut(per_image))
+        {
+            transpose(hwc, chw, pixels, self.channels);
         }
         let shape = (self.batch, self.channels, self.height, self.width);
         Ok(Tensor::from_vec(nchw, shape, &Device::Cpu)?)
+    }
+
+    /// The same values as [`FeatureMap::to_nchw`] without copying them: a
+    /// `(batch, channels, height, width)` view of the channels-last buffer. Pooling
+    /// reads it as it lies ([`crate::ops::with_channels_last_values`]); a transpose
+    /// of Lite0's last map, then pooling it channel by channel, cost 0.14 ms of serial
+    /// time per pass.
+    pub fn into_nchw_view(mut self) -> Result<Tensor> {
+        let data = std::mem::take(&mut self.data);
+        let shape = (self.batch, self.height, self.width, self.channels);
+        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?.permute((0, 3, 1, 2))?)
     }
 
     /// One map per image of the batch.
@@ -182,40 +234,65 @@ pub(crate) mod buffers {
     }
 }
 
-/// Transposes each of `batch` row-major `rows x cols` matrices of `src` into `dst`
-/// (NCHW to NHWC: `rows` = channels), in tiles so that both sides are read and written
-/// a cache line at a time.
-fn transpose_images(src: &[f32], dst: &mut [f32], batch: usize, rows: usize, cols: usize) {
-    const TILE: usize = 16;
-    let per_image = rows * cols;
-    if per_image == 0 {
-        return;
-    }
-    for (src, dst) in src
-        .chunks_exact(per_image)
-        .zip(dst.chunks_exact_mut(per_image))
-        .take(batch)
-    {
-        if rows <= 4 {
-            // A few long rows (an RGB input): one pass along them, each output pixel
-            // written whole (the tiles below would write 3 values per 16-value line).
-            for (c, out) in dst.chunks_exact_mut(rows).enumerate() {
-                for (r, value) in out.iter_mut().enumerate() {
-                    *value = src[r * cols + c];
-                }
-            }
-            continue;
+/// Pixels `first..` of a CHW image (`pixels` per channel plane) into `out`,
+/// channels-last, as many as `out` holds.
+fn interleave(chw: &[f32], pixels: usize, first: usize, out: &mut [f32]) {
+    let channels = chw.len() / pixels;
+    let n = out.len() / channels;
+    if channels == 3 {
+        let plane = |c: usize| &chw[c * pixels + first..c * pixels + first + n];
+        for (((pixel, r), g), b) in out
+            .chunks_exact_mut(3)
+            .zip(plane(0))
+            .zip(plane(1))
+            .zip(plane(2))
+        {
+            pixel.copy_from_slice(&[*r, *g, *b]);
         }
-        for r0 in (0..rows).step_by(TILE) {
-            for c0 in (0..cols).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    for c in c0..(c0 + TILE).min(cols) {
-                        dst[c * rows + r] = src[r * cols + c];
-                    }
-                }
+    } else {
+        for (p, pixel) in out.chunks_exact_mut(channels).enumerate() {
+            for (c, value) in pixel.iter_mut().enumerate() {
+                *value = chw[c * pixels + first + p];
             }
         }
     }
+}
+
+/// `dst = src^T` for a row-major `rows x cols` matrix, in 8 x 8 blocks held in
+/// registers, so that both sides are read and written whole cache lines at a time.
+fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    const B: usize = 8;
+    let (whole_rows, whole_cols) = (rows / B * B, cols / B * B);
+    for r0 in (0..whole_rows).step_by(B) {
+        for c0 in (0..whole_cols).step_by(B) {
+            let block: [[f32; B]; B] = std::array::from_fn(|i| {
+                let at = (r0 + i) * cols + c0;
+                src[at..at + B].try_into().expect("B values")
+            });
+            let columns: [[f32; B]; B] = std::array::from_fn(|j| block.map(|row| row[j]));
+            for (j, column) in columns.iter().enumerate() {
+                let at = (c0 + j) * rows + r0;
+                dst[at..at + B].copy_from_slice(column);
+            }
+        }
+    }
+    // The edges: columns past the whole blocks, then rows past them.
+    for r in 0..rows {
+        let first = if r < whole_rows { whole_cols } else { 0 };
+        for c in first..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// The first `len` floats of a worker's reusable buffer, grown but never shrunk: a
+/// `Vec` resized down and up again writes zeros over the difference every time (1 % of
+/// a Lite0 pass). The old values stay; callers overwrite what they read.
+pub(crate) fn scratch(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 /// Zero padding of a convolution or pooling window, per side.
@@ -287,16 +364,20 @@ mod tests {
 
     #[test]
     fn nchw_conversions_match_candles_permute_past_whole_tiles() {
-        // 20 channels and 7 x 5 pixels: neither side a multiple of the 16-value tile;
-        // 3 channels (an RGB input: its own path); a tensor that is a strided view of
-        // another (not read in place).
+        // 20 channels and 7 x 5 pixels: neither side a multiple of the 8 x 8 block;
+        // 16 channels and 4 x 8 pixels: whole blocks only; 3 channels (an RGB input: its
+        // own path); a tensor that is a strided view of another (not read in place).
         let t = Tensor::arange(0f32, 2. * 20. * 7. * 5., &Device::Cpu)
             .unwrap()
             .reshape((2, 20, 7, 5))
             .unwrap();
         let rgb = t.narrow(1, 4, 3).unwrap().contiguous().unwrap();
         let strided = t.transpose(2, 3).unwrap();
-        for t in [t, rgb, strided] {
+        let whole = Tensor::arange(0f32, 16. * 32., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 16, 4, 8))
+            .unwrap();
+        for t in [t, rgb, strided, whole] {
             let map = FeatureMap::from_nchw(&t).unwrap();
             let want: Vec<f32> = t
                 .permute((0, 2, 3, 1))

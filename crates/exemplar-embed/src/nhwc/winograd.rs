@@ -163,8 +163,8 @@ pub fn winograd_conv3x3(
         let first_output = geometry.tile(units.start, 0).output_index(ow, oh);
         let n = tiles.len();
         GROUP.with_borrow_mut(|(v, m)| {
-            v.resize(POINTS * n * cin, 0.0);
-            m.resize(POINTS * n * cout, 0.0);
+            let v = super::scratch(v, POINTS * n * cin);
+            let m = super::scratch(m, POINTS * n * cout);
             arch.dispatch(InputTransform {
                 geometry: &geometry,
                 tiles: &tiles,
