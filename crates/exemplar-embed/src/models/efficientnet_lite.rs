@@ -36,12 +36,12 @@ struct MbConv {
 
 impl MbConv {
     fn forward<M: FeatureMaps>(&self, x: &M) -> Result<M> {
-        let hidden = match &self.expand {
-            Some(e) => x.expand_depthwise(e, &self.depthwise)?,
-            None => x.depthwise(&self.depthwise)?,
-        };
-        let residual = self.residual.then_some(x);
-        hidden.conv(&self.project, residual)
+        x.inverted_bottleneck(
+            self.expand.as_ref(),
+            &self.depthwise,
+            &self.project,
+            self.residual,
+        )
     }
 }
 

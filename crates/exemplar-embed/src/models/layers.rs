@@ -218,7 +218,8 @@ impl Depthwise {
 
 /// Expanded maps of at least this many floats (1 MiB: Lite0's blocks at 112x112 and
 /// 56x56 pixels) are expanded band by band inside the depthwise layer
-/// ([`nhwc::expand_depthwise`]).
+/// ([`nhwc::expand_depthwise`]); depthwise maps of that size are projected band by band
+/// too ([`nhwc::inverted_bottleneck`]).
 const EXPANDED_FLOATS_TO_FUSE: usize = 256 * 1024;
 
 /// The feature maps of one inference engine: what the backbones are written against,
@@ -234,6 +235,20 @@ pub trait FeatureMaps: Sized {
     /// `depthwise(conv(self, expand))`: an inverted bottleneck's first two layers.
     fn expand_depthwise(&self, expand: &Conv, depthwise: &Depthwise) -> Result<Self> {
         self.conv(expand, None)?.depthwise(depthwise)
+    }
+    /// A whole inverted bottleneck: `project(depthwise(expand(self))) [+ self]`.
+    fn inverted_bottleneck(
+        &self,
+        expand: Option<&Conv>,
+        depthwise: &Depthwise,
+        project: &Conv,
+        residual: bool,
+    ) -> Result<Self> {
+        let hidden = match expand {
+            Some(e) => self.expand_depthwise(e, depthwise)?,
+            None => self.depthwise(depthwise)?,
+        };
+        hidden.conv(project, residual.then_some(self))
     }
     /// Max over `kernel x kernel` windows, `pad` on every side (never winning).
     fn max_pool(&self, kernel: usize, stride: usize, pad: usize) -> Result<Self>;
@@ -296,6 +311,57 @@ impl FeatureMaps for nhwc::FeatureMap {
             clamp: depthwise.activation.bounds(),
         };
         Ok(nhwc::expand_depthwise(self, &expansion, &spec))
+    }
+
+    fn inverted_bottleneck(
+        &self,
+        expand: Option<&Conv>,
+        depthwise: &Depthwise,
+        project: &Conv,
+        residual: bool,
+    ) -> Result<Self> {
+        let pointwise = |c: &Conv| (c.kernel, c.stride) == (1, 1);
+        let hidden = expand.map_or(self.channels, |e| e.bias.len());
+        let pads = depthwise.pads(self.height, self.width);
+        let (oh, ow) =
+            pads.output_size(self.height, self.width, depthwise.kernel, depthwise.stride);
+        // Depthwise maps that stay in cache until the projection reads them are
+        // projected as a layer of their own.
+        if !pointwise(project)
+            || !expand.is_none_or(pointwise)
+            || self.batch * oh * ow * hidden < EXPANDED_FLOATS_TO_FUSE
+        {
+            let hidden = match expand {
+                Some(e) => self.expand_depthwise(e, depthwise)?,
+                None => self.depthwise(depthwise)?,
+            };
+            return hidden.conv(project, residual.then_some(self));
+        }
+        let expansion = expand.map(|e| nhwc::Expansion {
+            weight: &e.packed,
+            bias: &e.bias,
+            clamp: e.activation.bounds(),
+        });
+        let spec = nhwc::DepthwiseSpec {
+            weight: &depthwise.tap_major,
+            bias: &depthwise.bias,
+            kernel: depthwise.kernel,
+            stride: depthwise.stride,
+            pads,
+            clamp: depthwise.activation.bounds(),
+        };
+        let projection = nhwc::Projection {
+            weight: &project.packed,
+            bias: &project.bias,
+            clamp: project.activation.bounds(),
+            residual,
+        };
+        Ok(nhwc::inverted_bottleneck(
+            self,
+            expansion.as_ref(),
+            &spec,
+            &projection,
+        ))
     }
 
     fn depthwise(&self, layer: &Depthwise) -> Result<Self> {

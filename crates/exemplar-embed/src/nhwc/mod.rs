@@ -19,7 +19,9 @@ mod winograd;
 
 pub use conv::{conv2d, ConvSpec};
 pub use depthwise::depthwise_conv2d;
-pub use expand_depthwise::{expand_depthwise, DepthwiseSpec, Expansion};
+pub use expand_depthwise::{
+    expand_depthwise, inverted_bottleneck, DepthwiseSpec, Expansion, Projection,
+};
 pub use matmul::{multiply, Finish, PackedMatrix};
 pub use max_pool::max_pool2d;
 pub use winograd::{winograd_conv3x3, worth_it as winograd_worth_it, WinogradWeights};
