@@ -137,12 +137,13 @@ impl CnnEmbedder {
     }
 
     /// Prepared images of one size as the network's input.
-    fn input_batch<'a>(images: &[&'a PreparedImage]) -> InputBatch<'a> {
-        InputBatch {
-            images: images.iter().map(|image| image.chw.as_slice()).collect(),
-            height: images[0].height,
-            width: images[0].width,
-        }
+    fn input_batch<'a>(images: &[&'a PreparedImage]) -> Result<InputBatch<'a>> {
+        let (height, width) = images.first().map_or((0, 0), |i| (i.height, i.width));
+        InputBatch::new(
+            images.iter().map(|i| i.chw.as_slice()).collect(),
+            height,
+            width,
+        )
     }
 
     /// Raw pooled features of prepared images, in order. Images of the same size share
@@ -161,7 +162,7 @@ impl CnnEmbedder {
                 let batch: Vec<&PreparedImage> = chunk.iter().map(|&i| &images[i]).collect();
                 let fmap = self
                     .backbone
-                    .feature_map(&Self::input_batch(&batch), self.config.engine)?;
+                    .feature_map(&Self::input_batch(&batch)?, self.config.engine)?;
                 for (&i, v) in chunk.iter().zip(self.config.pooling.pool(&fmap)?) {
                     out[i] = Some(PooledFeature(v));
                 }
@@ -194,7 +195,7 @@ impl CnnEmbedder {
             self.prepare_with(ImageInput::whole(bytes), Geometry::CenterCrop { crop: 224 })?;
         let fmap = self
             .backbone
-            .feature_map(&Self::input_batch(&[&image]), self.config.engine)?;
+            .feature_map(&Self::input_batch(&[&image])?, self.config.engine)?;
         let logits = self
             .backbone
             .logits(&fmap)?

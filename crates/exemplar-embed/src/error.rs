@@ -22,6 +22,8 @@ pub enum EmbedError {
         value: String,
         expected: String,
     },
+    #[error("network input: {0}")]
+    Input(String),
     #[error("this model has no ImageNet classifier head in its weights")]
     NoClassifier,
     #[error(transparent)]

@@ -140,9 +140,8 @@ impl Engine {
                     Passes::PerThread => input.images.len().div_ceil(rayon::current_num_threads()),
                 };
                 let passes: Vec<&[&[f32]]> = input.images.chunks(per_pass.max(1)).collect();
-                if passes.len() <= 1 {
+                if let [images] = passes[..] {
                     // One pass (batch 1): no copies into and out of per-pass batches.
-                    let images = passes.first().copied().unwrap_or_default();
                     return rayon::scope(|_| fast(&FeatureMap::from_chw_images(images, 3, h, w)))?
                         .into_nchw_view();
                 }
@@ -187,12 +186,31 @@ impl std::fmt::Display for Engine {
 /// (CHW), borrowed where they were prepared: the fast engine reads them straight into
 /// its channels-last map, the reference one into a Candle tensor.
 pub struct InputBatch<'a> {
-    pub images: Vec<&'a [f32]>,
-    pub height: usize,
-    pub width: usize,
+    images: Vec<&'a [f32]>,
+    height: usize,
+    width: usize,
 }
 
-impl InputBatch<'_> {
+impl<'a> InputBatch<'a> {
+    /// # Errors
+    /// When there is no image or one does not hold `3 x height x width` values.
+    pub fn new(images: Vec<&'a [f32]>, height: usize, width: usize) -> Result<Self> {
+        if images.is_empty() {
+            return Err(EmbedError::Input("no image in the batch".into()));
+        }
+        if let Some(i) = images.iter().position(|im| im.len() != 3 * height * width) {
+            return Err(EmbedError::Input(format!(
+                "image {i} holds {} values, not 3 x {height} x {width}",
+                images[i].len()
+            )));
+        }
+        Ok(Self {
+            images,
+            height,
+            width,
+        })
+    }
+
     /// Candle's `(batch, 3, height, width)`.
     pub fn to_tensor(&self) -> Result<Tensor> {
         let data: Vec<f32> = self.images.concat();
@@ -292,5 +310,20 @@ impl TensorSource for SyntheticWeights {
     /// Models ask `has` only for their optional classifier.
     fn has(&self, _name: &str) -> bool {
         self.with_classifier
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_batch_refuses_images_of_the_wrong_size() {
+        let (a, b) = (vec![0f32; 3 * 4 * 5], vec![0f32; 3 * 4 * 4]);
+        let batch = InputBatch::new(vec![&a, &a], 4, 5).unwrap();
+        assert_eq!(batch.to_tensor().unwrap().dims(), &[2, 3, 4, 5]);
+        let err = InputBatch::new(vec![&a, &b], 4, 5).err().unwrap();
+        assert!(err.to_string().contains("image 1 holds 48 values"), "{err}");
+        assert!(InputBatch::new(vec![], 4, 5).is_err());
     }
 }
