@@ -244,14 +244,26 @@ pub trait FeatureMaps: Sized {
         project: &Conv,
         residual: bool,
     ) -> Result<Self> {
-        let hidden = match expand {
-            Some(e) => self.expand_depthwise(e, depthwise)?,
-            None => self.depthwise(depthwise)?,
-        };
-        hidden.conv(project, residual.then_some(self))
+        layer_by_layer(self, expand, depthwise, project, residual)
     }
     /// Max over `kernel x kernel` windows, `pad` on every side (never winning).
     fn max_pool(&self, kernel: usize, stride: usize, pad: usize) -> Result<Self>;
+}
+
+/// An inverted bottleneck one layer after another (the expansion fused into the
+/// depthwise layer where the engine does that).
+fn layer_by_layer<M: FeatureMaps>(
+    x: &M,
+    expand: Option<&Conv>,
+    depthwise: &Depthwise,
+    project: &Conv,
+    residual: bool,
+) -> Result<M> {
+    let hidden = match expand {
+        Some(e) => x.expand_depthwise(e, depthwise)?,
+        None => x.depthwise(depthwise)?,
+    };
+    hidden.conv(project, residual.then_some(x))
 }
 
 impl FeatureMaps for nhwc::FeatureMap {
@@ -331,11 +343,7 @@ impl FeatureMaps for nhwc::FeatureMap {
             || !expand.is_none_or(pointwise)
             || self.batch * oh * ow * hidden < EXPANDED_FLOATS_TO_FUSE
         {
-            let hidden = match expand {
-                Some(e) => self.expand_depthwise(e, depthwise)?,
-                None => self.depthwise(depthwise)?,
-            };
-            return hidden.conv(project, residual.then_some(self));
+            return layer_by_layer(self, expand, depthwise, project, residual);
         }
         let expansion = expand.map(|e| nhwc::Expansion {
             weight: &e.packed,
