@@ -13,6 +13,7 @@ pub mod models;
 pub mod nhwc;
 pub mod ops;
 pub mod pooling;
+mod team;
 pub mod views;
 pub mod weights;
 

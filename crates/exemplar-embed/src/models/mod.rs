@@ -8,6 +8,7 @@ mod vgg;
 
 use crate::error::{EmbedError, Result};
 use crate::nhwc::FeatureMap;
+use crate::team;
 use crate::weights::StateDict;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -131,18 +132,19 @@ impl Engine {
             // The whole pass runs on pool threads: each layer's parallel loop then starts
             // from a worker, which takes part in it, instead of an outside thread that
             // parks until the pool is done (two context switches per layer, measured at
-            // ~20 % of a batch-1 Lite0 pass). The images of a batch go through the
-            // network side by side (see [`Passes`]).
+            // ~20 % of a batch-1 Lite0 pass). One pass (batch 1) is shared by a team of
+            // the pool's threads that wait for its layers without sleeping (`team`); the
+            // images of a batch go through the network side by side (see [`Passes`]).
             Engine::Nhwc => {
                 let (h, w) = (input.height, input.width);
                 let per_pass = match passes {
                     Passes::PerImage => 1,
-                    Passes::PerThread => input.images.len().div_ceil(rayon::current_num_threads()),
+                    Passes::PerThread => input.images.len().div_ceil(team::threads()),
                 };
                 let passes: Vec<&[&[f32]]> = input.images.chunks(per_pass.max(1)).collect();
                 if let [images] = passes[..] {
                     // One pass (batch 1): no copies into and out of per-pass batches.
-                    return rayon::scope(|_| fast(&FeatureMap::from_chw_images(images, 3, h, w)))?
+                    return team::run_pass(|| fast(&FeatureMap::from_chw_images(images, 3, h, w)))?
                         .into_nchw_view();
                 }
                 let maps = rayon::scope(|_| {

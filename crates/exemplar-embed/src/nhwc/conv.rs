@@ -3,7 +3,7 @@
 
 use super::matmul::{multiply, Finish, PackedMatrix, ROW_BLOCK};
 use super::{FeatureMap, Pads};
-use rayon::prelude::*;
+use crate::team;
 
 /// A dense convolution's geometry and fused activation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,7 +67,7 @@ pub fn conv2d(
     };
 
     let mut out = super::buffers::take(rows * cout);
-    let threads = rayon::current_num_threads();
+    let threads = team::threads();
     let tile = tile_rows(rows, depth + cout, threads);
     if tile >= rows {
         // Too few pixels for tiles (the last layers at batch 1): one product, its rows
@@ -80,21 +80,20 @@ pub fn conv2d(
             finish(&mut out, 0, &unfolded, threads);
         }
     } else {
-        out.par_chunks_mut(tile * cout)
-            .enumerate()
-            .for_each(|(t, out)| {
-                let first = t * tile;
-                let n = out.len() / cout;
-                if direct {
-                    finish(out, first, &x.data[first * cin..(first + n) * cin], 1);
-                } else {
-                    UNFOLDED.with_borrow_mut(|unfolded| {
-                        let unfolded = super::scratch(unfolded, n * depth);
-                        unfold(x, spec, (oh, ow), first..first + n, unfolded);
-                        finish(out, first, unfolded, 1);
-                    });
-                }
-            });
+        let tiles: Vec<(usize, &mut [f32])> = out.chunks_mut(tile * cout).enumerate().collect();
+        team::for_each(tiles, |(t, out)| {
+            let first = t * tile;
+            let n = out.len() / cout;
+            if direct {
+                finish(out, first, &x.data[first * cin..(first + n) * cin], 1);
+            } else {
+                UNFOLDED.with_borrow_mut(|unfolded| {
+                    let unfolded = super::scratch(unfolded, n * depth);
+                    unfold(x, spec, (oh, ow), first..first + n, unfolded);
+                    finish(out, first, unfolded, 1);
+                });
+            }
+        });
     }
     FeatureMap {
         batch: x.batch,

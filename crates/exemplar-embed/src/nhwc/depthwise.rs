@@ -3,8 +3,8 @@
 
 use super::matmul::lanes;
 use super::{taps, FeatureMap, Pads};
+use crate::team;
 use pulp::{Simd, WithSimd};
-use rayon::prelude::*;
 
 /// `clamp(depthwise(x, weight) + bias)`; `weight` is `kernel x kernel x channels`
 /// (tap-major, channels contiguous).
@@ -30,9 +30,9 @@ pub fn depthwise_conv2d(
     let mut out = super::buffers::take(x.batch * oh * ow * c);
     let layer = Layer::new(weight, bias, (kernel, stride), pads, clamp);
     let per_image = x.height * x.width * c;
-    out.par_chunks_mut(ow * c)
-        .enumerate()
-        .for_each(|(row, out_row)| {
+    team::for_each(team::parts_mut(&mut out, ow * c), |(first_row, part)| {
+        for (i, out_row) in part.chunks_exact_mut(ow * c).enumerate() {
+            let row = first_row + i;
             let image = row / oh;
             let input = InputRows {
                 data: &x.data[image * per_image..(image + 1) * per_image],
@@ -42,7 +42,8 @@ pub fn depthwise_conv2d(
                 channels: c,
             };
             layer.output_row(input, row % oh, out_row);
-        });
+        }
+    });
     FeatureMap {
         batch: x.batch,
         height: oh,

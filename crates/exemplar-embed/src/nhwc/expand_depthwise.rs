@@ -12,7 +12,7 @@
 use super::depthwise::{InputRows, Layer};
 use super::matmul::{multiply, Finish, PackedMatrix};
 use super::{FeatureMap, Pads};
-use rayon::prelude::*;
+use crate::team;
 use std::cell::RefCell;
 
 /// Floats of expanded rows a band holds at most: a quarter of a 1 MiB L2 (half of a
@@ -133,39 +133,42 @@ fn bottleneck(
     .max(1);
     // Contiguous shares of each image's rows, a few per thread so that they balance;
     // each share's first band expands the rows it shares with the previous one again.
-    let share = oh.div_ceil(2 * rayon::current_num_threads()).max(band_rows);
+    let share = oh.div_ceil(2 * team::threads()).max(band_rows);
     let out_row = ow * channels;
     let mut out = super::buffers::take(x.batch * oh * out_row);
-    out.par_chunks_mut(oh * out_row)
-        .zip(x.data.par_chunks(h * w * x.channels))
-        .for_each(|(out, image)| {
-            out.par_chunks_mut(share * out_row)
+    // (image, its first row, the output rows): every image's shares at once.
+    let shares: Vec<(&[f32], usize, &mut [f32])> = out
+        .chunks_mut(oh * out_row)
+        .zip(x.data.chunks(h * w * x.channels))
+        .flat_map(|(out, image)| {
+            out.chunks_mut(share * out_row)
                 .enumerate()
-                .for_each(|(i, out)| {
-                    let first = i * share;
-                    let rows = first..first + out.len() / out_row;
-                    let image = InputRows {
-                        data: image,
-                        first_row: 0,
-                        height: h,
-                        width: w,
-                        channels: x.channels,
-                    };
-                    let share = Share {
-                        image,
-                        e,
-                        layer: &layer,
-                        kernel: d.kernel,
-                        stride: d.stride,
-                        pad_top: d.pads.top,
-                        p,
-                        out_width: ow,
-                    };
-                    BAND.with_borrow_mut(|(band, depthwise_rows)| {
-                        share.run(rows, band_rows, band, depthwise_rows, out)
-                    })
-                });
-        });
+                .map(move |(i, out)| (image, i * share, out))
+        })
+        .collect();
+    team::for_each(shares, |(image, first, out)| {
+        let rows = first..first + out.len() / out_row;
+        let image = InputRows {
+            data: image,
+            first_row: 0,
+            height: h,
+            width: w,
+            channels: x.channels,
+        };
+        let share = Share {
+            image,
+            e,
+            layer: &layer,
+            kernel: d.kernel,
+            stride: d.stride,
+            pad_top: d.pads.top,
+            p,
+            out_width: ow,
+        };
+        BAND.with_borrow_mut(|(band, depthwise_rows)| {
+            share.run(rows, band_rows, band, depthwise_rows, out)
+        })
+    });
     FeatureMap {
         batch: x.batch,
         height: oh,

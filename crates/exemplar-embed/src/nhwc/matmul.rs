@@ -7,8 +7,8 @@
 //! a block of `rows x PANEL` results (`rows x PANEL / 2` with AVX2) in registers over a
 //! slice of `k`, broadcasting one activation per row against the panel's vectors.
 
+use crate::team;
 use pulp::{Simd, WithSimd};
-use rayon::prelude::*;
 
 /// Columns per packed panel: two AVX-512 vectors.
 pub const PANEL: usize = 32;
@@ -180,22 +180,19 @@ pub fn multiply(
         // Shares after the first go to scratch and are copied in (a small fraction of
         // the product's time: the weights dominate).
         let part = |i: usize| all_panels * i / threads..all_panels * (i + 1) / threads;
-        let (_, scratch) = rayon::join(
-            || run(dst, dst_stride, 0, m, part(0)),
-            || {
-                (1..threads)
-                    .into_par_iter()
-                    .map(|i| {
-                        let panels = part(i);
-                        let cols = panels.start * PANEL..(panels.end * PANEL).min(n);
-                        // Recycled: a fresh zeroed allocation cost ~5 us per product.
-                        let mut out = super::buffers::take(m * cols.len());
-                        run(&mut out, cols.len(), 0, m, panels);
-                        (cols, out)
-                    })
-                    .collect::<Vec<_>>()
-            },
+        let cols = |i: usize| part(i).start * PANEL..(part(i).end * PANEL).min(n);
+        // Recycled: a fresh zeroed allocation cost ~5 us per product.
+        let mut scratch: Vec<_> = (1..threads)
+            .map(|i| (cols(i), super::buffers::take(m * cols(i).len())))
+            .collect();
+        let mut shares = vec![(0, dst_stride, &mut dst[..])];
+        shares.extend(
+            scratch
+                .iter_mut()
+                .enumerate()
+                .map(|(i, (cols, out))| (i + 1, cols.len(), &mut out[..])),
         );
+        team::for_each(shares, |(i, stride, out)| run(out, stride, 0, m, part(i)));
         for (cols, out) in scratch {
             for (row, src) in out.chunks_exact(cols.len()).enumerate() {
                 dst[row * dst_stride + cols.start..][..cols.len()].copy_from_slice(src);
@@ -222,10 +219,10 @@ pub fn multiply(
         shares.push((rows, share));
         rest = tail;
     }
-    shares
-        .into_par_iter()
-        .filter(|(rows, _)| !rows.is_empty())
-        .for_each(|(rows, dst)| run(dst, dst_stride, rows.start, rows.len(), 0..all_panels));
+    shares.retain(|(rows, _)| !rows.is_empty());
+    team::for_each(shares, |(rows, dst)| {
+        run(dst, dst_stride, rows.start, rows.len(), 0..all_panels)
+    });
 }
 
 struct Multiply<'a> {

@@ -1,7 +1,7 @@
 //! Max pooling over channels-last maps.
 
 use super::{taps, FeatureMap, Pads};
-use rayon::prelude::*;
+use crate::team;
 
 /// Max over each `kernel x kernel` window; padding is ignored (PyTorch's -inf padding).
 pub fn max_pool2d(x: &FeatureMap, kernel: usize, stride: usize, pads: Pads) -> FeatureMap {
@@ -9,9 +9,9 @@ pub fn max_pool2d(x: &FeatureMap, kernel: usize, stride: usize, pads: Pads) -> F
     let (oh, ow) = pads.output_size(x.height, x.width, kernel, stride);
     let mut out = super::buffers::take(x.batch * oh * ow * c);
     out.fill(f32::NEG_INFINITY);
-    out.par_chunks_mut(ow * c)
-        .enumerate()
-        .for_each(|(row, out_row)| {
+    team::for_each(team::parts_mut(&mut out, ow * c), |(first_row, part)| {
+        for (i, out_row) in part.chunks_exact_mut(ow * c).enumerate() {
+            let row = first_row + i;
             let (b, oy) = (row / oh, row % oh);
             let (first_y, y0, count_y) = taps(oy, stride, pads.top, kernel, x.height);
             for (ox, out_px) in out_row.chunks_exact_mut(c).enumerate() {
@@ -27,7 +27,8 @@ pub fn max_pool2d(x: &FeatureMap, kernel: usize, stride: usize, pads: Pads) -> F
                     }
                 }
             }
-        });
+        }
+    });
     FeatureMap {
         batch: x.batch,
         height: oh,

@@ -7,7 +7,7 @@
 //! channels last, a 1x1 convolution *is* a matrix product over all pixels of the batch,
 //! a k x k one unfolds into contiguous runs of channels, and a depthwise one vectorises
 //! over channels. Each convolution here splits its output rows into tiles spread over
-//! the rayon pool; a tile is unfolded, multiplied by weights packed once at load
+//! the threads (a pass's team, see `crate::team`, or the rayon pool); a tile is unfolded, multiplied by weights packed once at load
 //! ([`matmul`]) and finished (bias, residual, activation) while it is in cache.
 
 mod conv;
@@ -27,8 +27,8 @@ pub use max_pool::max_pool2d;
 pub use winograd::{winograd_conv3x3, worth_it as winograd_worth_it, WinogradWeights};
 
 use crate::error::Result;
+use crate::team;
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 
 /// A batch of feature maps, `batch x height x width x channels`, row-major. Its buffer
 /// goes back to [`buffers`] when it is dropped.
@@ -76,17 +76,24 @@ impl FeatureMap {
             // A network's RGB input: shares of pixels on every thread, each pixel written
             // whole from the three planes (the serial copy was 1-2 % of a batch-1 pass).
             const SHARE: usize = 4096;
-            data.par_chunks_mut(per_image)
+            let share = if channels > 4 { pixels } else { SHARE };
+            // (image, its first pixel, the pixels' output): every image's shares at once.
+            let shares: Vec<(&[f32], usize, &mut [f32])> = data
+                .chunks_mut(per_image)
                 .zip(images)
-                .for_each(|(hwc, chw)| {
-                    if channels > 4 {
-                        transpose(chw, hwc, channels, pixels);
-                        return;
-                    }
-                    hwc.par_chunks_mut(SHARE * channels)
+                .flat_map(|(hwc, chw)| {
+                    hwc.chunks_mut(share * channels)
                         .enumerate()
-                        .for_each(|(i, out)| interleave(chw, pixels, i * SHARE, out));
-                });
+                        .map(move |(i, out)| (*chw, i * share, out))
+                })
+                .collect();
+            team::for_each(shares, |(chw, first, out)| {
+                if channels > 4 {
+                    transpose(chw, out, channels, pixels);
+                } else {
+                    interleave(chw, pixels, first, out);
+                }
+            });
         }
         Self {
             batch: images.len(),
