@@ -49,7 +49,8 @@ pub(crate) fn run_pass<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
     }
     let alone = PASSES.fetch_add(1, Ordering::SeqCst) == 0;
     let _under = Under;
-    if !alone {
+    if !alone || threads() < 2 {
+        // Without other threads to serve it, a team is only bookkeeping.
         return rayon::scope(|_| pass());
     }
     let team = Arc::new(Team::default());
@@ -86,6 +87,8 @@ pub(crate) fn for_each<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
             };
             team.run(items.len(), &task);
         }
+        // One item: the leader works on it still leading, so that the item can share its
+        // own work with the team (a Winograd layer's single group, its 36 products).
         Some(_) => items.into_iter().for_each(work),
         None => items.into_par_iter().for_each(&work),
     }
