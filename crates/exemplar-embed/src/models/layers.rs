@@ -248,6 +248,9 @@ pub trait FeatureMaps: Sized {
     }
     /// Max over `kernel x kernel` windows, `pad` on every side (never winning).
     fn max_pool(&self, kernel: usize, stride: usize, pad: usize) -> Result<Self>;
+    /// `layers` over each image of the batch on its own, the results one batch again
+    /// (the same values as `layers(self)`): where a batch's maps would not stay in cache.
+    fn image_by_image(&self, layers: impl Fn(&Self) -> Result<Self>) -> Result<Self>;
 }
 
 /// An inverted bottleneck one layer after another (the expansion fused into the
@@ -267,6 +270,18 @@ fn layer_by_layer<M: FeatureMaps>(
 }
 
 impl FeatureMaps for nhwc::FeatureMap {
+    fn image_by_image(&self, layers: impl Fn(&Self) -> Result<Self>) -> Result<Self> {
+        if self.batch <= 1 {
+            return layers(self);
+        }
+        let maps = self
+            .split_images()
+            .iter()
+            .map(layers)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(nhwc::FeatureMap::concat_images(&maps))
+    }
+
     fn conv(&self, layer: &Conv, residual: Option<&Self>) -> Result<Self> {
         let spec = nhwc::ConvSpec {
             kernel: layer.kernel,
@@ -395,6 +410,11 @@ impl FeatureMaps for nhwc::FeatureMap {
 }
 
 impl FeatureMaps for Tensor {
+    /// The whole batch at once: the reference has no cache to keep maps in.
+    fn image_by_image(&self, layers: impl Fn(&Self) -> Result<Self>) -> Result<Self> {
+        layers(self)
+    }
+
     fn conv(&self, layer: &Conv, residual: Option<&Self>) -> Result<Self> {
         let (weight, bias) = layer.candle_weights()?;
         let (batch, _, h, w) = self.dims4()?;
