@@ -533,28 +533,32 @@ mod tests {
             let (oh, ow) = pads.output_size(h, w, 3, 1);
             let residual = with_residual.then(|| map(n, oh, ow, cout, i + 20));
             let want = conv2d(&x, &weight, &bias, &spec, residual.as_ref());
-            let got = winograd_conv3x3(
-                &x,
-                &WinogradWeights::new(&weight),
-                &bias,
-                pads,
-                clamp,
-                residual.as_ref(),
-            );
-            assert_eq!(
-                (got.batch, got.height, got.width, got.channels),
-                (want.batch, want.height, want.width, want.channels)
-            );
-            let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = got
-                .data
-                .iter()
-                .zip(&want.data)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(
-                diff < 1e-5 * scale.max(1.0) * (cin as f32).sqrt(),
-                "case {i}: max diff {diff} (values up to {scale})"
-            );
+            let weights = WinogradWeights::new(&weight);
+            // One thread, and three: a lone group's transforms split unevenly by rows
+            // of tiles, whatever this machine's pool.
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| {
+                    winograd_conv3x3(&x, &weights, &bias, pads, clamp, residual.as_ref())
+                });
+                assert_eq!(
+                    (got.batch, got.height, got.width, got.channels),
+                    (want.batch, want.height, want.width, want.channels)
+                );
+                let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = got
+                    .data
+                    .iter()
+                    .zip(&want.data)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff < 1e-5 * scale.max(1.0) * (cin as f32).sqrt(),
+                    "case {i}, {threads} threads: max diff {diff} (values up to {scale})"
+                );
+            }
         }
     }
 
