@@ -80,15 +80,8 @@ pub fn conv2d(
             finish(&mut out, 0, &unfolded, threads);
         }
     } else {
-        let mut rest = &mut out[..];
-        let tiles: Vec<(usize, &mut [f32])> = tiles
-            .into_iter()
-            .map(|t| {
-                let (tile, tail) = std::mem::take(&mut rest).split_at_mut(t.len() * cout);
-                rest = tail;
-                (t.start, tile)
-            })
-            .collect();
+        let outputs = super::split_lengths(&mut out, tiles.iter().map(|t| t.len() * cout));
+        let tiles: Vec<(usize, &mut [f32])> = tiles.iter().map(|t| t.start).zip(outputs).collect();
         team::for_each(tiles, |(first, out)| {
             let n = out.len() / cout;
             if direct {

@@ -294,6 +294,25 @@ fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
     }
 }
 
+/// `data` cut into consecutive parts of `lengths` (what is left after them, dropped):
+/// one `&mut` part per thread's share of a layer's output.
+///
+/// # Panics
+/// When the lengths add up to more than `data` holds.
+pub(crate) fn split_lengths<T>(
+    mut data: &mut [T],
+    lengths: impl IntoIterator<Item = usize>,
+) -> Vec<&mut [T]> {
+    lengths
+        .into_iter()
+        .map(|len| {
+            let (part, rest) = std::mem::take(&mut data).split_at_mut(len);
+            data = rest;
+            part
+        })
+        .collect()
+}
+
 /// The first `len` floats of a worker's reusable buffer, grown but never shrunk: a
 /// `Vec` resized down and up again writes zeros over the difference every time (1 % of
 /// a Lite0 pass). The old values stay; callers overwrite what they read.

@@ -134,21 +134,20 @@ pub fn winograd_conv3x3(
     let group_units = |g: usize| tile_rows * g / groups_count..tile_rows * (g + 1) / groups_count;
 
     let mut out = super::buffers::take(x.batch * oh * ow * cout);
-    // Split the output at group boundaries: a tile row's outputs are rows
-    // [4ty, min(4ty + 4, oh)) of its image.
-    let row_floats = ow * cout;
-    let mut groups = Vec::new();
-    let mut rest: &mut [f32] = &mut out;
-    for g in 0..groups_count {
-        let units = group_units(g);
-        let output_rows: usize = units
-            .clone()
+    // The output of a range of tile rows: a tile row's outputs are rows
+    // [4ty, min(4ty + 4, oh)) of its image, contiguous in NHWC.
+    let output_floats = |units: std::ops::Range<usize>| {
+        units
             .map(|u| OUT.min(oh - (u % tiles_y) * OUT))
-            .sum();
-        let (group, tail) = rest.split_at_mut(output_rows * row_floats);
-        rest = tail;
-        groups.push((units, group));
-    }
+            .sum::<usize>()
+            * ow
+            * cout
+    };
+    let outputs = super::split_lengths(
+        &mut out,
+        (0..groups_count).map(|g| output_floats(group_units(g))),
+    );
+    let groups: Vec<_> = (0..groups_count).map(group_units).zip(outputs).collect();
     let geometry = Geometry {
         x,
         pads,
@@ -221,18 +220,8 @@ pub fn winograd_conv3x3(
                 m.chunks_mut(n * cout).enumerate().for_each(product);
             }
             let m = &*m;
-            let mut rest = out;
-            let outputs: Vec<_> = (0..parts)
-                .map(|i| {
-                    let output_rows: usize =
-                        rows(i).map(|u| OUT.min(oh - (u % tiles_y) * OUT)).sum();
-                    let (part, tail) =
-                        std::mem::take(&mut rest).split_at_mut(output_rows * row_floats);
-                    rest = tail;
-                    (i, part)
-                })
-                .collect();
-            team::for_each(outputs, |(i, out)| {
+            let outputs = super::split_lengths(out, (0..parts).map(|i| output_floats(rows(i))));
+            team::for_each(outputs.into_iter().enumerate().collect(), |(i, out)| {
                 let first_output = geometry.tile(rows(i).start, 0).output_index(ow, oh);
                 arch.dispatch(OutputTransform {
                     geometry: &geometry,
