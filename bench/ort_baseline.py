@@ -5,8 +5,10 @@ as an ONNX graph so that no PyTorch is needed. Weights are random (He-scaled): t
 speed of a dense float network does not depend on their values, and Exemplar's own
 tests check its numbers against the reference path.
 
-Usage: ort_baseline.py MODEL HEIGHT WIDTH BATCH SECONDS THREADS -> one JSON line.
-MODEL: efficientnet-lite0, resnet18, resnet34, resnet50.
+Usage: ort_baseline.py MODEL HEIGHT WIDTH BATCH SECONDS THREADS [--passes-from-stdin]
+-> one JSON line. MODEL: efficientnet-lite0, resnet18, resnet34, resnet50.
+--passes-from-stdin: as `exemplar bench --passes-from-stdin` (SECONDS unused): `ready`,
+then one pass per line read, its time in seconds printed, the JSON line at the end.
 """
 import json
 import sys
@@ -136,11 +138,22 @@ def main():
     session = ort.InferenceSession(build(model, h, w), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((batch, 3, h, w)).astype(np.float32)
     session.run(None, {"x": x})  # warm-up, as Exemplar's bench does
-    passes, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or not passes:
+    passes = []
+
+    def one_pass():
         t = time.perf_counter()
         session.run(None, {"x": x})
         passes.append(time.perf_counter() - t)
+
+    if "--passes-from-stdin" in sys.argv[7:]:
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            one_pass()
+            print(passes[-1], flush=True)
+    else:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or not passes:
+            one_pass()
     print(json.dumps({"runtime": "onnxruntime " + ort.__version__, "model": model, "batch": batch,
                       "input": [3, h, w], "threads": threads, "passes": len(passes),
                       "images_per_second": len(passes) * batch / sum(passes),

@@ -1,10 +1,19 @@
 use exemplar_embed::geometry::PreparedImage;
 use exemplar_embed::{CnnEmbedder, Geometry};
 use serde_json::json;
+use std::io::{BufRead, Write};
 use std::time::Instant;
 
+/// How many passes to time.
+pub enum Passes {
+    /// As many as fit in this time.
+    For { seconds: f64 },
+    /// One per line of standard input, each one's time printed as it ends.
+    FromStdin,
+}
+
 /// Times the embedder alone (forward pass + pooling) on synthetic input.
-pub fn run(embedder: &CnnEmbedder, batch: usize, seconds: f64) -> anyhow::Result<()> {
+pub fn run(embedder: &CnnEmbedder, batch: usize, passes_wanted: Passes) -> anyhow::Result<()> {
     anyhow::ensure!(batch >= 1, "--batch must be at least 1");
     let (h, w) = match embedder.config().geometry {
         Geometry::CenterCrop { crop } => (crop as usize, crop as usize),
@@ -22,12 +31,31 @@ pub fn run(embedder: &CnnEmbedder, batch: usize, seconds: f64) -> anyhow::Result
         .collect();
     // One warm-up pass: first-touch allocations and lazy initialisation are not steady state.
     embedder.features(&images)?;
-    let mut passes = Vec::new();
-    let start = Instant::now();
-    while start.elapsed().as_secs_f64() < seconds || passes.is_empty() {
+    let one_pass = || -> anyhow::Result<f64> {
         let t = Instant::now();
         embedder.features(&images)?;
-        passes.push(t.elapsed().as_secs_f64());
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut passes = Vec::new();
+    match passes_wanted {
+        Passes::For { seconds } => {
+            let start = Instant::now();
+            while start.elapsed().as_secs_f64() < seconds || passes.is_empty() {
+                passes.push(one_pass()?);
+            }
+        }
+        Passes::FromStdin => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ready")?;
+            out.flush()?;
+            for line in std::io::stdin().lock().lines() {
+                line?;
+                passes.push(one_pass()?);
+                writeln!(out, "{}", passes[passes.len() - 1])?;
+                out.flush()?;
+            }
+            anyhow::ensure!(!passes.is_empty(), "no pass asked for on standard input");
+        }
     }
     let total: f64 = passes.iter().sum();
     passes.sort_by(f64::total_cmp);

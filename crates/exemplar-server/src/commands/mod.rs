@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             seconds,
             random_weights,
+            passes_from_stdin,
         } => {
             let embedder = if random_weights {
                 let weights = exemplar_embed::models::SyntheticWeights::new(0, false);
@@ -57,7 +58,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 load(&cli.model)?
             };
-            bench::run(&embedder, batch, seconds)
+            let passes = if passes_from_stdin {
+                bench::Passes::FromStdin
+            } else {
+                bench::Passes::For { seconds }
+            };
+            bench::run(&embedder, batch, passes)
         }
     }
 }

@@ -209,6 +209,38 @@ fn bench_reports_throughput_as_json() {
 }
 
 #[test]
+fn bench_serves_passes_on_request_for_interleaving_scripts() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exemplar"))
+        .args(["--model", "resnet18", "bench", "--random-weights"])
+        .args(["--passes-from-stdin"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().unwrap().unwrap();
+    assert_eq!(next(), "ready");
+    // Each request gets its pass's time, before the next request is read.
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        writeln!(stdin, "go").unwrap();
+        stdin.flush().unwrap();
+        times.push(next().parse::<f64>().unwrap());
+    }
+    assert!(times.iter().all(|&t| t > 0.0 && t < 60.0), "{times:?}");
+    drop(stdin); // the end of input ends the run with the summary
+    let summary: Value = serde_json::from_str(&next()).unwrap();
+    assert_eq!(summary["passes"], 3);
+    let want = 3.0 / times.iter().sum::<f64>();
+    let got = summary["images_per_second"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn hub_weights_come_from_the_hugging_face_cache_when_offline() {
     use exemplar_embed::{models::SyntheticWeights, Architecture};
     let home = tempfile::tempdir().unwrap();
