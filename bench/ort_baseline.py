@@ -8,7 +8,8 @@ tests check its numbers against the reference path.
 Usage: ort_baseline.py MODEL HEIGHT WIDTH BATCH SECONDS THREADS [--passes-from-stdin]
 -> one JSON line. MODEL: efficientnet-lite0, resnet18, resnet34, resnet50.
 --passes-from-stdin: as `exemplar bench --passes-from-stdin` (SECONDS unused): `ready`,
-then one pass per line read, its time in seconds printed, the JSON line at the end.
+then per line read passes for its number of seconds, their count and mean time printed;
+the JSON line at the end of input.
 """
 import json
 import sys
@@ -147,9 +148,13 @@ def main():
 
     if "--passes-from-stdin" in sys.argv[7:]:
         print("ready", flush=True)
-        for _ in sys.stdin:
-            one_pass()
-            print(passes[-1], flush=True)
+        for line in sys.stdin:
+            # Passes back to back for the line's seconds (at least one), as Exemplar's.
+            start, first = time.perf_counter(), len(passes)
+            while len(passes) == first or time.perf_counter() - start < float(line.strip() or 0):
+                one_pass()
+            done = passes[first:]
+            print(len(done), sum(done) / len(done), flush=True)
     else:
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or not passes:

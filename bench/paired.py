@@ -26,11 +26,13 @@ class PassServer:
         # One mean pass time per turn.
         self.times = []
 
-    def request(self):
-        """One pass; its time in seconds."""
-        self.proc.stdin.write("\n")
+    def request(self, seconds=0.0):
+        """Passes back to back for `seconds` (at least one), in the process: the mean
+        pass time."""
+        self.proc.stdin.write(f"{seconds}\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        count, mean = self.proc.stdout.readline().split()
+        return float(mean)
 
     def close(self):
         """Ends the process; returns its summary (the JSON it prints last)."""
@@ -46,8 +48,8 @@ def take_turns(servers, seconds, turn=0.5, gap=0.1, warmup=1, min_rounds=6):
     `gap` seconds idle (the threads of the process that ran last stop spinning: ONNX
     Runtime's spin for ~40 ms of CPU after a run and would take cores from the next
     one), `warmup` passes not counted (the other process's run has evicted this one's
-    data from the caches), then passes for `turn` seconds (at least one), whose mean
-    time is the turn's. `turn=0, warmup=0` times single passes from cold caches."""
+    data from the caches), then passes back to back for `turn` seconds (at least one),
+    whose mean time is the turn's. `turn=0, warmup=0` times single passes from cold caches."""
     start, rounds = time.perf_counter(), 0
     while rounds < min_rounds or time.perf_counter() - start < seconds:
         shift = rounds % len(servers)
@@ -55,10 +57,7 @@ def take_turns(servers, seconds, turn=0.5, gap=0.1, warmup=1, min_rounds=6):
             time.sleep(gap)
             for _ in range(warmup):
                 server.request()
-            began, passes = time.perf_counter(), []
-            while not passes or time.perf_counter() - began < turn:
-                passes.append(server.request())
-            server.times.append(sum(passes) / len(passes))
+            server.times.append(server.request(turn))
         rounds += 1
     return rounds
 

@@ -299,10 +299,12 @@ pub enum Command {
         /// not depend on the values; useful without hub access).
         #[arg(long)]
         random_weights: bool,
-        /// Run one pass per line read on standard input, printing its time in seconds on
-        /// a line of its own (after a first line `ready`); the summary follows at the end
-        /// of input. Lets a script interleave two runtimes pass by pass (bench/ab.py,
-        /// bench/vs_onnxruntime.py), so that a shared machine's drift hits both alike.
+        /// Serve requests read on standard input, one per line (after printing `ready`):
+        /// passes back to back for the line's number of seconds (an empty line: one
+        /// pass), answered on a line with their count and mean time in seconds; the
+        /// summary follows at the end of input. Lets a script interleave runtimes in
+        /// short turns (bench/ab.py, bench/vs_onnxruntime.py), so that a shared
+        /// machine's drift hits them alike.
         #[arg(long)]
         passes_from_stdin: bool,
     },

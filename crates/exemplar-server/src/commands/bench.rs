@@ -1,3 +1,4 @@
+use anyhow::Context;
 use exemplar_embed::geometry::PreparedImage;
 use exemplar_embed::{CnnEmbedder, Geometry};
 use serde_json::json;
@@ -49,9 +50,26 @@ pub fn run(embedder: &CnnEmbedder, batch: usize, passes_wanted: Passes) -> anyho
             writeln!(out, "ready")?;
             out.flush()?;
             for line in std::io::stdin().lock().lines() {
-                line?;
-                passes.push(one_pass()?);
-                writeln!(out, "{}", passes[passes.len() - 1])?;
+                // A request: passes back to back for this many seconds (at least one;
+                // an empty line: one), answered with their count and mean time.
+                let line = line?;
+                let seconds: f64 = match line.trim() {
+                    "" => 0.0,
+                    text => text.parse().with_context(|| {
+                        format!("a request is a number of seconds, not {text:?}")
+                    })?,
+                };
+                let (start, first) = (Instant::now(), passes.len());
+                while passes.len() == first || start.elapsed().as_secs_f64() < seconds {
+                    passes.push(one_pass()?);
+                }
+                let done = &passes[first..];
+                writeln!(
+                    out,
+                    "{} {}",
+                    done.len(),
+                    done.iter().sum::<f64>() / done.len() as f64
+                )?;
                 out.flush()?;
             }
             anyhow::ensure!(!passes.is_empty(), "no pass asked for on standard input");

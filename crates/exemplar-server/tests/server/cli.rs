@@ -211,33 +211,68 @@ fn bench_reports_throughput_as_json() {
 #[test]
 fn bench_serves_passes_on_request_for_interleaving_scripts() {
     use std::io::{BufRead, BufReader, Write};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exemplar"))
-        .args(["--model", "resnet18", "bench", "--random-weights"])
-        .args(["--passes-from-stdin"])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().unwrap().unwrap();
-    assert_eq!(next(), "ready");
-    // Each request gets its pass's time, before the next request is read.
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        writeln!(stdin, "go").unwrap();
+    use std::process::Stdio;
+    let spawn = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_exemplar"))
+            .args(["--model", "resnet18", "bench", "--random-weights"])
+            .args(["--passes-from-stdin"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        (child, stdin, lines)
+    };
+
+    let (child, mut stdin, mut lines) = spawn();
+    // Each request gets its passes' count and mean time, before the next one is read:
+    // one pass for an empty line, back to back for a number of seconds.
+    let mut ask = |request: &str| {
+        writeln!(stdin, "{request}").unwrap();
         stdin.flush().unwrap();
-        times.push(next().parse::<f64>().unwrap());
-    }
-    assert!(times.iter().all(|&t| t > 0.0 && t < 60.0), "{times:?}");
-    drop(stdin); // the end of input ends the run with the summary
-    let summary: Value = serde_json::from_str(&next()).unwrap();
-    assert_eq!(summary["passes"], 3);
-    let want = 3.0 / times.iter().sum::<f64>();
+        let answer = lines.next().unwrap().unwrap();
+        let (count, mean) = answer.split_once(' ').expect("count and mean");
+        (
+            count.parse::<usize>().unwrap(),
+            mean.parse::<f64>().unwrap(),
+        )
+    };
+    let single = ask("");
+    let timed = ask("0.3");
+    assert_eq!(single.0, 1);
+    assert!(single.1 > 0.0 && single.1 < 60.0, "{single:?}");
+    // At least 0.3 s of passes, and no more than one pass past it.
+    let count = timed.0 as f64;
+    assert!(
+        count * timed.1 >= 0.3 && (count - 1.0) * timed.1 < 0.3,
+        "{timed:?}"
+    );
+    drop(stdin); // the end of input ends the run with the summary of every pass
+    let summary: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(summary["passes"], 1 + timed.0);
+    let want = (1.0 + count) / (single.1 + count * timed.1);
     let got = summary["images_per_second"].as_f64().unwrap();
     assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
-    assert!(child.wait().unwrap().success());
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    let (child, mut stdin, mut lines) = spawn();
+    writeln!(stdin, "soon").unwrap();
+    stdin.flush().unwrap();
+    assert!(
+        lines.next().is_none(),
+        "no answer to a request that is not a number"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a request is a number of seconds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
