@@ -289,12 +289,14 @@ impl Multiply<'_> {
             m
         };
         // Larger weights come from memory (ResNet-50's 100 MB do not stay in any cache
-        // from one pass to the next), slice after slice: each slice is asked for while
-        // the one before it computes, so that memory and arithmetic overlap (the
-        // hardware's prefetcher does not jump from one panel's slice to the next, 4 to
-        // 500 KB away). ResNet-50 at batch 1 ran 5-7 % faster; small weights stay in
+        // from one pass to the next), slice after slice. Over few rows (the deep layers
+        // at batch 1) a slice serves little arithmetic, so each is asked for while the
+        // one before it computes, for memory and arithmetic to overlap (the hardware's
+        // prefetcher does not jump from one panel's slice to the next, 4 to 500 KB
+        // away): ResNet-50 at batch 1 ran 5-10 % faster. Over more rows the gain was
+        // not clear (batch 8: +3 % or -3 % by two measures); small weights stay in
         // cache from one group of rows to the next.
-        let fetcher = (group == m).then(fetcher).flatten();
+        let fetcher = (group == m && m <= FETCH_MAX_ROWS).then(fetcher).flatten();
         for first_row in (0..m).step_by(group) {
             run_rows::<S, MR, NV, MR1>(
                 simd,
@@ -341,6 +343,8 @@ fn fetch_line(_: Fetcher, _: *const f32) {}
 /// Weights at most this size are swept once per group of [`GROUP_ROWS`] rows.
 const SMALL_WEIGHT_BYTES: usize = 128 << 10;
 const GROUP_ROWS: usize = 4 * ROW_BLOCK;
+/// Products over at most this many rows fetch their large weights ahead.
+const FETCH_MAX_ROWS: usize = 128;
 
 /// Rows `rows` of the product over every slice of `k` and every panel in `computed`.
 #[inline(always)]
