@@ -1,4 +1,4 @@
-"""Pass-by-pass interleaving of two or more embedders, each a process serving passes on
+"""Two or more embedders taking turns in one run, each a process serving passes on
 request (`exemplar bench --passes-from-stdin`, `ort_baseline.py ... --passes-from-stdin`).
 
 On a shared machine whose speed drifts by tens of percent over seconds, runs of a few
@@ -31,7 +31,7 @@ class PassServer:
         pass time."""
         self.proc.stdin.write(f"{seconds}\n")
         self.proc.stdin.flush()
-        count, mean = self.proc.stdout.readline().split()
+        _count, mean = self.proc.stdout.readline().split()
         return float(mean)
 
     def close(self):

@@ -9,7 +9,8 @@ use std::time::Instant;
 pub enum Passes {
     /// As many as fit in this time.
     For { seconds: f64 },
-    /// One per line of standard input, each one's time printed as it ends.
+    /// As standard input asks, a line at a time (a number of seconds of passes), each
+    /// request answered as it ends.
     FromStdin,
 }
 
