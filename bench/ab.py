@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Two `exemplar` binaries' embedders, pass by pass in turns (bench/paired.py): the
+"""Two `exemplar` binaries' embedders, taking turns of 0.5 s (bench/paired.py): the
 speed-up of NEW over OLD as the median of the per-round ratios, with their quartiles,
 which stays readable on a machine whose speed drifts by tens of percent while other
 tenants run. Each repeat starts both processes afresh (memory layout differs by run).

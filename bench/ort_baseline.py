@@ -150,8 +150,8 @@ def main():
         print("ready", flush=True)
         for line in sys.stdin:
             # Passes back to back for the line's seconds (at least one), as Exemplar's.
-            start, first = time.perf_counter(), len(passes)
-            while len(passes) == first or time.perf_counter() - start < float(line.strip() or 0):
+            seconds, start, first = float(line.strip() or 0), time.perf_counter(), len(passes)
+            while len(passes) == first or time.perf_counter() - start < seconds:
                 one_pass()
             done = passes[first:]
             print(len(done), sum(done) / len(done), flush=True)

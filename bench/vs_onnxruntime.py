@@ -1,5 +1,5 @@
 """Exemplar's embedder against the ONNX Runtime baseline (ort_baseline.py) on the same
-model, input and thread count, pass by pass in turns (bench/paired.py): prints a table
+model, input and thread count, taking turns of 0.5 s (bench/paired.py): prints a table
 of images/s and the ratio Exemplar / ONNX Runtime (the median of per-round ratios, with
 the quartiles), then one JSON line. Each repeat starts every process afresh.
 Use bench/vs-onnxruntime.sh, which prepares the venv and the release build."""
