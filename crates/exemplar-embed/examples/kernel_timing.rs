@@ -20,13 +20,7 @@ fn main() {
         num(6, 1),
         num(7, 96),
     );
-    let x = FeatureMap {
-        batch: 1,
-        height: h,
-        width: w,
-        channels: c,
-        data: (0..h * w * c).map(|i| (i % 17) as f32 * 0.1).collect(),
-    };
+    let x = synthetic_map(h, w, c, 17);
     let pad = k / 2;
     let pads = Pads {
         top: pad,
@@ -49,13 +43,7 @@ fn main() {
     };
     // `convr`: a residual of the output's shape added before the activation.
     let (oh, ow) = pads.output_size(h, w, k, s);
-    let residual = FeatureMap {
-        batch: 1,
-        height: oh,
-        width: ow,
-        channels: cout,
-        data: (0..oh * ow * cout).map(|i| (i % 13) as f32 * 0.1).collect(),
-    };
+    let residual = synthetic_map(oh, ow, cout, 13);
     let wino = (a[1] == "wino").then(|| WinogradWeights::new(&cw));
     // The fused layer's expansion is 1x1 (C to COUT) and its depthwise layer K x K.
     let expand = PackedMatrix::pack(
@@ -121,4 +109,15 @@ fn main() {
         times[times.len() / 2],
         times[0]
     );
+}
+
+/// A one-image `h x w x c` map of small repeating values (period `period`).
+fn synthetic_map(h: usize, w: usize, c: usize, period: usize) -> FeatureMap {
+    FeatureMap {
+        batch: 1,
+        height: h,
+        width: w,
+        channels: c,
+        data: (0..h * w * c).map(|i| (i % period) as f32 * 0.1).collect(),
+    }
 }
