@@ -10,6 +10,8 @@
 //! the threads (a pass's team, see `crate::team`, or the rayon pool); a tile is unfolded, multiplied by weights packed once at load
 //! ([`matmul`]) and finished (bias, residual, activation) while it is in cache.
 
+#[cfg(target_arch = "x86_64")]
+mod block_avx512;
 mod conv;
 mod depthwise;
 mod expand_depthwise;
