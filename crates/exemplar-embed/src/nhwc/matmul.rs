@@ -531,10 +531,11 @@ impl<S: Simd> Block<'_, S> {
         dst: &mut [f32],
         stride: usize,
     ) {
-        // Full AVX-512 blocks run in assembly (this loop left the rows' addresses to be
-        // recomputed at every step; see `block_avx512`): 4-10 % faster per 1x1 layer.
+        // Full AVX-512 blocks (a whole panel: `FIRST` is 0) run in assembly (this loop
+        // left the rows' addresses to be recomputed at every step; see `block_avx512`):
+        // 2-10 % faster per 1x1 layer.
         #[cfg(target_arch = "x86_64")]
-        if let (Some(avx512), super::block_avx512::ROWS, 2) = (self.avx512, R, NV) {
+        if let (Some(avx512), super::block_avx512::ROWS, 2, 0) = (self.avx512, R, NV, FIRST) {
             let start = row * self.a_stride + self.k0;
             let halves = self.panel.map(pulp::bytemuck::cast_slice::<_, f32>);
             let next = if FETCH {
