@@ -94,6 +94,11 @@ pub(crate) fn for_each<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
     }
 }
 
+/// Whether this thread leads a pass's team (whose threads wait for its next layer).
+pub(crate) fn leading() -> bool {
+    LEADING.with_borrow(Option::is_some)
+}
+
 /// How many threads share a layer's work.
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads()

@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::nhwc::{self, Pads};
 use crate::ops::DepthwiseConv2d;
+use crate::team;
 use candle_core::{Device, Tensor, D};
 use std::sync::OnceLock;
 
@@ -183,6 +184,9 @@ pub struct Depthwise {
     stride: usize,
     padding: Padding,
     activation: Activation,
+    /// The channels cut into shares for the threads of a pass's team, made on first
+    /// use (see [`nhwc::inverted_bottleneck_by_channels`]).
+    shares: OnceLock<nhwc::ChannelShares>,
 }
 
 impl Depthwise {
@@ -208,6 +212,7 @@ impl Depthwise {
             stride,
             padding,
             activation,
+            shares: OnceLock::new(),
         })
     }
 
@@ -352,12 +357,24 @@ impl FeatureMaps for nhwc::FeatureMap {
         let pads = depthwise.pads(self.height, self.width);
         let (oh, ow) =
             pads.output_size(self.height, self.width, depthwise.kernel, depthwise.stride);
+        let small = |pixels: usize| pixels * hidden < EXPANDED_FLOATS_TO_FUSE;
+        // A block whose expanded and depthwise maps both stay in cache, in a pass whose
+        // team waits for each layer, is shared among the team by hidden channels: three
+        // layers in one job (see `nhwc::inverted_bottleneck_by_channels`).
+        if let Some(e) = expand {
+            if pointwise(e)
+                && pointwise(project)
+                && small(self.pixels())
+                && small(self.batch * oh * ow)
+                && team::leading()
+                && team::threads() > 1
+            {
+                return Ok(by_channels(self, e, depthwise, project, residual));
+            }
+        }
         // Depthwise maps that stay in cache until the projection reads them are
         // projected as a layer of their own.
-        if !pointwise(project)
-            || !expand.is_none_or(pointwise)
-            || self.batch * oh * ow * hidden < EXPANDED_FLOATS_TO_FUSE
-        {
+        if !pointwise(project) || !expand.is_none_or(pointwise) || small(self.batch * oh * ow) {
             return layer_by_layer(self, expand, depthwise, project, residual);
         }
         let expansion = expand.map(|e| nhwc::Expansion {
@@ -407,6 +424,48 @@ impl FeatureMaps for nhwc::FeatureMap {
         };
         Ok(nhwc::max_pool2d(self, kernel, stride, pads))
     }
+}
+
+/// [`nhwc::inverted_bottleneck_by_channels`] with a share of the hidden channels for
+/// each of the team's threads (made on first use, kept by the depthwise layer).
+fn by_channels(
+    x: &nhwc::FeatureMap,
+    e: &Conv,
+    d: &Depthwise,
+    p: &Conv,
+    residual: bool,
+) -> nhwc::FeatureMap {
+    let threads = team::threads();
+    let make = || nhwc::ChannelShares::new(&e.packed, &e.bias, &d.tap_major, threads);
+    let made;
+    let shares = match d.shares.get_or_init(make) {
+        // Another pool's thread count than the first call's (tests): made afresh.
+        s if s.made_for() != threads => {
+            made = make();
+            &made
+        }
+        s => s,
+    };
+    let expansion = nhwc::Expansion {
+        weight: &e.packed,
+        bias: &e.bias,
+        clamp: e.activation.bounds(),
+    };
+    let spec = nhwc::DepthwiseSpec {
+        weight: &d.tap_major,
+        bias: &d.bias,
+        kernel: d.kernel,
+        stride: d.stride,
+        pads: d.pads(x.height, x.width),
+        clamp: d.activation.bounds(),
+    };
+    let projection = nhwc::Projection {
+        weight: &p.packed,
+        bias: &p.bias,
+        clamp: p.activation.bounds(),
+        residual,
+    };
+    nhwc::inverted_bottleneck_by_channels(x, &expansion, &spec, &projection, shares)
 }
 
 impl FeatureMaps for Tensor {

@@ -165,6 +165,7 @@ pub fn multiply(
             m,
             b,
             panels,
+            depth: 0..k,
             finish: Finish {
                 residual: finish.residual.map(|r| &r[first * dst_stride..]),
                 ..finish
@@ -226,6 +227,63 @@ pub fn multiply(
     });
 }
 
+/// One thread's part of a product split by columns and by depth:
+/// `dst[m x cols] = finish(a[m x depth] * b[depth, cols])` where `cols` are the columns
+/// of `b`'s panels `panels` (`dst`'s first column is the first panel's; a bias is
+/// indexed by `b`'s column) and `a`'s first column multiplies `b`'s row `depth.start`.
+/// Over part of the depth the results are partial sums: leave the bias and the clamp
+/// to whoever adds them up. No residual.
+///
+/// # Panics
+/// When a slice is too short for its shape and stride, or `panels`/`depth` leave `b`.
+#[allow(clippy::too_many_arguments)] // the BLAS shape of the call
+pub(crate) fn multiply_part(
+    dst: &mut [f32],
+    dst_stride: usize,
+    a: &[f32],
+    a_stride: usize,
+    m: usize,
+    b: &PackedMatrix,
+    (panels, depth): (std::ops::Range<usize>, std::ops::Range<usize>),
+    finish: Finish,
+) {
+    assert!(
+        panels.end <= b.cols.div_ceil(PANEL) && depth.end <= b.rows,
+        "part outside the matrix"
+    );
+    let n = (panels.end * PANEL).min(b.cols) - (panels.start * PANEL).min(b.cols);
+    if m == 0 || n == 0 || depth.is_empty() {
+        return;
+    }
+    let span = |cols: usize, stride: usize| (m - 1) * stride + cols;
+    assert!(
+        dst_stride >= n && dst.len() >= span(n, dst_stride),
+        "dst too short"
+    );
+    assert!(
+        a_stride >= depth.len() && a.len() >= span(depth.len(), a_stride),
+        "lhs too short"
+    );
+    assert!(
+        finish.bias.is_none_or(|bias| bias.len() == b.cols),
+        "bias too short"
+    );
+    // (A residual would be read at `b`'s columns with `dst`'s stride: not needed.)
+    assert!(finish.residual.is_none(), "no residual in a part");
+    pulp::Arch::new().dispatch(Multiply {
+        dst,
+        dst_stride,
+        a,
+        a_stride,
+        m,
+        b,
+        panels,
+        depth,
+        finish,
+        residual_stride: dst_stride,
+    })
+}
+
 struct Multiply<'a> {
     dst: &'a mut [f32],
     dst_stride: usize,
@@ -235,6 +293,8 @@ struct Multiply<'a> {
     b: &'a PackedMatrix,
     /// The column panels computed; `dst`'s first column is the first panel's.
     panels: std::ops::Range<usize>,
+    /// The rows of `b` multiplied; `a`'s first column is the first of them.
+    depth: std::ops::Range<usize>,
     finish: Finish<'a>,
     /// The residual's row stride (the whole product's, whatever `dst`'s is).
     residual_stride: usize,
@@ -272,18 +332,18 @@ impl Multiply<'_> {
             m,
             b,
             panels: computed,
+            depth,
             finish,
             residual_stride,
         } = self;
         // Vectors per panel row, covered in one or two passes of NV.
         let panel_vectors = PANEL / lanes::<S>();
         assert!(panel_vectors == NV || panel_vectors == 2 * NV);
-        let k = b.rows;
         // Small weights (shallow products: Lite0's expansions) are swept once per group
         // of rows from L1/L2, so the group's results are written while they are in
         // cache; larger ones once per slice of `k` over all rows, as each panel slice
         // then stays in L1 while all the rows stream past it.
-        let weight_bytes = computed.len() * k * PANEL * 4;
+        let weight_bytes = computed.len() * depth.len() * PANEL * 4;
         let group = if weight_bytes <= SMALL_WEIGHT_BYTES {
             GROUP_ROWS
         } else {
@@ -302,7 +362,7 @@ impl Multiply<'_> {
             run_rows::<S, MR, NV, MR1>(
                 simd,
                 fetcher,
-                (b, &computed),
+                (b, &computed, &depth),
                 first_row..m.min(first_row + group),
                 (a, a_stride),
                 (dst, dst_stride),
@@ -370,7 +430,11 @@ const FETCH_MAX_ROWS: usize = 128;
 fn run_rows<'a, S: Simd, const MR: usize, const NV: usize, const MR1: usize>(
     simd: S,
     fetcher: Option<Fetcher>,
-    (b, computed): (&'a PackedMatrix, &std::ops::Range<usize>),
+    (b, computed, depth): (
+        &'a PackedMatrix,
+        &std::ops::Range<usize>,
+        &std::ops::Range<usize>,
+    ),
     rows: std::ops::Range<usize>,
     (a, a_stride): (&'a [f32], usize),
     (dst, dst_stride): (&mut [f32], usize),
@@ -382,14 +446,17 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize, const MR1: usize>(
     let avx512 = avx512::<S>();
     let slice = |p: usize, half: usize, k0: usize| {
         let start = ((2 * p + half) * k + k0) * HALF;
-        S::as_simd_f32s(&b.data[start..start + KC.min(k - k0) * HALF]).0
+        S::as_simd_f32s(&b.data[start..start + KC.min(depth.end - k0) * HALF]).0
     };
-    // Each slice of `k` over every panel, then the next slice.
-    let steps = k.div_ceil(KC) * computed.len();
-    let step = |i: usize| (i / computed.len() * KC, computed.start + i % computed.len());
+    // Each slice of `depth` over every panel, then the next slice.
+    let steps = depth.len().div_ceil(KC) * computed.len();
+    let step = |i: usize| {
+        let k0 = depth.start + i / computed.len() * KC;
+        (k0, computed.start + i % computed.len())
+    };
     for i in 0..steps {
         let (k0, p) = step(i);
-        let kc = KC.min(k - k0);
+        let kc = KC.min(depth.end - k0);
         let panel = [slice(p, 0, k0), slice(p, 1, k0)];
         // The next step's slice, asked for while this one computes.
         let fetch = fetcher.filter(|_| i + 1 < steps).map(|f| {
@@ -403,12 +470,12 @@ fn run_rows<'a, S: Simd, const MR: usize, const NV: usize, const MR1: usize>(
             panel,
             a,
             a_stride,
-            k0,
+            k0: k0 - depth.start,
             kc,
             cols,
             first_col: computed.start * PANEL,
-            accumulate: k0 > 0,
-            finish: (k0 + kc == k).then_some(finish),
+            accumulate: k0 > depth.start,
+            finish: (k0 + kc == depth.end).then_some(finish),
             residual_stride,
             fetch,
             avx512,
@@ -489,6 +556,7 @@ struct Block<'a, S: Simd> {
     panel: [&'a [S::f32s]; 2],
     a: &'a [f32],
     a_stride: usize,
+    /// `a`'s column of the slice's first step.
     k0: usize,
     kc: usize,
     cols: std::ops::Range<usize>,
@@ -749,6 +817,7 @@ mod tests {
             m,
             b,
             panels: 0..b.cols.div_ceil(PANEL),
+            depth: 0..b.rows,
             finish,
             residual_stride: dst_stride,
         }
@@ -860,6 +929,68 @@ mod tests {
                     } else {
                         assert_eq!(got, 1.5, "{set} {m}x{n}x{k}: wrote past its columns");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parts_by_columns_and_depth_add_up_to_the_product() {
+        // Depths over several slices (KC) split off the slice boundaries; a narrow last
+        // panel; rows with a tail block.
+        for (m, n, k, panel_cuts, depth_cuts) in [
+            (49, 200, 700, vec![0, 3, 7], vec![0, 300, 700]),
+            (196, 112, 672, vec![0, 2, 4], vec![0, 64, 336, 672]),
+            (13, 40, 9, vec![0, 1, 2], vec![0, 4, 9]),
+        ] {
+            let a_stride = k + 1;
+            let a: Vec<f32> = (0..m * a_stride)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let packed = PackedMatrix::pack(&b, k, n);
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 2.0).collect();
+            let want = naive(m, n, k, &a, a_stride, &b);
+            let mut sum = vec![0f32; m * n];
+            for panels in panel_cuts.windows(2) {
+                let cols = panels[0] * PANEL..(panels[1] * PANEL).min(n);
+                for depth in depth_cuts.windows(2) {
+                    // The first depth part also adds the bias (by `b`'s column).
+                    let finish = Finish {
+                        bias: (depth[0] == 0).then_some(bias.as_slice()),
+                        ..Finish::default()
+                    };
+                    let stride = cols.len() + 3;
+                    let mut part = vec![f32::NAN; m * stride];
+                    multiply_part(
+                        &mut part,
+                        stride,
+                        &a[depth[0]..],
+                        a_stride,
+                        m,
+                        &packed,
+                        (panels[0]..panels[1], depth[0]..depth[1]),
+                        finish,
+                    );
+                    for i in 0..m {
+                        for (j, col) in cols.clone().enumerate() {
+                            sum[i * n + col] += part[i * stride + j];
+                        }
+                        assert!(part[i * stride + cols.len()..][..3]
+                            .iter()
+                            .all(|v| v.is_nan()));
+                    }
+                }
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let (got, want) = (sum[i * n + j], want[i * n + j] + bias[j]);
+                    assert!(
+                        (got - want).abs() < 1e-3,
+                        "{m}x{n}x{k} ({i},{j}): {got} vs {want}"
+                    );
                 }
             }
         }

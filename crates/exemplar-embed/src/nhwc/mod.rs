@@ -12,6 +12,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod block_avx512;
+mod channel_split;
 mod conv;
 mod depthwise;
 mod expand_depthwise;
@@ -19,6 +20,7 @@ mod matmul;
 mod max_pool;
 mod winograd;
 
+pub use channel_split::{inverted_bottleneck_by_channels, ChannelShares};
 pub use conv::{conv2d, ConvSpec};
 pub use depthwise::depthwise_conv2d;
 pub use expand_depthwise::{
