@@ -6,7 +6,8 @@
 //! crate repacked the weights on every call: ~9 % of a ResNet-50 pass). The kernel keeps
 //! a block of `rows x PANEL` results (`rows x PANEL / 2` with AVX2) in registers over a
 //! slice of `k`, broadcasting one activation per row against the panel's vectors (the
-//! full blocks with AVX-512 in assembly: [`super::block_avx512`]).
+//! full blocks and half-panel blocks with AVX-512 in
+//! assembly: [`super::block_avx512`]).
 
 use crate::team;
 use pulp::{Simd, WithSimd};
@@ -618,6 +619,24 @@ impl<S: Simd> Block<'_, S> {
                 halves,
                 self.kc,
                 next,
+            );
+            assert_eq!(size_of_val(&acc), size_of::<[[S::f32s; NV]; R]>());
+            // SAFETY: the same size (16-lane vectors of f32 either way), both plain floats.
+            let acc: [[S::f32s; NV]; R] = unsafe { core::mem::transmute_copy(&acc) };
+            return self.finish_block::<R, NV, FIRST>(acc, row, dst, stride);
+        }
+        // Blocks over one half of a panel (a narrow last panel: `FIRST` is 0), likewise;
+        // without the fetching of the next slice (a hint that a few blocks can skip).
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(avx512), super::block_avx512::ROWS, 1, 0) = (self.avx512, R, NV, FIRST) {
+            let start = row * self.a_stride + self.k0;
+            let half = pulp::bytemuck::cast_slice::<_, f32>(self.panel[0]);
+            let acc = super::block_avx512::half_block(
+                avx512,
+                &self.a[start..],
+                self.a_stride,
+                half,
+                self.kc,
             );
             assert_eq!(size_of_val(&acc), size_of::<[[S::f32s; NV]; R]>());
             // SAFETY: the same size (16-lane vectors of f32 either way), both plain floats.
