@@ -170,6 +170,25 @@ impl Conv {
     fn pads(&self, h: usize, w: usize) -> Pads {
         self.padding.pads(h, w, self.kernel, self.stride)
     }
+
+    /// This layer as an inverted bottleneck's expansion (a 1x1 convolution).
+    fn expansion(&self) -> nhwc::Expansion<'_> {
+        nhwc::Expansion {
+            weight: &self.packed,
+            bias: &self.bias,
+            clamp: self.activation.bounds(),
+        }
+    }
+
+    /// This layer as an inverted bottleneck's projection (a 1x1 convolution).
+    fn projection(&self, residual: bool) -> nhwc::Projection<'_> {
+        nhwc::Projection {
+            weight: &self.packed,
+            bias: &self.bias,
+            clamp: self.activation.bounds(),
+            residual,
+        }
+    }
 }
 
 /// A depthwise convolution with batch-norm folded and activation fused.
@@ -218,6 +237,18 @@ impl Depthwise {
 
     fn pads(&self, h: usize, w: usize) -> Pads {
         self.padding.pads(h, w, self.kernel, self.stride)
+    }
+
+    /// This layer for the NHWC engine's fused kernels, with `pads` for the map's size.
+    fn spec(&self, pads: Pads) -> nhwc::DepthwiseSpec<'_> {
+        nhwc::DepthwiseSpec {
+            weight: &self.tap_major,
+            bias: &self.bias,
+            kernel: self.kernel,
+            stride: self.stride,
+            pads,
+            clamp: self.activation.bounds(),
+        }
     }
 }
 
@@ -329,20 +360,8 @@ impl FeatureMaps for nhwc::FeatureMap {
         if !pointwise || self.pixels() * hidden < EXPANDED_FLOATS_TO_FUSE {
             return self.conv(expand, None)?.depthwise(depthwise);
         }
-        let expansion = nhwc::Expansion {
-            weight: &expand.packed,
-            bias: &expand.bias,
-            clamp: expand.activation.bounds(),
-        };
-        let spec = nhwc::DepthwiseSpec {
-            weight: &depthwise.tap_major,
-            bias: &depthwise.bias,
-            kernel: depthwise.kernel,
-            stride: depthwise.stride,
-            pads: depthwise.pads(self.height, self.width),
-            clamp: depthwise.activation.bounds(),
-        };
-        Ok(nhwc::expand_depthwise(self, &expansion, &spec))
+        let spec = depthwise.spec(depthwise.pads(self.height, self.width));
+        Ok(nhwc::expand_depthwise(self, &expand.expansion(), &spec))
     }
 
     fn inverted_bottleneck(
@@ -377,25 +396,9 @@ impl FeatureMaps for nhwc::FeatureMap {
         if !pointwise(project) || !expand.is_none_or(pointwise) || small(self.batch * oh * ow) {
             return layer_by_layer(self, expand, depthwise, project, residual);
         }
-        let expansion = expand.map(|e| nhwc::Expansion {
-            weight: &e.packed,
-            bias: &e.bias,
-            clamp: e.activation.bounds(),
-        });
-        let spec = nhwc::DepthwiseSpec {
-            weight: &depthwise.tap_major,
-            bias: &depthwise.bias,
-            kernel: depthwise.kernel,
-            stride: depthwise.stride,
-            pads,
-            clamp: depthwise.activation.bounds(),
-        };
-        let projection = nhwc::Projection {
-            weight: &project.packed,
-            bias: &project.bias,
-            clamp: project.activation.bounds(),
-            residual,
-        };
+        let expansion = expand.map(Conv::expansion);
+        let spec = depthwise.spec(pads);
+        let projection = project.projection(residual);
         Ok(nhwc::inverted_bottleneck(
             self,
             expansion.as_ref(),
@@ -446,26 +449,9 @@ fn by_channels(
         }
         s => s,
     };
-    let expansion = nhwc::Expansion {
-        weight: &e.packed,
-        bias: &e.bias,
-        clamp: e.activation.bounds(),
-    };
-    let spec = nhwc::DepthwiseSpec {
-        weight: &d.tap_major,
-        bias: &d.bias,
-        kernel: d.kernel,
-        stride: d.stride,
-        pads: d.pads(x.height, x.width),
-        clamp: d.activation.bounds(),
-    };
-    let projection = nhwc::Projection {
-        weight: &p.packed,
-        bias: &p.bias,
-        clamp: p.activation.bounds(),
-        residual,
-    };
-    nhwc::inverted_bottleneck_by_channels(x, &expansion, &spec, &projection, shares)
+    let spec = d.spec(d.pads(x.height, x.width));
+    let projection = p.projection(residual);
+    nhwc::inverted_bottleneck_by_channels(x, &e.expansion(), &spec, &projection, shares)
 }
 
 impl FeatureMaps for Tensor {

@@ -139,15 +139,8 @@ pub fn multiply(
     if m == 0 || n == 0 {
         return;
     }
+    check_operands((dst, dst_stride, n), (a, a_stride, k), m);
     let span = |cols: usize, stride: usize| (m - 1) * stride + cols;
-    assert!(
-        dst_stride >= n && dst.len() >= span(n, dst_stride),
-        "dst too short"
-    );
-    assert!(
-        a_stride >= k && a.len() >= span(k, a_stride),
-        "lhs too short"
-    );
     assert!(finish.bias.is_none_or(|b| b.len() == n), "bias too short");
     assert!(
         finish
@@ -256,15 +249,7 @@ pub(crate) fn multiply_part(
     if m == 0 || n == 0 || depth.is_empty() {
         return;
     }
-    let span = |cols: usize, stride: usize| (m - 1) * stride + cols;
-    assert!(
-        dst_stride >= n && dst.len() >= span(n, dst_stride),
-        "dst too short"
-    );
-    assert!(
-        a_stride >= depth.len() && a.len() >= span(depth.len(), a_stride),
-        "lhs too short"
-    );
+    check_operands((dst, dst_stride, n), (a, a_stride, depth.len()), m);
     assert!(
         finish.bias.is_none_or(|bias| bias.len() == b.cols),
         "bias too short"
@@ -283,6 +268,24 @@ pub(crate) fn multiply_part(
         finish,
         residual_stride: dst_stride,
     })
+}
+
+/// Asserts that `dst` holds `m > 0` rows of `n` values and `a` `m` rows of `k` (with
+/// their strides).
+fn check_operands(
+    (dst, dst_stride, n): (&[f32], usize, usize),
+    (a, a_stride, k): (&[f32], usize, usize),
+    m: usize,
+) {
+    let span = |cols: usize, stride: usize| (m - 1) * stride + cols;
+    assert!(
+        dst_stride >= n && dst.len() >= span(n, dst_stride),
+        "dst too short"
+    );
+    assert!(
+        a_stride >= k && a.len() >= span(k, a_stride),
+        "lhs too short"
+    );
 }
 
 struct Multiply<'a> {
