@@ -615,6 +615,7 @@ impl<S: Simd> Block<'_, S> {
             } else {
                 None
             };
+            let narrow = self.cols.len() <= HALF + 8;
             let acc = super::block_avx512::block(
                 avx512,
                 &self.a[start..],
@@ -622,6 +623,7 @@ impl<S: Simd> Block<'_, S> {
                 halves,
                 self.kc,
                 next,
+                narrow,
             );
             assert_eq!(size_of_val(&acc), size_of::<[[S::f32s; NV]; R]>());
             // SAFETY: the same size (16-lane vectors of f32 either way), both plain floats.
@@ -634,12 +636,14 @@ impl<S: Simd> Block<'_, S> {
         if let (Some(avx512), super::block_avx512::ROWS, 1, 0) = (self.avx512, R, NV, FIRST) {
             let start = row * self.a_stride + self.k0;
             let half = pulp::bytemuck::cast_slice::<_, f32>(self.panel[0]);
+            let narrow = self.cols.len() <= 8;
             let acc = super::block_avx512::half_block(
                 avx512,
                 &self.a[start..],
                 self.a_stride,
                 half,
                 self.kc,
+                narrow,
             );
             assert_eq!(size_of_val(&acc), size_of::<[[S::f32s; NV]; R]>());
             // SAFETY: the same size (16-lane vectors of f32 either way), both plain floats.
@@ -880,6 +884,11 @@ mod tests {
             // passes.
             (37, 24, 300, 1),
             (61, 40, 33, 2),
+            // Panels of at most 8 columns past a vector (AVX-512: multiplied as 8-lane
+            // vectors): 20 and 24 columns, 8 and 40, depth below one unrolled step of 4.
+            (26, 20, 7, 1),
+            (24, 8, 30, 1),
+            (25, 40, 3, 1),
             // Few rows: the columns are split among the threads.
             (49, 200, 70, 2),
             (5, 100, 33, 3),
@@ -887,6 +896,7 @@ mod tests {
             // short last slice and a narrow last panel; and with no whole row block
             // (nothing fetches).
             (13, 80, 520, 1),
+            (13, 88, 520, 1),
             (5, 100, 400, 1),
         ] {
             let a_stride = k + 3;
