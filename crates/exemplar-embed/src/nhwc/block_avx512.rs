@@ -137,12 +137,13 @@ pub(super) fn block(
     }
 }
 
-/// The block's loop: four steps of `k` at a time, then one at a time; `$step` is the
-/// step, `$quad` and `$single` the further pointer advances after each, `$more` the
-/// further operands.
-macro_rules! block_loop {
-    ($a:ident, $a_stride:ident, $halves:ident, $kc:ident, $c:ident, $step:ident,
-     [$($quad:literal),*], [$($single:literal),*], $($more:tt)*) => {
+/// The loop over `k` of both kinds of block: four steps at a time, then one at a time;
+/// `$step` is the step, `$quad` and `$single` the further pointer advances after each
+/// (the activations' four row bases and `{b0}` advance here), `$operands` the block's
+/// own operands (`b0`, its accumulators, scratch registers).
+macro_rules! k_loop {
+    ($a:ident, $a_stride:ident, $kc:ident, $step:ident,
+     [$($quad:literal),*], [$($single:literal),*], $($operands:tt)*) => {
         asm!(
             "test {quads}, {quads}",
             "jz 3f",
@@ -156,7 +157,6 @@ macro_rules! block_loop {
             "add {a6}, 16",
             "add {a9}, 16",
             "add {b0}, 256",
-            "add {b1}, 256",
             $($quad,)*
             "dec {quads}",
             "jnz 2b",
@@ -170,7 +170,6 @@ macro_rules! block_loop {
             "add {a6}, 4",
             "add {a9}, 4",
             "add {b0}, 64",
-            "add {b1}, 64",
             $($single,)*
             "dec {rest}",
             "jnz 4b",
@@ -180,10 +179,25 @@ macro_rules! block_loop {
             a6 = inout(reg) $a.add(6 * $a_stride) => _,
             a9 = inout(reg) $a.add(9 * $a_stride) => _,
             s = in(reg) $a_stride * 4,
-            b0 = inout(reg) $halves[0] => _,
-            b1 = inout(reg) $halves[1] => _,
             quads = inout(reg) $kc / 4 => _,
             rest = inout(reg) $kc % 4 => _,
+            $($operands)*
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// The full block's loop: [`k_loop`] over both halves into 24 accumulators; `$more`
+/// adds advances and operands (the fetching of the next slice).
+macro_rules! block_loop {
+    ($a:ident, $a_stride:ident, $halves:ident, $kc:ident, $c:ident, $step:ident,
+     [$($quad:literal),*], [$($single:literal),*], $($more:tt)*) => {
+        k_loop!(
+            $a, $a_stride, $kc, $step,
+            ["add {b1}, 256" $(, $quad)*],
+            ["add {b1}, 64" $(, $single)*],
+            b0 = inout(reg) $halves[0] => _,
+            b1 = inout(reg) $halves[1] => _,
             inout("zmm0") $c[0], inout("zmm1") $c[1], inout("zmm2") $c[2],
             inout("zmm3") $c[3], inout("zmm4") $c[4], inout("zmm5") $c[5],
             inout("zmm6") $c[6], inout("zmm7") $c[7], inout("zmm8") $c[8],
@@ -194,7 +208,6 @@ macro_rules! block_loop {
             inout("zmm21") $c[21], inout("zmm22") $c[22], inout("zmm23") $c[23],
             out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
             $($more)*
-            options(nostack, readonly),
         )
     };
 }
@@ -339,48 +352,14 @@ macro_rules! half_block_fn {
             kc: usize,
         ) -> HalfAccumulators {
             let mut c = [core::arch::x86_64::_mm512_setzero_ps(); ROWS];
-            asm!(
-                "test {quads}, {quads}",
-                "jz 3f",
-                "2:",
-                $step!("0", "0"),
-                $step!("4", "64"),
-                $step!("8", "128"),
-                $step!("12", "192"),
-                "add {a0}, 16",
-                "add {a3}, 16",
-                "add {a6}, 16",
-                "add {a9}, 16",
-                "add {b0}, 256",
-                "dec {quads}",
-                "jnz 2b",
-                "3:",
-                "test {rest}, {rest}",
-                "jz 5f",
-                "4:",
-                $step!("0", "0"),
-                "add {a0}, 4",
-                "add {a3}, 4",
-                "add {a6}, 4",
-                "add {a9}, 4",
-                "add {b0}, 64",
-                "dec {rest}",
-                "jnz 4b",
-                "5:",
-                a0 = inout(reg) a => _,
-                a3 = inout(reg) a.add(3 * a_stride) => _,
-                a6 = inout(reg) a.add(6 * a_stride) => _,
-                a9 = inout(reg) a.add(9 * a_stride) => _,
-                s = in(reg) a_stride * 4,
+            k_loop!(
+                a, a_stride, kc, $step, [], [],
                 b0 = inout(reg) half => _,
-                quads = inout(reg) kc / 4 => _,
-                rest = inout(reg) kc % 4 => _,
                 inout("zmm0") c[0], inout("zmm1") c[1], inout("zmm2") c[2],
                 inout("zmm3") c[3], inout("zmm4") c[4], inout("zmm5") c[5],
                 inout("zmm6") c[6], inout("zmm7") c[7], inout("zmm8") c[8],
                 inout("zmm9") c[9], inout("zmm10") c[10], inout("zmm11") c[11],
                 out("zmm24") _,
-                options(nostack, readonly),
             );
             c
         }
