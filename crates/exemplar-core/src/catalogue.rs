@@ -27,6 +27,15 @@ pub struct ClassRecord {
 }
 
 /// An exemplar about to be stored: its photo's hash and both vectors.
+/// What identifies a stored exemplar's photo, and the format of its local features.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExemplarHash {
+    pub class: ClassId,
+    pub sha256: String,
+    /// The first 4 bytes of its local features (they name their format); `None` without.
+    pub local_format: Option<Vec<u8>>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewExemplar {
     pub sha256: String,
@@ -144,11 +153,9 @@ pub trait CatalogueStore: Send + Sync + 'static {
         ids: &[ExemplarId],
     ) -> impl Future<Output = StoreResult<Vec<ExemplarOwner>>> + Send;
 
-    /// Every live exemplar's class, photo hash and whether it has local features (what an
-    /// import skips as already done).
-    fn exemplar_hashes(
-        &self,
-    ) -> impl Future<Output = StoreResult<Vec<(ClassId, String, bool)>>> + Send;
+    /// Every live exemplar's class, photo hash and local features' format: what an import
+    /// skips as already done.
+    fn exemplar_hashes(&self) -> impl Future<Output = StoreResult<Vec<ExemplarHash>>> + Send;
 
     /// Local features of the given live exemplars that have them (others are skipped).
     fn local_features(

@@ -4,7 +4,9 @@
 //! server can answer 503 with `Retry-After`.
 
 use crate::error::{Error, Result};
-use crate::extractor::{CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, View};
+use crate::extractor::{
+    CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, LocalFor, View,
+};
 use futures_channel::oneshot;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ type Reply = oneshot::Sender<std::result::Result<Extracted, ExtractError>>;
 pub struct Want {
     pub crop: Option<CropBox>,
     pub view: View,
-    pub local: bool,
+    pub local: LocalFor,
 }
 
 struct Job {
@@ -155,7 +157,7 @@ mod tests {
                 .map(|i| match i.bytes.first() {
                     Some(b) => Ok(Extracted {
                         pooled: PooledFeature(vec![*b as f32]),
-                        local: i.local.then(|| vec![*b]),
+                        local: i.local.wanted().then(|| vec![*b]),
                     }),
                     None => Err(ExtractError::CorruptImage("empty".into())),
                 })

@@ -96,14 +96,31 @@ pub enum View {
     Centre(f32),
 }
 
+/// Whether an image's local features (for spatial verification) are wanted too, and
+/// for what: an exemplar's are stored (bounded), a query's are matched once (the photo
+/// may keep more of its pixels, for a cover small in it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LocalFor {
+    #[default]
+    Nothing,
+    Exemplar,
+    Query,
+}
+
+impl LocalFor {
+    pub fn wanted(self) -> bool {
+        self != LocalFor::Nothing
+    }
+}
+
 /// One image to embed: its encoded bytes, optionally the part of it to look at, and
-/// whether its local features (for spatial verification) are wanted too.
+/// whether its local features are wanted too.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageInput<'a> {
     pub bytes: &'a [u8],
     pub crop: Option<CropBox>,
     pub view: View,
-    pub local: bool,
+    pub local: LocalFor,
 }
 
 impl<'a> ImageInput<'a> {
@@ -112,7 +129,7 @@ impl<'a> ImageInput<'a> {
             bytes,
             crop: None,
             view: View::Whole,
-            local: false,
+            local: LocalFor::Nothing,
         }
     }
 }

@@ -23,7 +23,7 @@ pub mod verifier;
 pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};
 pub use error::{Error, Result};
 pub use extractor::{
-    CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo, View,
+    CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, LocalFor, ModelInfo, View,
 };
 pub use projection::{Projection, ProjectionKind};
 pub use refit::RefitPolicy;

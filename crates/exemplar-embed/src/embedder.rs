@@ -9,8 +9,8 @@ use crate::models::{Architecture, Backbone, Engine, InputBatch, TensorSource};
 use crate::pooling::Pooling;
 use crate::weights::{file_fingerprint, StateDict, WeightsSource};
 use exemplar_core::{
-    l2_normalize, ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo, PooledFeature,
-    Projection, View,
+    l2_normalize, ExtractError, Extracted, FeatureExtractor, ImageInput, LocalFor, ModelInfo,
+    PooledFeature, Projection, View,
 };
 use exemplar_verify::ExtractParams;
 use image::RgbImage;
@@ -126,13 +126,15 @@ impl CnnEmbedder {
     ) -> std::result::Result<(PreparedImage, Option<Vec<u8>>), ExtractError> {
         let (region, (x, y)) = region(rgb, input)?;
         let local = match (&self.config.local_features, input.local) {
-            (Some(params), true) => Some(
-                exemplar_verify::extract_rgb(&region, params)
-                    .offset(x, y)
-                    .to_bytes(),
-            ),
+            (Some(params), LocalFor::Exemplar) => {
+                Some(exemplar_verify::extract_rgb(&region, params))
+            }
+            (Some(params), LocalFor::Query) => {
+                Some(exemplar_verify::extract_rgb(&region, &params.for_query()))
+            }
             _ => None,
-        };
+        }
+        .map(|features| features.offset(x, y).to_bytes());
         Ok((self.config.geometry.prepare(&region), local))
     }
 

@@ -2,7 +2,7 @@
 //! ResNet/VGG code paths on generated weights in torchvision naming.
 
 use candle_core::Tensor;
-use exemplar_core::{cosine, ExtractError, FeatureExtractor, ImageInput, View};
+use exemplar_core::{cosine, ExtractError, FeatureExtractor, ImageInput, LocalFor, View};
 use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use exemplar_embed::models::SyntheticWeights;
 use exemplar_embed::{
@@ -57,7 +57,7 @@ fn views_of_one_photo_decoded_once_give_what_separate_photos_give() {
     let cat = photo(&SKIMAGE_CHELSEA);
     let copy = cat.clone();
     let whole = ImageInput {
-        local: true,
+        local: LocalFor::Query,
         ..ImageInput::whole(&cat)
     };
     let centre = ImageInput {

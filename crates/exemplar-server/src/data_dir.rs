@@ -94,6 +94,9 @@ pub async fn open_catalogue(
     };
     let model = embedder.info().id.clone();
     let verifies = embedder.makes_local_features();
+    if let Some(params) = &embedder.config().local_features {
+        warn_of_other_local_features(&store, params.kind).await?;
+    }
     // Model time is recorded for `/metrics` (a no-op outside `serve`).
     let timed = Arc::new(crate::http::metrics::TimedExtractor::new(embedder));
     let queue = EmbedQueue::start(timed, args.queue_capacity, 8);
@@ -123,6 +126,32 @@ pub async fn open_catalogue(
         "index caught up"
     );
     Ok(Arc::new(catalogue))
+}
+
+/// Exemplars whose stored local features are of another kind than this server makes
+/// (ORB ones from before SIFT, say) cannot be verified: say so, and how to fix it.
+async fn warn_of_other_local_features(
+    store: &SqliteStore,
+    kind: exemplar_verify::FeatureKind,
+) -> anyhow::Result<()> {
+    let other = store
+        .exemplar_hashes()
+        .await?
+        .iter()
+        .filter(|e| {
+            e.local_format
+                .as_deref()
+                .is_some_and(|f| exemplar_verify::stored_kind(f) != Some(kind))
+        })
+        .count();
+    if other > 0 {
+        tracing::warn!(
+            exemplars = other,
+            local_features = %kind,
+            "exemplars have local features of another kind and cannot be verified: import their photos again (`exemplar import`), or serve with the kind they were made with (--local-features)"
+        );
+    }
+    Ok(())
 }
 
 /// The catalogue's projection; on first start the data-free default (recorded then).

@@ -2,9 +2,9 @@
 //! commits, so an acknowledged write survives a crash or power loss).
 
 use exemplar_core::catalogue::{
-    vector_from_bytes, vector_to_bytes, CatalogueStore, Change, ClassId, ClassRecord, ExemplarId,
-    ExemplarOwner, ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError, StoreResult,
-    Stored,
+    vector_from_bytes, vector_to_bytes, CatalogueStore, Change, ClassId, ClassRecord, ExemplarHash,
+    ExemplarId, ExemplarOwner, ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError,
+    StoreResult, Stored,
 };
 use exemplar_core::Projection;
 use sqlx::sqlite::{
@@ -133,7 +133,10 @@ impl SqliteStore {
             if let Some(id) = existing {
                 if let Some(local) = &e.local_features {
                     sqlx::query(
-                        "UPDATE exemplars SET local_features = ? WHERE id = ? AND local_features IS NULL",
+                        // Added when missing, replaced when of another format (the first 4
+                        // bytes name it: ORB features from before SIFT, say).
+                        "UPDATE exemplars SET local_features = ?1 WHERE id = ?2 AND
+                         (local_features IS NULL OR substr(local_features, 1, 4) <> substr(?1, 1, 4))",
                     )
                     .bind(local)
                     .bind(id)
@@ -432,16 +435,20 @@ impl CatalogueStore for SqliteStore {
         Ok(out)
     }
 
-    async fn exemplar_hashes(&self) -> StoreResult<Vec<(ClassId, String, bool)>> {
+    async fn exemplar_hashes(&self) -> StoreResult<Vec<ExemplarHash>> {
         let rows = sqlx::query(
-            "SELECT class_id, sha256, local_features IS NOT NULL AS has_local FROM exemplars",
+            "SELECT class_id, sha256, substr(local_features, 1, 4) AS local_format FROM exemplars",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
         Ok(rows
             .iter()
-            .map(|r| (r.get("class_id"), r.get("sha256"), r.get("has_local")))
+            .map(|r| ExemplarHash {
+                class: r.get("class_id"),
+                sha256: r.get("sha256"),
+                local_format: r.get("local_format"),
+            })
             .collect())
     }
 

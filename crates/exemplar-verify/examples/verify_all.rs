@@ -41,19 +41,31 @@ fn main() {
         panic!("needs a query/reference ground truth");
     };
     // KEYPOINTS=N in the environment: how many keypoints per image (default 1000).
+    // KIND=orb|sift: which local features (default: the service's).
+    let kind = match std::env::var("KIND").as_deref() {
+        Ok("orb") => exemplar_verify::FeatureKind::Orb,
+        Ok("sift") => exemplar_verify::FeatureKind::Sift,
+        _ => exemplar_verify::FeatureKind::default(),
+    };
     let params = ExtractParams {
+        kind,
         max_keypoints: std::env::var("KEYPOINTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(ExtractParams::default().max_keypoints),
+        // MAX_SIDE=N: the references' long side before extraction.
+        max_side: std::env::var("MAX_SIDE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ExtractParams::default().max_side),
         ..ExtractParams::default()
     };
-    // QUERY_MAX_SIDE=N: the queries' long side before extraction (default 640, as references).
+    // QUERY_MAX_SIDE=N: the queries' long side before extraction (default: as a search's).
     let query_params = ExtractParams {
         max_side: std::env::var("QUERY_MAX_SIDE")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(params.max_side),
+            .unwrap_or(params.query_max_side),
         max_keypoints: std::env::var("QUERY_KEYPOINTS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -114,6 +126,9 @@ fn main() {
                     .or_default();
                 g.0 += ok as usize;
                 g.1 += 1;
+                if std::env::var_os("PER_QUERY").is_some() && ok {
+                    eprintln!("hit {}: {} inliers", case.query.display(), inliers[r]);
+                }
                 if !ok {
                     eprintln!(
                         "miss {}: best {} ({} inliers), right one {} inliers",

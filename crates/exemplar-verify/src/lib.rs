@@ -1,17 +1,22 @@
-//! Geometric verification of a retrieval shortlist: oriented FAST keypoints with rotated
-//! BRIEF descriptors (ORB-like) on an image pyramid, Hamming matching with a ratio test,
-//! and a RANSAC homography. A reference that shares many geometrically consistent
-//! matches with the query photo is the same planar thing (a cover) seen again.
+//! Geometric verification of a retrieval shortlist: local features (SIFT keypoints with
+//! RootSIFT descriptors by default, or ORB-like oriented FAST corners with rotated BRIEF
+//! bits), nearest-neighbour matching with a ratio test, and a RANSAC homography. A
+//! reference that shares many geometrically consistent matches with the query photo is
+//! the same planar thing (a cover) seen again.
 
 mod codec;
 mod features;
 mod framing;
 mod homography;
 mod matching;
+mod orb;
+pub mod sift;
 mod verifier;
 
-pub use codec::{encoded_len, CodecError};
-pub use features::{extract, extract_rgb, ExtractParams, Keypoint, LocalFeatures};
+pub use codec::{encoded_len, stored_kind, CodecError};
+pub use features::{
+    extract, extract_rgb, Descriptors, ExtractParams, FeatureKind, Keypoint, LocalFeatures,
+};
 pub use framing::{framing, Framing};
 pub use homography::{hull_area, ransac_homography, Found, Homography, RansacParams};
 pub use matching::{match_features, Match};

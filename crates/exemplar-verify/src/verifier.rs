@@ -1,4 +1,4 @@
-//! [`exemplar_core::verifier::Verifier`] over the stored form of ORB-like features.
+//! [`exemplar_core::verifier::Verifier`] over the stored form of local features.
 
 use crate::{verify, LocalFeatures, RansacParams};
 use exemplar_core::verifier::{Evidence, Verifier};

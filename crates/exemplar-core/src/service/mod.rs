@@ -18,7 +18,7 @@ use crate::catalogue::{
 };
 use crate::embed_queue::{EmbedQueue, Want};
 use crate::error::Error;
-use crate::extractor::{CropBox, ExtractError, Extracted, View};
+use crate::extractor::{CropBox, ExtractError, Extracted, LocalFor, View};
 use crate::projection::Projection;
 use crate::refit::RefitPolicy;
 use crate::verifier::{EarlyStop, Evidence, Verifier};
@@ -359,7 +359,11 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 let want = Want {
                     crop: u.crop,
                     view: View::Whole,
-                    local: self.verifying(),
+                    local: if self.verifying() {
+                        LocalFor::Exemplar
+                    } else {
+                        LocalFor::Nothing
+                    },
                 };
                 (u, want)
             })

@@ -9,7 +9,7 @@ use super::{Upload, Verdict};
 use crate::ann::VectorIndex;
 use crate::catalogue::{CatalogueStore, ClassId, ExemplarId, ExemplarOwner, Metadata};
 use crate::embed_queue::Want;
-use crate::extractor::View;
+use crate::extractor::{LocalFor, View};
 use crate::rerank::reorder;
 use crate::verifier::Evidence;
 use std::collections::{BTreeMap, HashMap};
@@ -49,7 +49,11 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             Want {
                 crop: upload.crop,
                 view: View::Whole,
-                local: self.verifying(),
+                local: if self.verifying() {
+                    LocalFor::Query
+                } else {
+                    LocalFor::Nothing
+                },
             },
         )];
         if let (true, Some(fraction)) = (self.verifying(), self.two_stage.centre_view) {
@@ -58,7 +62,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 Want {
                     crop: upload.crop,
                     view: View::Centre(fraction),
-                    local: false,
+                    local: LocalFor::Nothing,
                 },
             ));
         }

@@ -96,18 +96,27 @@ fn score_rules(
     };
     let embed_seconds = embed_started.elapsed().as_secs_f64();
     let view_features = query_views(embedder, &truth, &args.query_views)?;
-    let local_started = Instant::now();
-    let local = if args.global_only {
-        None
-    } else {
-        Some(local_features(&paths)?)
-    };
-    let local_seconds = local_started.elapsed().as_secs_f64();
-    let ransac = RansacParams::default();
     let (catalogue_len, query_offset) = match &truth {
         GroundTruth::Groups { images, .. } => (images.len(), 0),
         GroundTruth::QueryReference { catalogue, .. } => (catalogue.len(), catalogue.len()),
     };
+    let local_started = Instant::now();
+    // The service's local features (`--local-features`, `--local-keypoints`): the
+    // catalogue's as stored, the queries' as a search makes them (a Holidays image is
+    // both, as stored).
+    let local = match (&embedder.config().local_features, args.global_only) {
+        (Some(params), false) => {
+            let mut all = local_features(&paths[..catalogue_len], params)?;
+            all.extend(local_features(
+                &paths[catalogue_len..],
+                &params.for_query(),
+            )?);
+            Some(all)
+        }
+        _ => None,
+    };
+    let local_seconds = local_started.elapsed().as_secs_f64();
+    let ransac = RansacParams::default();
     // Verification of catalogue item `c` for query `q`, computed once and shared by
     // every rule and projection.
     let verified: Mutex<HashMap<(usize, usize), Evidence>> = Mutex::default();
@@ -339,8 +348,7 @@ fn query_views(
 }
 
 /// Keypoints and descriptors of every image (the second stage's input).
-fn local_features(paths: &[PathBuf]) -> anyhow::Result<Vec<LocalFeatures>> {
-    let params = ExtractParams::default();
+fn local_features(paths: &[PathBuf], params: &ExtractParams) -> anyhow::Result<Vec<LocalFeatures>> {
     let progress = std::sync::Mutex::new(Progress::new("local features", paths.len()));
     let out = paths
         .par_iter()
@@ -349,7 +357,7 @@ fn local_features(paths: &[PathBuf]) -> anyhow::Result<Vec<LocalFeatures>> {
             let rgb = exemplar_embed::image_input::decode_rgb(&bytes, u64::MAX)
                 .with_context(|| format!("decoding {}", p.display()))?;
             progress.lock().expect("progress").advance(1);
-            Ok(extract_rgb(&rgb, &params))
+            Ok(extract_rgb(&rgb, params))
         })
         .collect::<anyhow::Result<Vec<_>>>();
     if let Ok(p) = progress.into_inner() {

@@ -150,7 +150,11 @@ pub fn run(embedder: CnnEmbedder, args: &ImportArgs) -> anyhow::Result<()> {
         (None, Some(manifest)) => plan_manifest(manifest)?,
         _ => bail!("give either a folder or --manifest FILE.csv"),
     };
-    let wants_local = exemplar_core::FeatureExtractor::makes_local_features(&embedder);
+    let wants_local = embedder
+        .config()
+        .local_features
+        .as_ref()
+        .map(|params| params.kind);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -159,14 +163,21 @@ pub fn run(embedder: CnnEmbedder, args: &ImportArgs) -> anyhow::Result<()> {
         let _lock = DataDirLock::acquire(dir)?;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder)).await?;
         let existing = existing_classes(&catalogue).await?;
-        // An exemplar without local features is redone when they are made now.
+        // An exemplar without local features, or with features of another kind, is redone
+        // when they are made now.
         let done: HashSet<(ClassId, String)> = catalogue
             .store()
             .exemplar_hashes()
             .await?
             .into_iter()
-            .filter(|(_, _, has_local)| *has_local || !wants_local)
-            .map(|(class, sha, _)| (class, sha))
+            .filter(|e| match wants_local {
+                None => true,
+                Some(kind) => e
+                    .local_format
+                    .as_deref()
+                    .is_some_and(|f| exemplar_verify::stored_kind(f) == Some(kind)),
+            })
+            .map(|e| (e.class, e.sha256))
             .collect();
         let total: usize = plan.iter().map(|c| c.images.len()).sum();
         let tally = Arc::new(Mutex::new(Tally::default()));

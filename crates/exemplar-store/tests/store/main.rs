@@ -2,7 +2,9 @@
 
 mod service;
 
-use exemplar_core::catalogue::{CatalogueStore, Change, Metadata, NewExemplar, StoreError, Stored};
+use exemplar_core::catalogue::{
+    CatalogueStore, Change, ExemplarHash, Metadata, NewExemplar, StoreError, Stored,
+};
 use exemplar_store::SqliteStore;
 
 fn exemplar(sha: &str, x: f32) -> NewExemplar {
@@ -132,4 +134,48 @@ async fn classes_page_in_id_order() {
         labels,
         (0..5).map(|i| format!("item {i}")).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test]
+async fn local_features_are_added_when_missing_and_replaced_when_of_another_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    let with = |sha: &str, local: Option<&[u8]>| NewExemplar {
+        local_features: local.map(<[u8]>::to_vec),
+        ..exemplar(sha, 0.5)
+    };
+    let (class, stored) = store
+        .create_class("Cover", &Metadata::new(), &[with("a", None)])
+        .await
+        .unwrap();
+    let Stored::Added(id) = stored[0] else {
+        panic!("{stored:?}")
+    };
+    let format = |hashes: Vec<ExemplarHash>| hashes[0].local_format.clone();
+    assert_eq!(format(store.exemplar_hashes().await.unwrap()), None);
+    // The same photo again, now with (ORB) features: added.
+    store
+        .add_exemplars(class.id, &[with("a", Some(b"EXL1orb-bytes"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        format(store.exemplar_hashes().await.unwrap()),
+        Some(b"EXL1".to_vec())
+    );
+    // Features of the same format are kept (an acknowledged write is not rewritten)...
+    store
+        .add_exemplars(class.id, &[with("a", Some(b"EXL1other"))])
+        .await
+        .unwrap();
+    let local = store.local_features(&[id]).await.unwrap();
+    assert_eq!(local, vec![(id, b"EXL1orb-bytes".to_vec())]);
+    // ...features of another format replace them.
+    store
+        .add_exemplars(class.id, &[with("a", Some(b"EXS1sift-bytes"))])
+        .await
+        .unwrap();
+    let local = store.local_features(&[id]).await.unwrap();
+    assert_eq!(local, vec![(id, b"EXS1sift-bytes".to_vec())]);
 }

@@ -50,7 +50,7 @@ impl FeatureExtractor for TextFeatures {
                 Ok(Extracted {
                     pooled: PooledFeature(v),
                     // The "local features" are the item number.
-                    local: input.local.then(|| item.to_string().into_bytes()),
+                    local: input.local.wanted().then(|| item.to_string().into_bytes()),
                 })
             })
             .collect()
