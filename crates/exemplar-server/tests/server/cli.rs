@@ -424,6 +424,57 @@ fn import_is_resumable_reports_failures_and_feeds_search_and_classes() {
 }
 
 #[test]
+fn a_catalogue_with_orb_features_is_verified_again_once_imported_with_sift() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = tmp.path().join("refs");
+    let data = tmp.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let cat = photo(&SKIMAGE_CHELSEA);
+    save(&cat, &refs.join("cat.png"));
+    save(&photo(&SKIMAGE_COFFEE), &refs.join("coffee.png"));
+    let query = tmp.path().join("query.png");
+    save(&another_shot(&cat), &query);
+    let import = |kind: &str| {
+        let refs = refs.to_str().unwrap();
+        let args = [
+            "import",
+            refs,
+            "--data-dir",
+            data_arg,
+            "--local-features",
+            kind,
+        ];
+        last_json(&exemplar(&args))
+    };
+    let search = || {
+        let out = exemplar(&["search", query.to_str().unwrap(), "--data-dir", data_arg]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (
+            last_json(&out)["searches"][0]["result"]["verdict"].clone(),
+            stderr,
+        )
+    };
+
+    // A catalogue made before SIFT (ORB features): a SIFT search cannot verify it, says
+    // why, and names nothing rather than guessing.
+    assert_eq!(import("orb")["added"], 2);
+    let (verdict, stderr) = search();
+    assert_eq!(verdict["status"], "unknown", "{verdict}");
+    assert!(
+        stderr.contains("local features of another kind"),
+        "{stderr}"
+    );
+    // Importing the same photos again replaces their local features.
+    let again = import("sift");
+    assert_eq!(again["already_imported"], 0, "{again}");
+    let (verdict, stderr) = search();
+    assert_eq!(verdict["status"], "match", "{verdict}");
+    assert_eq!(verdict["label"], "cat", "{verdict}");
+    assert!(!stderr.contains("another kind"), "{stderr}");
+    assert_eq!(import("sift")["already_imported"], 2);
+}
+
+#[test]
 fn read_commands_on_a_missing_catalogue_say_so() {
     let tmp = tempfile::tempdir().unwrap();
     let out = exemplar(&["classes", "--data-dir", tmp.path().to_str().unwrap()]);
