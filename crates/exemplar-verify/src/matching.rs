@@ -55,36 +55,58 @@ fn match_with_popcnt(from: &[[u64; 4]], to: &[[u64; 4]], ratio: f32) -> Vec<Matc
     match_portable(from, to, ratio)
 }
 
+/// The nearest target (its index and distance) and the second-nearest distance.
+#[inline(always)]
+fn two_nearest(distances: impl Iterator<Item = u32>) -> (usize, u32, u32) {
+    let (mut best, mut second, mut best_j) = (u32::MAX, u32::MAX, 0);
+    for (j, dist) in distances.enumerate() {
+        if dist < best {
+            second = best;
+            best = dist;
+            best_j = j;
+        } else if dist < second {
+            second = dist;
+        }
+    }
+    (best_j, best, second)
+}
+
+/// Accepted matches, each target keeping only its nearest.
+struct OnePerTarget(Vec<Option<Match>>);
+
+impl OnePerTarget {
+    fn new(targets: usize) -> Self {
+        Self(vec![None; targets])
+    }
+
+    fn offer(&mut self, candidate: Match) {
+        match self.0[candidate.to] {
+            Some(m) if m.distance <= candidate.distance => {}
+            _ => self.0[candidate.to] = Some(candidate),
+        }
+    }
+
+    fn into_matches(self) -> Vec<Match> {
+        self.0.into_iter().flatten().collect()
+    }
+}
+
 /// Inlined into its callers, so each is compiled with the caller's CPU features.
 #[inline(always)]
 fn match_portable(from: &[[u64; 4]], to: &[[u64; 4]], ratio: f32) -> Vec<Match> {
-    let mut best_for_target: Vec<Option<Match>> = vec![None; to.len()];
+    let mut matches = OnePerTarget::new(to.len());
     for (i, d) in from.iter().enumerate() {
-        let (mut best, mut second, mut best_j) = (u32::MAX, u32::MAX, 0);
-        for (j, e) in to.iter().enumerate() {
-            let dist = hamming(d, e);
-            if dist < best {
-                second = best;
-                best = dist;
-                best_j = j;
-            } else if dist < second {
-                second = dist;
-            }
-        }
+        let (j, best, second) = two_nearest(to.iter().map(|e| hamming(d, e)));
         if best > MAX_DISTANCE || (best as f32) >= ratio * second as f32 {
             continue;
         }
-        let candidate = Match {
+        matches.offer(Match {
             from: i,
-            to: best_j,
+            to: j,
             distance: best,
-        };
-        match best_for_target[best_j] {
-            Some(m) if m.distance <= best => {}
-            _ => best_for_target[best_j] = Some(candidate),
-        }
+        });
     }
-    best_for_target.into_iter().flatten().collect()
+    matches.into_matches()
 }
 
 /// Squared Euclidean distance between two byte descriptors (the matcher's reference).
@@ -170,35 +192,22 @@ fn match_sift(
     let mut row = vec![0u32; to.len()];
     // The ratio test on distances, compared squared.
     let ratio_squared = ratio * ratio;
-    let mut best_for_target: Vec<Option<Match>> = vec![None; to.len()];
+    let mut matches = OnePerTarget::new(to.len());
     for (i, d) in from.iter().enumerate() {
         dots(d, to, &mut row);
         let norm = squared_norm(d);
-        let (mut best, mut second, mut best_j) = (u32::MAX, u32::MAX, 0);
-        for (j, (dot, n)) in row.iter().zip(&to_norms).enumerate() {
-            let dist = norm + n - 2 * dot;
-            if dist < best {
-                second = best;
-                best = dist;
-                best_j = j;
-            } else if dist < second {
-                second = dist;
-            }
-        }
+        let distances = row.iter().zip(&to_norms).map(|(dot, n)| norm + n - 2 * dot);
+        let (j, best, second) = two_nearest(distances);
         if second == u32::MAX || (best as f32) >= ratio_squared * second as f32 {
             continue;
         }
-        let candidate = Match {
+        matches.offer(Match {
             from: i,
-            to: best_j,
+            to: j,
             distance: best,
-        };
-        match best_for_target[best_j] {
-            Some(m) if m.distance <= best => {}
-            _ => best_for_target[best_j] = Some(candidate),
-        }
+        });
     }
-    best_for_target.into_iter().flatten().collect()
+    matches.into_matches()
 }
 
 #[cfg(test)]
