@@ -116,6 +116,17 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A write transaction holding SQLite's write lock from its start (`BEGIN IMMEDIATE`).
+    /// A deferred one that reads first cannot upgrade to writing once another connection
+    /// has committed, and fails at once with "database is locked" instead of waiting
+    /// (parallel import jobs adding photos to existing classes did).
+    async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+
     async fn insert_exemplars(
         tx: &mut Transaction<'_, Sqlite>,
         class: ClassId,
@@ -215,7 +226,7 @@ impl CatalogueStore for SqliteStore {
         if label.trim().is_empty() {
             return Err(StoreError::Invalid("label is empty".into()));
         }
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write().await?;
         let at = now_ms();
         let id = sqlx::query(
             "INSERT INTO classes (label, metadata, created_at, updated_at) VALUES (?, ?, ?, ?)",
@@ -242,7 +253,7 @@ impl CatalogueStore for SqliteStore {
         class: ClassId,
         exemplars: &[NewExemplar],
     ) -> StoreResult<Vec<Stored>> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM classes WHERE id = ?")
             .bind(class)
             .fetch_optional(&mut *tx)
@@ -332,7 +343,7 @@ impl CatalogueStore for SqliteStore {
     }
 
     async fn delete_class(&self, id: ClassId) -> StoreResult<Vec<ExemplarId>> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write().await?;
         let removed: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM exemplars WHERE class_id = ? ORDER BY id")
                 .bind(id)
@@ -369,7 +380,7 @@ impl CatalogueStore for SqliteStore {
     }
 
     async fn delete_exemplar(&self, id: ExemplarId) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write().await?;
         let deleted = sqlx::query("DELETE FROM exemplars WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -506,7 +517,7 @@ impl CatalogueStore for SqliteStore {
     }
 
     async fn set_projection(&self, projection: &Projection) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write().await?;
         Self::make_current(&mut tx, projection).await?;
         tx.commit().await.map_err(backend)
     }
@@ -516,7 +527,7 @@ impl CatalogueStore for SqliteStore {
         projection: &Projection,
         descriptors: &[(ExemplarId, Vec<f32>)],
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write().await?;
         Self::make_current(&mut tx, projection).await?;
         for (id, descriptor) in descriptors {
             sqlx::query("UPDATE exemplars SET descriptor = ?, projection = ? WHERE id = ?")

@@ -179,3 +179,42 @@ async fn local_features_are_added_when_missing_and_replaced_when_of_another_form
     let local = store.local_features(&[id]).await.unwrap();
     assert_eq!(local, vec![(id, b"EXS1sift-bytes".to_vec())]);
 }
+
+/// Several writers at once (an import's parallel jobs, concurrent uploads) each wait for
+/// the write lock: none fails with "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_to_existing_classes_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        SqliteStore::open(&dir.path().join("c.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let mut classes = Vec::new();
+    for c in 0..4 {
+        let (class, _) = store
+            .create_class(
+                &format!("class {c}"),
+                &Metadata::new(),
+                &[exemplar(&format!("{c}"), 0.5)],
+            )
+            .await
+            .unwrap();
+        classes.push(class.id);
+    }
+    let mut writers = tokio::task::JoinSet::new();
+    for (c, class) in classes.into_iter().enumerate() {
+        let store = store.clone();
+        writers.spawn(async move {
+            for i in 0..25 {
+                let sha = format!("{c}-{i}");
+                store.add_exemplars(class, &[exemplar(&sha, 0.5)]).await?;
+            }
+            Ok::<_, StoreError>(())
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(store.exemplar_hashes().await.unwrap().len(), 4 + 4 * 25);
+}
