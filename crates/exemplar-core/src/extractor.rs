@@ -16,6 +16,17 @@ pub enum ExtractError {
         pixels: u64,
         limit: u64,
     },
+    /// The photo is far longer than wide, or wider than long (see [`MAX_ASPECT_RATIO`]).
+    #[error("the image is {width}x{height}: an aspect ratio beyond {limit}:1 is not a photo")]
+    ExtremeAspect { width: u32, height: u32, limit: u32 },
+    /// Decoding and preparing the photo would need more memory than the decode budget.
+    #[error("image too large to decode: {width}x{height} needs {needed_mib} MiB in its pixel format, the limit is {limit_mib} MiB")]
+    DecodeMemory {
+        width: u32,
+        height: u32,
+        needed_mib: u64,
+        limit_mib: u64,
+    },
     /// The crop box lies (partly) outside the photo.
     #[error("crop box {crop} is not inside the {width}x{height} photo")]
     CropOutside {
@@ -25,6 +36,17 @@ pub enum ExtractError {
     },
     #[error("inference failed: {0}")]
     Inference(String),
+}
+
+/// Photos and crops longer than this many times their width (or wider than their
+/// height) are refused: no cover or product photo is, and such shapes only serve to make
+/// a tiny file cost huge intermediate images.
+pub const MAX_ASPECT_RATIO: u32 = 20;
+
+/// True when `width x height` is within [`MAX_ASPECT_RATIO`].
+pub fn aspect_within_limit(width: u32, height: u32) -> bool {
+    let (long, short) = (width.max(height) as u64, width.min(height) as u64);
+    long <= short * MAX_ASPECT_RATIO as u64
 }
 
 /// A rectangle of a photo, in pixels of the upright photo (after its EXIF orientation).
@@ -53,6 +75,11 @@ impl std::str::FromStr for CropBox {
             .collect::<Result<_, _>>()
             .map_err(|_| format!("crop must be x,y,width,height in whole pixels, got `{text}`"))?;
         match numbers[..] {
+            [_, _, width, height] if width > 0 && height > 0 && !aspect_within_limit(width, height) => {
+                Err(format!(
+                    "crop {width}x{height} has an aspect ratio beyond {MAX_ASPECT_RATIO}:1, got `{text}`"
+                ))
+            }
             [x, y, width, height] if width > 0 && height > 0 => Ok(Self {
                 x,
                 y,
@@ -200,7 +227,16 @@ mod tests {
                 height: 40
             }
         );
-        for bad in ["1,2,3", "1,2,3,4,5", "0,0,0,5", "-1,0,5,5", "a,b,c,d", ""] {
+        for bad in [
+            "1,2,3",
+            "1,2,3,4,5",
+            "0,0,0,5",
+            "-1,0,5,5",
+            "a,b,c,d",
+            "",
+            "0,0,7000,1",
+            "0,0,10,201",
+        ] {
             assert!(bad.parse::<CropBox>().is_err(), "{bad}");
         }
         assert!(crop.check(40, 60).is_ok());

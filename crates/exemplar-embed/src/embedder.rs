@@ -3,19 +3,18 @@
 use crate::error::{EmbedError, Result};
 use crate::fetch;
 use crate::geometry::{Geometry, PreparedImage};
-use crate::image_input::{decode_rgb, DEFAULT_MAX_PIXELS};
+use crate::image_input::{probe, DecodeBudget, DEFAULT_DECODE_MEMORY_MIB, DEFAULT_MAX_PIXELS};
 use crate::imagenet;
 use crate::models::{Architecture, Backbone, Engine, InputBatch, TensorSource};
 use crate::pooling::Pooling;
 use crate::weights::{file_fingerprint, StateDict, WeightsSource};
 use exemplar_core::{
-    l2_normalize, ExtractError, Extracted, FeatureExtractor, ImageInput, LocalFor, ModelInfo,
-    PooledFeature, Projection, View,
+    l2_normalize, CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, LocalFor,
+    ModelInfo, PooledFeature, Projection, View,
 };
 use exemplar_verify::ExtractParams;
 use image::RgbImage;
 use rayon::prelude::*;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Everything that decides which feature space an embedder produces.
@@ -27,6 +26,8 @@ pub struct EmbedderConfig {
     pub geometry: Geometry,
     pub pooling: Pooling,
     pub max_pixels: u64,
+    /// Memory that photos being decoded at once may take together (see [`DecodeBudget`]).
+    pub decode_memory_bytes: u64,
     /// Images per forward pass.
     pub max_batch: usize,
     /// Local features for spatial verification, made when an input asks for them;
@@ -45,6 +46,7 @@ impl Default for EmbedderConfig {
             geometry: Geometry::default(),
             pooling: Pooling::default(),
             max_pixels: DEFAULT_MAX_PIXELS,
+            decode_memory_bytes: DEFAULT_DECODE_MEMORY_MIB << 20,
             max_batch: 8,
             local_features: Some(ExtractParams::default()),
             engine: Engine::default(),
@@ -52,10 +54,14 @@ impl Default for EmbedderConfig {
     }
 }
 
+/// One input ready for the network, with its serialized local features when wanted.
+type Prepared = (PreparedImage, Option<Vec<u8>>);
+
 pub struct CnnEmbedder {
     backbone: Box<dyn Backbone>,
     config: EmbedderConfig,
     info: ModelInfo,
+    decoding: DecodeBudget,
 }
 
 impl CnnEmbedder {
@@ -93,6 +99,7 @@ impl CnnEmbedder {
         };
         Ok(Self {
             backbone,
+            decoding: DecodeBudget::new(config.decode_memory_bytes),
             config,
             info,
         })
@@ -112,9 +119,40 @@ impl CnnEmbedder {
         input: ImageInput<'_>,
         geometry: Geometry,
     ) -> std::result::Result<PreparedImage, ExtractError> {
-        let rgb = decode_rgb(input.bytes, self.config.max_pixels)?;
-        let (region, _) = region(&rgb, input)?;
-        Ok(geometry.prepare(&region))
+        let probed = probe(input.bytes, self.config.max_pixels)?;
+        let _memory = self.decoding.reserve(&probed, None)?;
+        let rgb = probed.decode()?;
+        Ok(geometry.prepare_part(&rgb, region(&rgb, input)?))
+    }
+
+    /// The longest side local features of `input` are extracted at, if it wants any.
+    fn local_side(&self, input: &ImageInput<'_>) -> Option<u32> {
+        let params = self.config.local_features.as_ref()?;
+        match input.local {
+            LocalFor::Nothing => None,
+            LocalFor::Exemplar => Some(params.max_side),
+            LocalFor::Query => Some(params.query_max_side),
+        }
+    }
+
+    /// Decodes one photo within the decode budget and prepares each of its `inputs`; the
+    /// full-size photo is dropped before this returns.
+    fn prepare_photo(
+        &self,
+        inputs: &[ImageInput<'_>],
+    ) -> Vec<std::result::Result<Prepared, ExtractError>> {
+        let decoded = probe(inputs[0].bytes, self.config.max_pixels).and_then(|probed| {
+            let local_side = inputs.iter().filter_map(|i| self.local_side(i)).max();
+            let memory = self.decoding.reserve(&probed, local_side)?;
+            Ok((probed.decode()?, memory))
+        });
+        match decoded {
+            Ok((rgb, _memory)) => inputs
+                .iter()
+                .map(|input| self.prepare_input(&rgb, *input))
+                .collect(),
+            Err(e) => vec![Err(e); inputs.len()],
+        }
     }
 
     /// The prepared CNN input of one input of the decoded photo `rgb` and, when asked for
@@ -123,19 +161,20 @@ impl CnnEmbedder {
         &self,
         rgb: &RgbImage,
         input: ImageInput<'_>,
-    ) -> std::result::Result<(PreparedImage, Option<Vec<u8>>), ExtractError> {
-        let (region, (x, y)) = region(rgb, input)?;
+    ) -> std::result::Result<Prepared, ExtractError> {
+        let part = region(rgb, input)?;
+        let view = image::imageops::crop_imm(rgb, part.x, part.y, part.width, part.height);
         let local = match (&self.config.local_features, input.local) {
             (Some(params), LocalFor::Exemplar) => {
-                Some(exemplar_verify::extract_rgb(&region, params))
+                Some(exemplar_verify::extract_rgb(&*view, params))
             }
             (Some(params), LocalFor::Query) => {
-                Some(exemplar_verify::extract_rgb(&region, &params.for_query()))
+                Some(exemplar_verify::extract_rgb(&*view, &params.for_query()))
             }
             _ => None,
         }
-        .map(|features| features.offset(x, y).to_bytes());
-        Ok((self.config.geometry.prepare(&region), local))
+        .map(|features| features.offset(part.x, part.y).to_bytes());
+        Ok((self.config.geometry.prepare_part(rgb, part), local))
     }
 
     /// Prepared images of one size as the network's input.
@@ -223,29 +262,34 @@ impl FeatureExtractor for CnnEmbedder {
         images: &[ImageInput<'_>],
     ) -> Vec<std::result::Result<Extracted, ExtractError>> {
         // Views of one photo arrive as inputs over the same bytes (one allocation): each
-        // photo is decoded once. Decoding and local features are spread over the cores.
-        let mut photos: Vec<&[u8]> = Vec::new();
-        let photo_of: Vec<usize> = images
-            .iter()
-            .map(|input| {
-                let same = |p: &&[u8]| std::ptr::eq(*p, input.bytes);
-                photos.iter().position(same).unwrap_or_else(|| {
-                    photos.push(input.bytes);
-                    photos.len() - 1
-                })
+        // photo is decoded once, and its views prepared before the next is decoded.
+        // Photos are spread over the cores, within the decode budget.
+        let mut photos: Vec<(&[u8], Vec<usize>)> = Vec::new();
+        for (i, input) in images.iter().enumerate() {
+            match photos
+                .iter_mut()
+                .find(|(bytes, _)| std::ptr::eq(*bytes, input.bytes))
+            {
+                Some((_, inputs)) => inputs.push(i),
+                None => photos.push((input.bytes, vec![i])),
+            }
+        }
+        let per_photo: Vec<_> = photos
+            .par_iter()
+            .map(|(_, indices)| {
+                let inputs: Vec<ImageInput<'_>> = indices.iter().map(|&i| images[i]).collect();
+                self.prepare_photo(&inputs)
             })
             .collect();
-        let decoded: Vec<_> = photos
-            .par_iter()
-            .map(|bytes| decode_rgb(bytes, self.config.max_pixels))
-            .collect();
-        let mut prepared: Vec<_> = images
-            .par_iter()
-            .zip(&photo_of)
-            .map(|(input, &photo)| match &decoded[photo] {
-                Ok(rgb) => self.prepare_input(rgb, *input),
-                Err(e) => Err(e.clone()),
-            })
+        let mut prepared: Vec<Option<_>> = vec![None; images.len()];
+        for ((_, indices), results) in photos.iter().zip(per_photo) {
+            for (&i, result) in indices.iter().zip(results) {
+                prepared[i] = Some(result);
+            }
+        }
+        let mut prepared: Vec<_> = prepared
+            .into_iter()
+            .map(|p| p.expect("every input prepared"))
             .collect();
         let good: Vec<PreparedImage> = prepared
             .iter()
@@ -289,26 +333,30 @@ pub fn default_projection(embedder: &CnnEmbedder, dim: usize) -> Result<Projecti
     }
 }
 
-/// The part of the photo an input looks at (its crop, then its view) and where that
-/// part's top-left corner lies in the upright photo.
-fn region<'a>(
-    rgb: &'a RgbImage,
-    input: ImageInput<'_>,
-) -> std::result::Result<(Cow<'a, RgbImage>, (u32, u32)), ExtractError> {
-    let (part, origin) = match input.crop {
-        None => (Cow::Borrowed(rgb), (0, 0)),
+/// The part of the photo an input looks at (its crop, then its view), in pixels of the
+/// upright photo.
+fn region(rgb: &RgbImage, input: ImageInput<'_>) -> std::result::Result<CropBox, ExtractError> {
+    let part = match input.crop {
+        None => CropBox {
+            x: 0,
+            y: 0,
+            width: rgb.width(),
+            height: rgb.height(),
+        },
         Some(crop) => {
             crop.check(rgb.width(), rgb.height())?;
-            let part =
-                image::imageops::crop_imm(rgb, crop.x, crop.y, crop.width, crop.height).to_image();
-            (Cow::Owned(part), (crop.x, crop.y))
+            crop
         }
     };
     Ok(match input.view {
-        View::Whole => (part, origin),
+        View::Whole => part,
         View::Centre(fraction) => {
-            let (centre, (x, y)) = crate::views::centre(&part, fraction);
-            (Cow::Owned(centre), (origin.0 + x, origin.1 + y))
+            let centre = crate::views::centre_box(part.width, part.height, fraction);
+            CropBox {
+                x: part.x + centre.x,
+                y: part.y + centre.y,
+                ..centre
+            }
         }
     })
 }

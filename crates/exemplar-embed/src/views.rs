@@ -1,6 +1,7 @@
 //! Other views of a photo for searching: turned, zoomed out (padded to a square, so a
 //! centre crop keeps all of it) or zoomed in (its central part).
 
+use exemplar_core::CropBox;
 use image::{imageops, DynamicImage, Rgb, RgbImage};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +31,24 @@ pub fn view(rgb: &RgbImage, name: &str) -> Result<RgbImage, UnknownView> {
 
 /// The central `fraction` of each side and its top-left corner in `rgb`.
 pub fn centre(rgb: &RgbImage, fraction: f32) -> (RgbImage, (u32, u32)) {
+    let part = centre_box(rgb.width(), rgb.height(), fraction);
+    (
+        imageops::crop_imm(rgb, part.x, part.y, part.width, part.height).to_image(),
+        (part.x, part.y),
+    )
+}
+
+/// The central `fraction` of each side of a `width x height` image.
+pub fn centre_box(width: u32, height: u32, fraction: f32) -> CropBox {
     let fraction = fraction.clamp(0.05, 1.0);
     let side = |n: u32| ((n as f32 * fraction) as u32).clamp(1, n.max(1));
-    let (w, h) = (side(rgb.width()), side(rgb.height()));
-    let (x, y) = ((rgb.width() - w) / 2, (rgb.height() - h) / 2);
-    (imageops::crop_imm(rgb, x, y, w, h).to_image(), (x, y))
+    let (w, h) = (side(width), side(height));
+    CropBox {
+        x: (width - w) / 2,
+        y: (height - h) / 2,
+        width: w,
+        height: h,
+    }
 }
 
 /// Lossless bytes of a view, for APIs that take encoded images.

@@ -55,6 +55,10 @@ pub struct ModelArgs {
     /// Largest accepted image, in pixels (checked before decoding).
     #[arg(long, env = "EXEMPLAR_MAX_PIXELS", default_value_t = exemplar_embed::image_input::DEFAULT_MAX_PIXELS, global = true)]
     pub max_pixels: u64,
+    /// Memory, in MiB, that photos being decoded at once may take together (a photo's
+    /// decoded pixels, its RGB and luma copies); a photo that alone needs more is refused.
+    #[arg(long, env = "EXEMPLAR_DECODE_MEMORY_MIB", default_value_t = exemplar_embed::image_input::DEFAULT_DECODE_MEMORY_MIB, global = true)]
+    pub decode_memory_mib: u64,
     /// Images per forward pass.
     #[arg(long, env = "EXEMPLAR_MAX_BATCH", default_value_t = 8, global = true)]
     pub max_batch: usize,
@@ -92,6 +96,7 @@ impl ModelArgs {
             geometry: self.geometry,
             pooling: self.pooling,
             max_pixels: self.max_pixels,
+            decode_memory_bytes: self.decode_memory_mib << 20,
             max_batch: self.max_batch,
             local_features: (self.local_keypoints > 0).then(|| exemplar_verify::ExtractParams {
                 kind: self.local_features,
@@ -120,6 +125,16 @@ pub struct ServeArgs {
     /// Largest request body.
     #[arg(long, env = "EXEMPLAR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers, counted from when the
+    /// connection is ready for it: an idle kept-alive connection is closed after this too.
+    #[arg(long, env = "EXEMPLAR_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in (408 after).
+    #[arg(long, env = "EXEMPLAR_BODY_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_timeout_secs: u64,
+    /// Open connections at most; further clients wait to be accepted.
+    #[arg(long, env = "EXEMPLAR_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
     /// How often to check for a due refit or compaction and dump a changed index.
     #[arg(long, env = "EXEMPLAR_MAINTENANCE_INTERVAL_SECS", default_value_t = 30)]
     pub maintenance_interval_secs: u64,

@@ -25,7 +25,13 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
             args.api_key.as_deref(),
             args.protect_reads,
         );
-        let app = http::router(state, args.max_body_bytes);
+        let app = http::router(
+            state,
+            http::BodyLimits {
+                max_bytes: args.max_body_bytes,
+                timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+            },
+        );
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("binding {}", args.bind))?;
@@ -43,9 +49,11 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
             args.catalogue.data_dir.clone(),
             Duration::from_secs(args.maintenance_interval_secs.max(1)),
         ));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let limits = http::listen::ConnectionLimits {
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            max_connections: args.max_connections,
+        };
+        http::listen::serve(listener, app, limits, shutdown_signal()).await;
         maintenance.abort();
         let _ = maintenance.await;
         save_index(&catalogue, &args.catalogue.data_dir).await?;

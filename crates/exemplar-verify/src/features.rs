@@ -139,8 +139,11 @@ impl ExtractParams {
     }
 }
 
-/// Keypoints and descriptors of a colour photo (its luma).
-pub fn extract_rgb(rgb: &image::RgbImage, params: &ExtractParams) -> LocalFeatures {
+/// Keypoints and descriptors of a colour photo or part of one (its luma).
+pub fn extract_rgb<I>(rgb: &I, params: &ExtractParams) -> LocalFeatures
+where
+    I: image::GenericImageView<Pixel = image::Rgb<u8>>,
+{
     extract(&imageops::grayscale(rgb), params)
 }
 
@@ -200,6 +203,33 @@ fn extract_sift((w0, h0): (u32, u32), base: &GrayImage, params: &ExtractParams) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Photos of every degenerate shape give features (or none) without panicking, in
+    /// memory bounded by the scaled size.
+    #[test]
+    fn degenerate_shapes_are_handled() {
+        for kind in [FeatureKind::Sift, FeatureKind::Orb] {
+            let params = ExtractParams {
+                kind,
+                ..ExtractParams::default()
+            }
+            .for_query();
+            for (w, h) in [
+                (1, 1),
+                (1, 200_000),
+                (200_000, 1),
+                (3, 5000),
+                (2, 2),
+                (40, 1),
+            ] {
+                let photo =
+                    GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 31 + y * 17) % 251) as u8]));
+                let f = extract(&photo, &params);
+                assert_eq!((f.width, f.height), (w, h));
+                assert_eq!(f.keypoints.len(), f.descriptors.len());
+            }
+        }
+    }
 
     /// A search's photo keeps more pixels than a stored exemplar; keypoints stay in the
     /// pixels of the photo as given either way.

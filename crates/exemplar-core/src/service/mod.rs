@@ -56,6 +56,12 @@ pub struct Limits {
     pub max_label_chars: usize,
     pub max_images_per_request: usize,
     pub max_metadata_entries: usize,
+    pub max_metadata_key_chars: usize,
+    pub max_metadata_value_chars: usize,
+    /// Keys and values together, in UTF-8 bytes: metadata travels in every search answer.
+    pub max_metadata_bytes: usize,
+    /// An upload's file name is kept (as a display name) up to this many characters.
+    pub max_name_chars: usize,
     pub max_k: usize,
 }
 
@@ -65,9 +71,27 @@ impl Default for Limits {
             max_label_chars: 200,
             max_images_per_request: 32,
             max_metadata_entries: 32,
+            max_metadata_key_chars: 64,
+            max_metadata_value_chars: 1000,
+            max_metadata_bytes: 8 * 1024,
+            max_name_chars: 255,
             max_k: 100,
         }
     }
+}
+
+/// An upload's file name as it is stored and shown: its last path component, without
+/// control or bidirectional-override characters (which could disguise it), trimmed and
+/// cut to `max_chars`; `None` when nothing is left.
+pub fn display_name(name: &str, max_chars: usize) -> Option<String> {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let is_hidden_control = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    let clean: String = last.chars().filter(|c| !is_hidden_control(*c)).collect();
+    let clean: String = clean.trim().chars().take(max_chars).collect();
+    (!clean.is_empty()).then_some(clean)
 }
 
 /// The two-stage search: how many global neighbours are verified, and whether the
@@ -311,6 +335,12 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         if label.trim().is_empty() {
             return Err(bad("empty_label", "label must not be empty"));
         }
+        if label.chars().any(char::is_control) {
+            return Err(bad(
+                "bad_label",
+                "label must not contain control characters (line breaks, tabs, ...)",
+            ));
+        }
         let chars = label.chars().count();
         if chars > self.limits.max_label_chars {
             return Err(bad(
@@ -332,6 +362,43 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                     "{} metadata entries, the limit is {}",
                     metadata.len(),
                     self.limits.max_metadata_entries
+                ),
+            ));
+        }
+        let limits = &self.limits;
+        let mut bytes = 0;
+        for (key, value) in metadata {
+            if key.trim().is_empty() {
+                return Err(bad("bad_metadata", "metadata keys must not be empty"));
+            }
+            let key_chars = key.chars().count();
+            if key_chars > limits.max_metadata_key_chars {
+                return Err(bad(
+                    "metadata_too_large",
+                    format!(
+                        "a metadata key has {key_chars} characters, the limit is {}",
+                        limits.max_metadata_key_chars
+                    ),
+                ));
+            }
+            let value_chars = value.chars().count();
+            if value_chars > limits.max_metadata_value_chars {
+                return Err(bad(
+                    "metadata_too_large",
+                    format!(
+                        "the metadata value of `{key}` has {value_chars} characters, the limit is {}",
+                        limits.max_metadata_value_chars
+                    ),
+                ));
+            }
+            bytes += key.len() + value.len();
+        }
+        if bytes > limits.max_metadata_bytes {
+            return Err(bad(
+                "metadata_too_large",
+                format!(
+                    "metadata takes {bytes} bytes, the limit is {}",
+                    limits.max_metadata_bytes
                 ),
             ));
         }
@@ -378,7 +445,10 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect(),
-                name: upload.name.clone(),
+                name: upload
+                    .name
+                    .as_deref()
+                    .and_then(|n| display_name(n, self.limits.max_name_chars)),
             })
             .collect())
     }
@@ -409,13 +479,15 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 Error::Extract(x @ ExtractError::CropOutside { .. }) => {
                     bad("bad_crop", x.to_string())
                 }
+                Error::Extract(
+                    x @ (ExtractError::ImageTooLarge { .. } | ExtractError::DecodeMemory { .. }),
+                ) => bad(
+                    "image_too_large",
+                    format!("image {} ({}): {x}", i + 1, shown_name(upload)),
+                ),
                 Error::Extract(x) if x.is_bad_input() => bad(
                     "bad_image",
-                    format!(
-                        "image {} ({}): {x}",
-                        i + 1,
-                        upload.name.as_deref().unwrap_or("unnamed")
-                    ),
+                    format!("image {} ({}): {x}", i + 1, shown_name(upload)),
                 ),
                 other => queue_error(other),
             })?;
@@ -591,9 +663,44 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     }
 }
 
+/// How an upload is named in an error message.
+fn shown_name(upload: &Upload) -> String {
+    upload
+        .name
+        .as_deref()
+        .and_then(|n| display_name(n, 255))
+        .unwrap_or_else(|| "unnamed".into())
+}
+
 fn queue_error(e: Error) -> ServiceError {
     match e {
         Error::QueueFull { .. } => ServiceError::Busy(e.to_string()),
         other => ServiceError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_name;
+
+    #[test]
+    fn display_names_keep_the_file_name_only_and_nothing_hidden() {
+        assert_eq!(display_name("cover.jpg", 255).as_deref(), Some("cover.jpg"));
+        assert_eq!(
+            display_name("../../etc/passwd", 255).as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            display_name("C:\\photos\\a.png", 255).as_deref(),
+            Some("a.png")
+        );
+        // Right-to-left override: "gpj.exe" would show as "exe.jpg".
+        assert_eq!(
+            display_name("photo\u{202e}gpj.exe", 255).as_deref(),
+            Some("photogpj.exe")
+        );
+        assert_eq!(display_name("a\nb\tc", 255).as_deref(), Some("abc"));
+        assert_eq!(display_name("dir/", 255), None);
+        assert_eq!(display_name(&"x".repeat(100_000), 255).unwrap().len(), 255);
     }
 }

@@ -1,12 +1,15 @@
 //! The HTTP API (axum).
 
+mod body;
 mod docs;
 pub mod dto;
 mod error;
 mod forms;
+pub mod listen;
 pub mod metrics;
 mod routes;
 
+pub use body::BodyLimits;
 pub use error::ApiError;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -44,7 +47,7 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, body: BodyLimits) -> Router {
     Router::new()
         .route(
             "/classes",
@@ -64,14 +67,27 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", docs::ApiDoc::openapi()))
+        .fallback(not_found)
+        // Innermost first: the body is read only once the key was checked.
+        .layer(middleware::from_fn_with_state(body, body::read_whole_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_key_for_writes,
         ))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        // Outermost: the span and the counts cover auth and body-limit rejections too.
+        .layer(DefaultBodyLimit::max(body.max_bytes))
+        // The span and the counts cover auth and body-limit rejections too.
         .route_layer(middleware::from_fn(metrics::track_requests))
+        // Outermost: whatever answers an error, it leaves as JSON.
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::NOT_FOUND,
+        kind: "not_found",
+        message: format!("no route {}", uri.path()),
+    }
 }
 
 /// With an API key configured, every write (and with `--protect-reads` every request

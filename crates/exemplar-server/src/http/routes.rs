@@ -6,6 +6,8 @@ use super::dto::{
 };
 use super::forms::{ClassUpdate, ImagesForm, NewClassForm, SearchForm};
 use super::{ApiError, AppState};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -29,6 +31,7 @@ struct Form {
 
 async fn read_form(mut multipart: Multipart, allowed: &[&str]) -> Result<Form, ApiError> {
     let mut form = Form::default();
+    let mut seen: Vec<String> = Vec::new();
     while let Some(field) = multipart.next_field().await? {
         let name = field.name().unwrap_or_default().to_string();
         if !allowed.contains(&name.as_str()) {
@@ -40,16 +43,28 @@ async fn read_form(mut multipart: Multipart, allowed: &[&str]) -> Result<Form, A
                 ),
             ));
         }
+        // Only `image` and `filter` may repeat; a second `label` would otherwise win silently.
+        if !matches!(name.as_str(), "image" | "filter") {
+            if seen.contains(&name) {
+                return Err(ApiError::bad_request(
+                    "repeated_field",
+                    format!("the form field `{name}` may appear once"),
+                ));
+            }
+            seen.push(name.clone());
+        }
         match name.as_str() {
             "image" => {
                 let file = field.file_name().map(str::to_string);
                 let bytes = field.bytes().await?.to_vec();
                 form.images.push(Upload::new(bytes, file));
             }
-            "label" => form.label = Some(field.text().await?),
-            "metadata" => form.metadata = Some(parse_metadata(&field.text().await?)?),
+            "label" => form.label = Some(text_field(field, "label").await?),
+            "metadata" => {
+                form.metadata = Some(parse_metadata(&text_field(field, "metadata").await?)?)
+            }
             "k" => {
-                let text = field.text().await?;
+                let text = text_field(field, "k").await?;
                 form.k = Some(text.trim().parse().map_err(|_| {
                     ApiError::bad_request(
                         "bad_k",
@@ -58,27 +73,45 @@ async fn read_form(mut multipart: Multipart, allowed: &[&str]) -> Result<Form, A
                 })?);
             }
             "crop" => {
-                let text = field.text().await?;
+                let text = text_field(field, "crop").await?;
                 form.crop = Some(
                     text.parse()
                         .map_err(|e: String| ApiError::bad_request("bad_crop", e))?,
                 );
             }
             "filter" => {
-                let text = field.text().await?;
-                let (key, value) = text.split_once('=').ok_or_else(|| {
+                let text = text_field(field, "filter").await?;
+                let bad_filter = || {
                     ApiError::bad_request(
                         "bad_filter",
-                        format!("filter must be key=value, got `{text}`"),
+                        format!("filter must be key=value with both non-empty, got `{text}`"),
                     )
-                })?;
-                form.filters
-                    .insert(key.trim().to_string(), value.trim().to_string());
+                };
+                let (key, value) = text.split_once('=').ok_or_else(bad_filter)?;
+                let (key, value) = (key.trim(), value.trim());
+                if key.is_empty() || value.is_empty() {
+                    return Err(bad_filter());
+                }
+                form.filters.insert(key.to_string(), value.to_string());
             }
             _ => unreachable!("checked against `allowed`"),
         }
     }
     Ok(form)
+}
+
+/// A text part, which must be UTF-8 (it is stored and echoed as given, never repaired).
+async fn text_field(
+    field: axum::extract::multipart::Field<'_>,
+    name: &str,
+) -> Result<String, ApiError> {
+    let bytes = field.bytes().await?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        ApiError::bad_request(
+            "bad_text",
+            format!("the form field `{name}` is not UTF-8 text"),
+        )
+    })
 }
 
 fn parse_metadata(text: &str) -> Result<Metadata, ApiError> {
@@ -117,8 +150,9 @@ fn uploaded(outcomes: &[ExemplarOutcome]) -> Vec<UploadedExemplar> {
     security((), ("api_key" = [])))]
 pub async fn create_class(
     State(state): State<AppState>,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<CreatedClass>), ApiError> {
+    let multipart = multipart?;
     let form = read_form(multipart, &["label", "metadata", "image"]).await?;
     let label = form
         .label
@@ -149,9 +183,11 @@ pub async fn create_class(
     security((), ("api_key" = [])))]
 pub async fn add_exemplars(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    multipart: Multipart,
+    id: Result<Path<i64>, PathRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<AddedExemplars>), ApiError> {
+    let multipart = multipart?;
+    let Path(id) = id?;
     let form = read_form(multipart, &["image"]).await?;
     let outcomes = state.catalogue.add_exemplars(id, &form.images).await?;
     Ok((
@@ -177,9 +213,16 @@ pub struct Page {
     responses((status = 200, body = ClassPage)))]
 pub async fn list_classes(
     State(state): State<AppState>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<ClassPage>, ApiError> {
-    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let Query(page) = page?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit must be between 1 and 500, got {limit}"),
+        ));
+    }
     let classes = state
         .catalogue
         .store()
@@ -201,8 +244,9 @@ pub async fn list_classes(
     responses((status = 200, body = ClassDetail), (status = 404, body = ErrorBody)))]
 pub async fn get_class(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<ClassDetail>, ApiError> {
+    let Path(id) = id?;
     let (class, exemplars) = state
         .catalogue
         .store()
@@ -230,9 +274,10 @@ pub async fn get_class(
     security((), ("api_key" = [])))]
 pub async fn update_class(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
     body: axum::body::Bytes,
 ) -> Result<Json<Class>, ApiError> {
+    let Path(id) = id?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("body is not JSON: {e}")))?;
     let Value::Object(mut fields) = value else {
@@ -282,8 +327,9 @@ pub async fn update_class(
     security((), ("api_key" = [])))]
 pub async fn delete_class(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
     state.catalogue.delete_class(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -295,8 +341,9 @@ pub async fn delete_class(
     security((), ("api_key" = [])))]
 pub async fn delete_exemplar(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
     state.catalogue.delete_exemplar(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -312,8 +359,9 @@ pub async fn delete_exemplar(
     ))]
 pub async fn search(
     State(state): State<AppState>,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<SearchResult>, ApiError> {
+    let multipart = multipart?;
     let form = read_form(multipart, &["image", "k", "filter", "crop"]).await?;
     let [mut image] = <[Upload; 1]>::try_from(form.images).map_err(|images| {
         ApiError::bad_request(

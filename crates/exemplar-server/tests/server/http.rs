@@ -2,158 +2,10 @@
 //! EfficientNet-Lite0 weights, driven over HTTP.
 
 use crate::common::{another_shot, photo, png};
+use crate::harness::{create, Part, Server};
 use exemplar_embed::fetch::{SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_exemplar"))
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting exemplar serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                stdout.read_line(&mut line).unwrap() > 0,
-                "server exited before listening"
-            );
-            if let Some(addr) = line.trim().strip_prefix("listening on http://") {
-                break addr.to_string();
-            }
-        };
-        // Keep draining stdout so the server never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Server { child, addr }
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> (u16, Value) {
-        let (status, text) = self.raw(method, path, headers, body);
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Status and body text.
-    fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
-        let text = String::from_utf8_lossy(&response);
-        let status: u16 = text
-            .split(' ')
-            .nth(1)
-            .expect("status line")
-            .parse()
-            .unwrap();
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        (status, body.to_string())
-    }
-
-    fn multipart(&self, path: &str, parts: &[Part], headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut body = Vec::new();
-        for part in parts {
-            body.extend_from_slice(b"--XBOUNDARYX\r\n");
-            match part {
-                Part::Text(name, value) => {
-                    body.extend_from_slice(
-                        format!(
-                            "Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-                        )
-                        .as_bytes(),
-                    );
-                }
-                Part::File(name, file, bytes) => {
-                    body.extend_from_slice(
-                        format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
-                    );
-                    body.extend_from_slice(bytes);
-                    body.extend_from_slice(b"\r\n");
-                }
-            }
-        }
-        body.extend_from_slice(b"--XBOUNDARYX--\r\n");
-        let mut all = vec![("Content-Type", "multipart/form-data; boundary=XBOUNDARYX")];
-        all.extend_from_slice(headers);
-        self.request("POST", path, &all, &body)
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(self.child.wait().unwrap().success(), "graceful shutdown");
-    }
-}
-
-/// A failing test must not leave its server running (and holding the test's pipes).
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-enum Part {
-    Text(&'static str, String),
-    File(&'static str, &'static str, Vec<u8>),
-}
-
-fn create(server: &Server, label: &str, metadata: &str, image: Vec<u8>) -> (u16, Value) {
-    server.multipart(
-        "/classes",
-        &[
-            Part::Text("label", label.into()),
-            Part::Text("metadata", metadata.into()),
-            Part::File("image", "a.png", image),
-        ],
-        &[],
-    )
-}
+use std::process::Command;
 
 #[test]
 fn classes_are_searchable_at_once_filtered_and_deletable() {
@@ -167,7 +19,7 @@ fn classes_are_searchable_at_once_filtered_and_deletable() {
     assert_eq!(status, 201, "{espresso}");
 
     let search = |image: Vec<u8>, extra: Vec<Part>| {
-        let mut parts = vec![Part::File("image", "q.png", image)];
+        let mut parts = vec![Part::File("image", "q.png".into(), image)];
         parts.extend(extra);
         server.multipart("/search", &parts, &[])
     };
@@ -287,14 +139,14 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
     let good = png(&photo(&SKIMAGE_COFFEE));
     let cases: Vec<(Vec<Part>, u16, &str)> = vec![
         (
-            vec![Part::File("image", "a.png", good.clone())],
+            vec![Part::File("image", "a.png".into(), good.clone())],
             400,
             "missing_label",
         ),
         (
             vec![
                 Part::Text("label", " ".into()),
-                Part::File("image", "a.png", good.clone()),
+                Part::File("image", "a.png".into(), good.clone()),
             ],
             400,
             "empty_label",
@@ -302,7 +154,7 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
         (
             vec![
                 Part::Text("label", "x".repeat(201)),
-                Part::File("image", "a.png", good.clone()),
+                Part::File("image", "a.png".into(), good.clone()),
             ],
             400,
             "label_too_long",
@@ -311,7 +163,7 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
             vec![
                 Part::Text("label", "A".into()),
                 Part::Text("metadata", "[1,2]".into()),
-                Part::File("image", "a.png", good.clone()),
+                Part::File("image", "a.png".into(), good.clone()),
             ],
             400,
             "bad_metadata",
@@ -320,7 +172,7 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
             vec![
                 Part::Text("label", "A".into()),
                 Part::Text("metadata", r#"{"n":1}"#.into()),
-                Part::File("image", "a.png", good.clone()),
+                Part::File("image", "a.png".into(), good.clone()),
             ],
             400,
             "bad_metadata",
@@ -329,8 +181,8 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
         (
             vec![
                 Part::Text("label", "A".into()),
-                Part::File("image", "a.png", good.clone()),
-                Part::File("image", "b.jpg", b"not a photo".to_vec()),
+                Part::File("image", "a.png".into(), good.clone()),
+                Part::File("image", "b.jpg".into(), b"not a photo".to_vec()),
             ],
             400,
             "bad_image",
@@ -338,7 +190,7 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
         (
             vec![
                 Part::Text("label", "A".into()),
-                Part::File("image", "big.bin", vec![0u8; 2_100_000]),
+                Part::File("image", "big.bin".into(), vec![0u8; 2_100_000]),
             ],
             413,
             "body_too_large",
@@ -366,14 +218,14 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
     assert_eq!(status, 400, "malformed multipart: {body}");
     let (status, body) = server.multipart(
         "/classes/999/exemplars",
-        &[Part::File("image", "a.png", good.clone())],
+        &[Part::File("image", "a.png".into(), good.clone())],
         &[],
     );
     assert_eq!((status, body["kind"].as_str()), (404, Some("not_found")));
     let (status, body) = server.multipart(
         "/search",
         &[
-            Part::File("image", "q.png", good.clone()),
+            Part::File("image", "q.png".into(), good.clone()),
             Part::Text("k", "zero".into()),
         ],
         &[],
@@ -384,7 +236,7 @@ fn bad_input_gets_a_4xx_with_the_json_error_shape_and_writes_nothing() {
         let (status, body) = server.multipart(
             "/search",
             &[
-                Part::File("image", "q.png", good.clone()),
+                Part::File("image", "q.png".into(), good.clone()),
                 Part::Text("crop", crop.into()),
             ],
             &[],
@@ -411,7 +263,7 @@ fn with_an_api_key_writes_need_it_and_reads_do_not() {
     let parts = || {
         vec![
             Part::Text("label", "A".into()),
-            Part::File("image", "a.png", image.clone()),
+            Part::File("image", "a.png".into(), image.clone()),
         ]
     };
     let (status, body) = server.multipart("/classes", &parts(), &[]);
@@ -424,7 +276,7 @@ fn with_an_api_key_writes_need_it_and_reads_do_not() {
     assert_eq!(status, 200);
     let (status, _) = server.multipart(
         "/search",
-        &[Part::File("image", "q.png", image.clone())],
+        &[Part::File("image", "q.png".into(), image.clone())],
         &[],
     );
     assert_eq!(status, 200);
@@ -433,7 +285,7 @@ fn with_an_api_key_writes_need_it_and_reads_do_not() {
     // --protect-reads: everything but the health probes needs the key.
     let server = Server::start(dir.path(), &["--api-key", "s3cret", "--protect-reads"]);
     let bearer = [("Authorization", "Bearer s3cret")];
-    let search = [Part::File("image", "q.png", image.clone())];
+    let search = [Part::File("image", "q.png".into(), image.clone())];
     assert_eq!(server.multipart("/search", &search, &[]).0, 401);
     assert_eq!(server.multipart("/search", &search, &bearer).0, 200);
     assert_eq!(server.request("GET", "/classes", &[], b"").0, 401);
@@ -454,7 +306,11 @@ fn acknowledged_writes_survive_sigkill_and_deletes_survive_restarts() {
     server.kill(); // SIGKILL: no dump written
 
     let server = Server::start(dir.path(), &[]);
-    let (_, answer) = server.multipart("/search", &[Part::File("image", "q.png", png(&cat))], &[]);
+    let (_, answer) = server.multipart(
+        "/search",
+        &[Part::File("image", "q.png".into(), png(&cat))],
+        &[],
+    );
     assert_eq!(answer["verdict"]["class_id"], chelsea["id"], "{answer}");
     let (status, _) = server.request("DELETE", &format!("/classes/{}", espresso["id"]), &[], b"");
     assert_eq!(status, 204);
@@ -463,7 +319,7 @@ fn acknowledged_writes_survive_sigkill_and_deletes_survive_restarts() {
     let server = Server::start(dir.path(), &[]);
     let (_, answer) = server.multipart(
         "/search",
-        &[Part::File("image", "q.png", png(&coffee))],
+        &[Part::File("image", "q.png".into(), png(&coffee))],
         &[],
     );
     assert!(
@@ -510,7 +366,7 @@ fn acknowledged_writes_survive_sigkill_and_deletes_survive_restarts() {
     let server = Server::start(dir.path(), &[]);
     let (_, answer) = server.multipart(
         "/search",
-        &[Part::File("image", "q.png", png(&coffee))],
+        &[Part::File("image", "q.png".into(), png(&coffee))],
         &[],
     );
     assert_eq!(answer["classes"][0]["class_id"], again["id"], "{answer}");
@@ -523,7 +379,7 @@ fn metrics_openapi_docs_and_one_owner_per_data_dir() {
     let server = Server::start(dir.path(), &[]);
     let cat = png(&photo(&SKIMAGE_CHELSEA));
     assert_eq!(create(&server, "cat", "{}", cat.clone()).0, 201);
-    let (status, _) = server.multipart("/search", &[Part::File("image", "q.png", cat)], &[]);
+    let (status, _) = server.multipart("/search", &[Part::File("image", "q.png".into(), cat)], &[]);
     assert_eq!(status, 200);
     assert_eq!(server.request("GET", "/classes/999", &[], b"").0, 404);
 
@@ -646,7 +502,7 @@ fn a_print_held_up_in_a_photo_is_verified_and_located_and_a_stranger_is_unknown(
     let (scene, corners) = held_up(&cat, (900, 700), 12.0, 1.3, (220.0, 110.0));
     let (status, answer) = server.multipart(
         "/search",
-        &[Part::File("image", "scene.png", png(&scene))],
+        &[Part::File("image", "scene.png".into(), png(&scene))],
         &[],
     );
     assert_eq!(status, 200, "{answer}");
@@ -675,7 +531,7 @@ fn a_print_held_up_in_a_photo_is_verified_and_located_and_a_stranger_is_unknown(
     let (_, cropped) = server.multipart(
         "/search",
         &[
-            Part::File("image", "scene.png", png(&scene)),
+            Part::File("image", "scene.png".into(), png(&scene)),
             Part::Text("crop", crop.into()),
         ],
         &[],
@@ -697,7 +553,7 @@ fn a_print_held_up_in_a_photo_is_verified_and_located_and_a_stranger_is_unknown(
     let (_, edge) = server.multipart(
         "/search",
         &[
-            Part::File("image", "scene.png", png(&scene)),
+            Part::File("image", "scene.png".into(), png(&scene)),
             Part::Text("crop", "480,0,420,700".into()),
         ],
         &[],
@@ -714,7 +570,7 @@ fn a_print_held_up_in_a_photo_is_verified_and_located_and_a_stranger_is_unknown(
         "/search",
         &[Part::File(
             "image",
-            "coffee.png",
+            "coffee.png".into(),
             png(&photo(&SKIMAGE_COFFEE)),
         )],
         &[],

@@ -3,4 +3,6 @@
 
 mod cli;
 mod common;
+mod harness;
+mod hostile;
 mod http;
