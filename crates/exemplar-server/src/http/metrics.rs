@@ -58,7 +58,10 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 401, body = super::dto::ErrorBody, description = "with --protect-reads")))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("exemplar_index_exemplars").set(state.catalogue.indexed() as f64);
     (

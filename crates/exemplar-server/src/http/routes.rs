@@ -144,8 +144,10 @@ fn uploaded(outcomes: &[ExemplarOutcome]) -> Vec<UploadedExemplar> {
     request_body(content = NewClassForm, content_type = "multipart/form-data"),
     responses(
         (status = 201, body = CreatedClass),
-        (status = 400, body = ErrorBody, description = "missing/empty/long label, bad metadata, no image, bad image"),
-        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "busy: retry after the Retry-After header"),
+        (status = 400, body = ErrorBody, description = "missing/empty/long label, bad metadata, no image, bad image, repeated or unknown field"),
+        (status = 401, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "not multipart/form-data"),
+        (status = 503, body = ErrorBody, description = "busy: retry after the Retry-After header"),
     ),
     security((), ("api_key" = [])))]
 pub async fn create_class(
@@ -178,7 +180,8 @@ pub async fn create_class(
     responses(
         (status = 201, body = AddedExemplars),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody),
     ),
     security((), ("api_key" = [])))]
 pub async fn add_exemplars(
@@ -200,17 +203,21 @@ pub async fn add_exemplars(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
-    /// Classes with an id above this one (the previous page's `next_after`).
+    /// Classes with an id above this one (the previous page's `next_after`; default 0).
     #[serde(default)]
+    #[param(required = false)]
     after: i64,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500, nullable = false)]
     limit: Option<u32>,
 }
 
 /// Classes in id order, a page at a time.
 #[utoipa::path(get, path = "/classes", tag = "classes", params(Page),
-    responses((status = 200, body = ClassPage)))]
+    responses((status = 200, body = ClassPage),
+        (status = 400, body = ErrorBody, description = "bad `limit` or `after`")))]
 pub async fn list_classes(
     State(state): State<AppState>,
     page: Result<Query<Page>, QueryRejection>,
@@ -241,7 +248,8 @@ pub async fn list_classes(
 /// A class with its exemplars.
 #[utoipa::path(get, path = "/classes/{id}", tag = "classes",
     params(("id" = i64, Path, description = "class id")),
-    responses((status = 200, body = ClassDetail), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ClassDetail), (status = 400, body = ErrorBody, description = "the id is not an integer"),
+        (status = 404, body = ErrorBody)))]
 pub async fn get_class(
     State(state): State<AppState>,
     id: Result<Path<i64>, PathRejection>,
@@ -270,7 +278,8 @@ pub async fn get_class(
     params(("id" = i64, Path, description = "class id")),
     request_body(content = ClassUpdate, content_type = "application/json"),
     responses((status = 200, body = Class), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn update_class(
     State(state): State<AppState>,
@@ -323,7 +332,8 @@ pub async fn update_class(
 /// this returns.
 #[utoipa::path(delete, path = "/classes/{id}", tag = "classes",
     params(("id" = i64, Path, description = "class id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 204), (status = 400, body = ErrorBody, description = "the id is not an integer"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn delete_class(
     State(state): State<AppState>,
@@ -337,7 +347,8 @@ pub async fn delete_class(
 /// Delete one exemplar photo.
 #[utoipa::path(delete, path = "/exemplars/{id}", tag = "classes",
     params(("id" = i64, Path, description = "exemplar id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 204), (status = 400, body = ErrorBody, description = "the id is not an integer"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn delete_exemplar(
     State(state): State<AppState>,
@@ -355,7 +366,8 @@ pub async fn delete_exemplar(
     responses(
         (status = 200, body = SearchResult),
         (status = 400, body = ErrorBody, description = "no/bad image, bad k, bad filter, bad crop"),
-        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "not multipart/form-data"), (status = 503, body = ErrorBody),
     ))]
 pub async fn search(
     State(state): State<AppState>,
@@ -383,8 +395,9 @@ pub async fn search(
 /// catalogue grows (see `--refit-min-exemplars`).
 #[utoipa::path(post, path = "/admin/refit", tag = "operations",
     responses((status = 200, body = RebuildReport),
-        (status = 400, body = ErrorBody, description = "too few exemplars to fit on"),
-        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody, description = "a rebuild is already running")),
+        (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "too few exemplars to fit on"),
+        (status = 503, body = ErrorBody, description = "a rebuild is already running")),
     security((), ("api_key" = [])))]
 pub async fn refit(State(state): State<AppState>) -> Result<Json<RebuildReport>, ApiError> {
     let rebuilt = state.catalogue.refit_now().await?;

@@ -404,7 +404,7 @@ fn metrics_openapi_docs_and_one_owner_per_data_dir() {
     let (status, body) = server.request("POST", "/admin/refit", &[], b"");
     assert_eq!(
         (status, body["kind"].as_str()),
-        (400, Some("too_few_exemplars")),
+        (409, Some("too_few_exemplars")),
         "{body}"
     );
 

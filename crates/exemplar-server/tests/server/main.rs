@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod crash;
 mod harness;
 mod hostile;
 mod http;

@@ -425,7 +425,7 @@ async fn a_refit_reprojects_every_exemplar_and_swaps_while_searches_go_on() {
     let none = Metadata::new();
     assert!(matches!(
         cat.refit_now().await,
-        Err(ServiceError::BadRequest {
+        Err(ServiceError::Conflict {
             kind: "too_few_exemplars",
             ..
         })
