@@ -114,9 +114,13 @@ pub fn read_legacy_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 fn read_pickle<R: BufRead>(reader: &mut R, path: &Path) -> Result<Object> {
     let mut stack = Stack::empty();
-    stack
-        .read_loop(reader)
-        .map_err(|e| file_err(path, format!("pickle: {e}")))?;
+    // Candle's pickle machine can panic on malformed input (a LONG1 of more than 8 bytes
+    // overflows its shift): a damaged weights file is an error to report, not a crash.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stack.read_loop(reader)));
+    match read {
+        Ok(read) => read.map_err(|e| file_err(path, format!("pickle: {e}")))?,
+        Err(_) => return Err(file_err(path, "malformed pickle")),
+    };
     Ok(stack.finalize()?)
 }
 
@@ -217,5 +221,17 @@ mod tests {
         .unwrap();
         let err = read_legacy_pth(&path).unwrap_err().to_string();
         assert!(err.contains("bad magic number"), "{err}");
+    }
+
+    /// Found by the `legacy_pth` fuzz target: a 9-byte LONG1 in the protocol pickle.
+    #[test]
+    fn a_malformed_pickle_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.pth");
+        let mut bytes = MAGIC_PICKLE.to_vec();
+        bytes.extend_from_slice(&[0x80, 0x02, 0x8a, 0x09, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x2e]);
+        std::fs::write(&path, bytes).unwrap();
+        let err = read_legacy_pth(&path).unwrap_err().to_string();
+        assert!(err.contains("malformed pickle"), "{err}");
     }
 }

@@ -1,0 +1,11 @@
+//! A legacy torch `.pth` weights file (a user's file): any bytes give tensors or an error.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::io::Write;
+
+fuzz_target!(|data: &[u8]| {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(data).unwrap();
+    let _ = exemplar_embed::legacy_pth::read_legacy_pth(file.path());
+});
