@@ -33,7 +33,16 @@ fn file_err(path: &Path, reason: impl Into<String>) -> EmbedError {
 }
 
 /// Reads every tensor of a legacy `.pth` state dict, as stored (no dtype conversion).
+///
+/// Candle's pickle machine and tensor-info parsing can panic on malformed input (a LONG1
+/// of more than 8 bytes overflows a shift; a short rebuild tuple is indexed past its end):
+/// a damaged weights file is an error to report, not a crash.
 pub fn read_legacy_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    std::panic::catch_unwind(|| read_legacy_pth_unguarded(path))
+        .unwrap_or_else(|_| Err(file_err(path, "malformed pickle")))
+}
+
+fn read_legacy_pth_unguarded(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut reader = BufReader::new(std::fs::File::open(path)?);
     let mut magic = [0u8; MAGIC_PICKLE.len()];
     reader.read_exact(&mut magic)?;
@@ -114,13 +123,9 @@ pub fn read_legacy_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 fn read_pickle<R: BufRead>(reader: &mut R, path: &Path) -> Result<Object> {
     let mut stack = Stack::empty();
-    // Candle's pickle machine can panic on malformed input (a LONG1 of more than 8 bytes
-    // overflows its shift): a damaged weights file is an error to report, not a crash.
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stack.read_loop(reader)));
-    match read {
-        Ok(read) => read.map_err(|e| file_err(path, format!("pickle: {e}")))?,
-        Err(_) => return Err(file_err(path, "malformed pickle")),
-    };
+    stack
+        .read_loop(reader)
+        .map_err(|e| file_err(path, format!("pickle: {e}")))?;
     Ok(stack.finalize()?)
 }
 
@@ -233,5 +238,24 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let err = read_legacy_pth(&path).unwrap_err().to_string();
         assert!(err.contains("malformed pickle"), "{err}");
+    }
+
+    /// Inputs the `legacy_pth` fuzz target crashed on before the reader contained
+    /// Candle's panics (an overflowing LONG1, short tensor-rebuild tuples).
+    #[test]
+    fn fuzzer_found_inputs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, bytes) in [
+            include_bytes!("testdata/pth-012d05e89618.bin").as_slice(),
+            include_bytes!("testdata/pth-349d1b747429.bin").as_slice(),
+            include_bytes!("testdata/pth-9e22503106b0.bin").as_slice(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = dir.path().join(format!("{i}.pth"));
+            std::fs::write(&path, bytes).unwrap();
+            assert!(read_legacy_pth(&path).is_err(), "input {i}");
+        }
     }
 }
