@@ -15,48 +15,16 @@ Only loopback servers are accepted. Last line: JSON.
 """
 import argparse
 import csv
-import http.client
-import ipaddress
 import json
 import os
-import socket
 import statistics
 import sys
 import time
-import urllib.parse
-import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loadlib import Client  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
-class Client:
-    def __init__(self, url):
-        parsed = urllib.parse.urlparse(url)
-        address = ipaddress.ip_address(socket.gethostbyname(parsed.hostname))
-        if not address.is_loopback:
-            sys.exit(f"refusing {url}: only loopback servers are measured")
-        self.host, self.port = parsed.hostname, parsed.port or 80
-
-    def request(self, method, path, body=b"", headers=None):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        conn.close()
-        return response.status, (json.loads(data) if data else None)
-
-    def multipart(self, path, fields, files):
-        boundary = uuid.uuid4().hex
-        body = b""
-        for name, value in fields:
-            body += f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode()
-        for name, filename, data in files:
-            body += (
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n"
-            ).encode() + data + b"\r\n"
-        body += f"--{boundary}--\r\n".encode()
-        return self.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
 def images_under(folder):
@@ -93,7 +61,7 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--per-query", action="store_true", help="include each query's verdict in the JSON")
     args = ap.parse_args()
-    client = Client(args.url)
+    client = Client(args.url, timeout=300)
     root = os.path.realpath(args.dataset)
 
     with open(os.path.join(root, "groundtruth.tsv")) as f:

@@ -246,9 +246,9 @@ mod tests {
     fn fuzzer_found_inputs_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         for (i, bytes) in [
-            include_bytes!("testdata/pth-012d05e89618.bin").as_slice(),
-            include_bytes!("testdata/pth-349d1b747429.bin").as_slice(),
-            include_bytes!("testdata/pth-9e22503106b0.bin").as_slice(),
+            include_bytes!("testdata/pth-012d05e89618.seed").as_slice(),
+            include_bytes!("testdata/pth-349d1b747429.seed").as_slice(),
+            include_bytes!("testdata/pth-9e22503106b0.seed").as_slice(),
         ]
         .into_iter()
         .enumerate()
