@@ -50,6 +50,46 @@ def add_class(client, label, path):
     return body["id"]
 
 
+def unknown_throughput(args, client, root, rows, class_of, right_names, search):
+    """Every reference gone, its photos searched by `concurrency` clients at once for
+    `seconds`: the searches per second a store pays for photos of items it does not stock."""
+    import threading
+    removed = sorted({p for r in rows if r["reference"] for p in right_names(r["reference"])})
+    for path in removed:
+        status, _ = client.request("DELETE", f"/classes/{class_of[path]}")
+        if status != 204:
+            sys.exit(f"deleting {path}: {status}")
+    queries = [r["query"] for r in rows if r["reference"]]
+    named = []
+    lock = threading.Lock()
+    deadline = time.time() + args.unknown_throughput
+
+    def worker(offset):
+        i = offset
+        while time.time() < deadline:
+            answer, _ = search(queries[i % len(queries)], "unknown_throughput")
+            with lock:
+                named.append(answer)
+            i += args.concurrency
+
+    started = time.time()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.time() - started
+    for path in removed:
+        class_of[path] = add_class(client, path, path)
+    return {
+        "concurrency": args.concurrency,
+        "searches": len(named),
+        "seconds": elapsed,
+        "searches_per_second": len(named) / elapsed,
+        "answered_unknown_rate": sum(n is None for n in named) / max(1, len(named)),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", help="folder with groundtruth.tsv (query, reference[, attribute])")
@@ -58,6 +98,10 @@ def main():
     ap.add_argument("--open-set", action="store_true", help="also search each query with its item deleted")
     ap.add_argument("--same-item", help="JSON list of [reference, distractor] paths showing one item "
                     "(e.g. `exemplar eval`'s same_item_pairs); naming either is right")
+    ap.add_argument("--unknown-throughput", type=float, default=0, metavar="SECONDS",
+                    help="also delete every reference's class and search their photos (now of "
+                    "uncatalogued covers) back to back for this long with --concurrency clients")
+    ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--per-query", action="store_true", help="include each query's verdict in the JSON")
     args = ap.parse_args()
@@ -160,6 +204,10 @@ def main():
         result["open_set_queries"] = total
         result["open_set_unknown_rate"] = answered_unknown / max(1, total)
         result["open_set_accepted"] = wrong
+
+    if args.unknown_throughput > 0:
+        result["unknown_throughput"] = unknown_throughput(
+            args, client, root, rows, class_of, right_names, search)
 
     if args.per_query:
         result["per_query"] = details

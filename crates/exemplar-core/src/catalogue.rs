@@ -30,6 +30,7 @@ pub struct ClassRecord {
 /// What identifies a stored exemplar's photo, and the format of its local features.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExemplarHash {
+    pub id: ExemplarId,
     pub class: ClassId,
     pub sha256: String,
     /// The first 4 bytes of its local features (they name their format); `None` without.

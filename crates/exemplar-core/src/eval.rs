@@ -3,7 +3,8 @@
 
 use crate::descriptor::cosine;
 use crate::error::{Error, Result};
-use crate::rerank::{global_order, reorder, Rerank};
+use crate::rerank::{global_order, Rerank};
+use crate::shortlist::merge_shortlists;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -247,9 +248,9 @@ pub fn mean_average_precision(
         let mut order = global_order(&scores);
         order.pop();
         if let Some(r) = rerank {
-            let n = r.shortlist.min(order.len());
-            let evidence = (r.evidence)(q, &order[..n]);
-            order = reorder(&order, &evidence, r.min_evidence);
+            let candidates = r.candidates(q, &order, |i| i == q);
+            let evidence = (r.evidence)(q, &candidates);
+            order = r.order(&order, &candidates, &evidence);
         }
         let ranked: Vec<bool> = order.iter().map(|&i| groups[i] == groups[q]).collect();
         aps.push(average_precision(&ranked));
@@ -263,6 +264,11 @@ pub struct QueryOutcome {
     pub reference: Option<String>,
     /// 1-based rank of the reference (None when the query has no reference).
     pub rank: Option<usize>,
+    /// 1-based rank of the reference in the first stage's (merged) ranking.
+    pub first_rank: Option<usize>,
+    /// The query's group (the ground truth's third column, e.g. its camera).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribute: Option<String>,
     pub best: String,
     pub best_score: f32,
     /// Two stages: the evidence of the answer; None when the answer is `unknown`.
@@ -299,8 +305,14 @@ pub struct RecallReport {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueryReferenceReport {
     pub catalogue: usize,
-    /// The global (first) stage alone: the shortlist's recall.
+    /// The first stage: the recall of the shortlist (global and word rankings merged,
+    /// when the second stage has a word index).
     pub first_stage: RecallReport,
+    /// The global descriptor's ranking alone.
+    pub global_stage: RecallReport,
+    /// The word index's ranking alone (recall beyond the depth it was asked for is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub word_stage: Option<RecallReport>,
     /// With two stages: `unknown` answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown: Option<UnknownFigures>,
@@ -373,6 +385,8 @@ pub fn query_reference_report(
     };
     let mut outcomes = Vec::new();
     let mut first_ranks = Vec::new();
+    let mut global_ranks = Vec::new();
+    let mut word_ranks = Vec::new();
     let mut unknown = UnknownFigures::default();
     for (q, (case, qv)) in queries.iter().zip(query_vectors).enumerate() {
         let views = extra_views.get(q).map(Vec::as_slice).unwrap_or(&[]);
@@ -393,17 +407,28 @@ pub fn query_reference_report(
                 .position(|i| same.contains(i))
                 .unwrap_or(order.len())
         };
+        let mut first_rank = None;
         if let Some(r) = case.reference {
-            first_ranks.push(position(&global, r));
+            global_ranks.push(position(&global, r));
+            // The first stage as the service runs it: merged with the word ranking.
+            let merged = match rerank.and_then(|rr| rr.words?.get(q)) {
+                Some(words) => {
+                    word_ranks.push(position(words, r));
+                    merge_shortlists(&global, words, global.len())
+                }
+                None => global.clone(),
+            };
+            first_ranks.push(position(&merged, r));
+            first_rank = Some(position(&merged, r));
         }
         let mut open_set_match = None;
         let (order, verified) = match rerank {
             None => (global.clone(), None),
             Some(rr) => {
-                let short = rr.shortlist.min(global.len());
-                let evidence = (rr.evidence)(q, &global[..short]);
-                let order = reorder(&global, &evidence, rr.min_evidence);
-                let best_evidence = global[..short]
+                let candidates = rr.candidates(q, &global, |_| false);
+                let evidence = (rr.evidence)(q, &candidates);
+                let order = rr.order(&global, &candidates, &evidence);
+                let best_evidence = candidates
                     .iter()
                     .zip(&evidence)
                     .find(|(i, _)| **i == order[0])
@@ -415,12 +440,7 @@ pub fn query_reference_report(
                     // The open set: the same search with the reference (and its
                     // duplicates) gone, so the shortlist takes the next ones instead.
                     let same = item(r);
-                    let open: Vec<usize> = global
-                        .iter()
-                        .filter(|i| !same.contains(i))
-                        .take(rr.shortlist)
-                        .copied()
-                        .collect();
+                    let open = rr.candidates(q, &global, |i| same.contains(&i));
                     let open_evidence = (rr.evidence)(q, &open);
                     let wrong = open
                         .iter()
@@ -450,6 +470,8 @@ pub fn query_reference_report(
                 query: name(&case.query),
                 reference: case.reference.map(|r| name(&catalogue_paths[r])),
                 rank,
+                first_rank,
+                attribute: case.attribute.clone(),
                 best: catalogue_paths
                     .get(best)
                     .map(|p| name(p))
@@ -485,6 +507,8 @@ pub fn query_reference_report(
     QueryReferenceReport {
         catalogue: catalogue.len(),
         first_stage: recall_report(&first_ranks),
+        global_stage: recall_report(&global_ranks),
+        word_stage: (!word_ranks.is_empty()).then(|| recall_report(&word_ranks)),
         unknown: rerank.is_some().then_some(unknown),
         overall: recall_report(&ranks),
         by_attribute,
@@ -617,6 +641,7 @@ mod tests {
             shortlist: 2,
             min_evidence: 15,
             evidence: &evidence,
+            words: None,
         };
         let same: BTreeMap<usize, Vec<usize>> = [(0, vec![3])].into();
         let report = query_reference_report(

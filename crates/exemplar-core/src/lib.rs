@@ -12,12 +12,14 @@ pub mod embed_queue;
 pub mod error;
 pub mod eval;
 pub mod extractor;
+pub mod folds;
 pub mod linalg;
 pub mod projection;
 pub mod refit;
 pub mod rerank;
 mod rng;
 pub mod service;
+pub mod shortlist;
 pub mod verifier;
 
 pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};

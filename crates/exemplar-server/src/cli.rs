@@ -174,8 +174,9 @@ pub struct CatalogueArgs {
 /// The second search stage and the verdict rule (`serve`, `search`, `eval`, `calibrate`).
 #[derive(Debug, Clone, Args)]
 pub struct StageArgs {
-    /// How many of the global ranking's best are geometrically verified.
-    #[arg(long, env = "EXEMPLAR_SHORTLIST", default_value_t = 300)]
+    /// How many exemplars are geometrically verified: the global ranking's and the
+    /// visual words' best, taken in turn.
+    #[arg(long, env = "EXEMPLAR_SHORTLIST", default_value_t = exemplar_core::service::TwoStage::default().shortlist)]
     pub shortlist: usize,
     /// Inliers (local matches consistent with one homography) that make a verified match.
     #[arg(long, env = "EXEMPLAR_MIN_INLIERS", default_value_t = 25)]
@@ -195,8 +196,8 @@ pub struct StageArgs {
         value_parser = share
     )]
     pub min_in_frame_off_centre: f32,
-    /// Verify the shortlist in chunks of this many, in global order...
-    #[arg(long, env = "EXEMPLAR_VERIFY_CHUNK", default_value_t = 50)]
+    /// Verify the shortlist in chunks of this many, in shortlist order...
+    #[arg(long, env = "EXEMPLAR_VERIFY_CHUNK", default_value_t = exemplar_core::service::TwoStage::default().early_stop.map_or(1, |s| s.chunk))]
     pub verify_chunk: usize,
     /// ...and stop after a chunk in which a candidate has this many inliers (0 = always
     /// verify the whole shortlist)...
@@ -205,9 +206,60 @@ pub struct StageArgs {
     /// ...spanning this share of it.
     #[arg(long, env = "EXEMPLAR_SETTLE_COVERAGE", default_value_t = 0.2, value_parser = share)]
     pub settle_coverage: f32,
+    /// Visual words of the local features, a second shortlist beside the global one:
+    /// a vocabulary tree BRANCHINGxDEPTH (BRANCHING^DEPTH words) fitted on the
+    /// catalogue's own features, or `off`.
+    #[arg(long, env = "EXEMPLAR_VOCABULARY", default_value = "10x4", value_parser = vocabulary)]
+    pub vocabulary: Vocabulary,
+    /// How bags of visual words are compared: l1 (histogram intersection) or l2 (cosine).
+    #[arg(long, env = "EXEMPLAR_WORD_NORM", default_value = "l1")]
+    pub word_norm: exemplar_verify::Norm,
+}
+
+/// The `--vocabulary` setting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Vocabulary {
+    Off,
+    Tree { branching: usize, depth: usize },
+}
+
+fn vocabulary(text: &str) -> Result<Vocabulary, String> {
+    if text == "off" {
+        return Ok(Vocabulary::Off);
+    }
+    let parsed = text
+        .split_once('x')
+        .and_then(|(b, d)| Some((b.parse::<usize>().ok()?, d.parse::<usize>().ok()?)));
+    match parsed {
+        Some((branching, depth))
+            if (2..=64).contains(&branching)
+                && (1..=8).contains(&depth)
+                && branching.checked_pow(depth as u32).is_some_and(|w| w <= 1 << 20) =>
+        {
+            Ok(Vocabulary::Tree { branching, depth })
+        }
+        _ => Err(format!(
+            "{text:?}: expected BRANCHINGxDEPTH (2..64 x 1..8, at most 2^20 words, e.g. 10x4) or off"
+        )),
+    }
 }
 
 impl StageArgs {
+    /// What fits the word index's vocabulary (`None`: no word index).
+    pub fn vocabulary_fitter(&self) -> Option<exemplar_verify::VocabularyFitter> {
+        match self.vocabulary {
+            Vocabulary::Off => None,
+            Vocabulary::Tree { branching, depth } => Some(exemplar_verify::VocabularyFitter {
+                params: exemplar_verify::VocabularyParams {
+                    branching,
+                    depth,
+                    ..Default::default()
+                },
+                norm: self.word_norm,
+            }),
+        }
+    }
+
     pub fn early_stop(&self) -> Option<exemplar_core::EarlyStop> {
         (self.settle_inliers > 0).then_some(exemplar_core::EarlyStop {
             chunk: self.verify_chunk.max(1),
@@ -258,6 +310,9 @@ pub struct ImportArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Time the visual-word index: vocabulary fit, indexing, memory and search, at
+    /// catalogue sizes made by repeating real features. Last line: JSON.
+    BenchWords(BenchWordsArgs),
     /// Run the HTTP service.
     Serve(ServeArgs),
     /// Add classes from a folder or a CSV manifest to the data directory (stop the server
@@ -337,6 +392,29 @@ pub enum Command {
     },
 }
 
+/// `exemplar bench-words`: the word index's fit, build, size and search time.
+#[derive(Debug, Args)]
+pub struct BenchWordsArgs {
+    /// Local features of the catalogue: a cache file `eval --feature-cache` wrote
+    /// (`local-sift-640px-1000.bin`).
+    #[arg(long)]
+    pub catalogue_features: PathBuf,
+    /// Local features of the queries, as a search makes them (`local-sift-1024px-1000.bin`).
+    #[arg(long)]
+    pub query_features: PathBuf,
+    /// Exemplars to index: the catalogue's features repeated up to this many (the
+    /// vocabulary is fitted on the catalogue once).
+    #[arg(long, value_delimiter = ',', default_value = "1126,100000")]
+    pub exemplars: Vec<usize>,
+    /// Word index shortlist depth asked of each search.
+    #[arg(long, default_value_t = 100)]
+    pub depth: usize,
+    #[arg(long, default_value = "10x4", value_parser = vocabulary)]
+    pub vocabulary: Vocabulary,
+    #[arg(long, default_value = "l1")]
+    pub word_norm: exemplar_verify::Norm,
+}
+
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
     #[command(flatten)]
@@ -350,6 +428,9 @@ pub struct CalibrateArgs {
     /// Framing rules to try, each MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE (0:0 = none).
     #[arg(long, value_delimiter = ',', default_value = "0:0,0.5:0.99")]
     pub framing: Vec<String>,
+    /// Shortlist depths to try (default: the `--shortlist` given).
+    #[arg(long, value_delimiter = ',')]
+    pub shortlists: Vec<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -397,6 +478,22 @@ pub struct EvalArgs {
     /// centre view at its default 2/3.
     #[arg(long, value_delimiter = ',', default_value = "zoom-in")]
     pub query_views: Vec<String>,
+    /// Split the references into this many folds: every tuned value is chosen on the
+    /// other folds' queries and each fold is reported on values it did not see (1 = no
+    /// split: figures on the values given or chosen on all queries).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub folds: u32,
+    /// With folds: the most wrong names among photos of catalogued items a chosen
+    /// setting may give on the queries it is chosen on...
+    #[arg(long, default_value_t = 0.01, value_parser = share)]
+    pub max_wrong_answer_rate: f32,
+    /// ...and the most photos of uncatalogued items (and open-set searches) it may name.
+    #[arg(long, default_value_t = 0.025, value_parser = share)]
+    pub max_false_accept_rate: f32,
+    /// With folds: the shortlist chosen is the shortest tried whose first stage finds
+    /// this share of the photos' covers (then the verdict rule is chosen at that depth).
+    #[arg(long, default_value_t = 0.99, value_parser = share)]
+    pub min_first_stage_recall: f32,
 }
 
 /// A share (0..1) given on the command line: a value outside it would silently reject or

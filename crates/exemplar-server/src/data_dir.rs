@@ -7,12 +7,14 @@ use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_core::embed_queue::EmbedQueue;
 use exemplar_core::service::{Catalogue, Limits};
+use exemplar_core::shortlist::WordIndex;
 use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
 use exemplar_embed::CnnEmbedder;
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::SqliteStore;
-use exemplar_verify::HomographyVerifier;
+use exemplar_verify::{HomographyVerifier, VisualWords};
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -118,7 +120,15 @@ pub async fn open_catalogue(
     } else {
         catalogue
     };
-    let head = catalogue.catch_up(watermark).await?;
+    let (catalogue, from) = match (verifies, args.stages.vocabulary_fitter()) {
+        (true, Some(fitter)) => {
+            let (words, words_watermark) = load_words(dir);
+            let from = watermark.min(words_watermark.unwrap_or(watermark));
+            (catalogue.with_word_index(Arc::new(fitter), words), from)
+        }
+        _ => (catalogue, watermark),
+    };
+    let head = catalogue.catch_up(from).await?;
     tracing::info!(
         indexed = catalogue.indexed(),
         from = watermark,
@@ -185,6 +195,59 @@ async fn projection(
     Ok(p)
 }
 
+/// The word index dump: magic, the change log position it holds (u64), the index.
+fn words_file(dir: &Path) -> PathBuf {
+    dir.join("words.bin")
+}
+
+const WORDS_MAGIC: &[u8; 4] = b"EXWD";
+
+/// The word index dump and the change log position it holds; none when missing or
+/// unreadable (the index is a cache: it is fitted again once the catalogue is large
+/// enough, see `Catalogue::rebuild_words_if_due`).
+fn load_words(dir: &Path) -> (Option<Box<dyn WordIndex>>, Option<Sequence>) {
+    let path = words_file(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (None, None),
+        Err(e) => {
+            tracing::warn!(error = %e, "word index dump unreadable: it is rebuilt from the database");
+            return (None, None);
+        }
+    };
+    let parsed = if bytes.len() >= 12 && &bytes[..4] == WORDS_MAGIC {
+        let watermark = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
+        VisualWords::load(&bytes[12..]).map(|w| (w, watermark))
+    } else {
+        Err(exemplar_verify::vocabulary::VocabularyError(
+            "not a word index dump".into(),
+        ))
+    };
+    match parsed {
+        Ok((words, watermark)) => {
+            tracing::info!(vocabulary = %words.version(), exemplars = words.len(), "word index loaded");
+            (Some(Box::new(words)), Some(watermark as Sequence))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no usable word index dump: it is rebuilt from the database");
+            (None, None)
+        }
+    }
+}
+
+/// Writes the word index dump next to a temporary name, then renames it over the old.
+fn save_words(dir: &Path, words: &dyn WordIndex, head: Sequence) -> anyhow::Result<()> {
+    let path = words_file(dir);
+    let partial = path.with_extension("bin.partial");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    out.write_all(WORDS_MAGIC)?;
+    out.write_all(&(head as u64).to_le_bytes())?;
+    words.save(&mut out)?;
+    out.into_inner()?.sync_all()?;
+    std::fs::rename(&partial, &path)?;
+    Ok(())
+}
+
 /// Writes the index dump, tagged with the change log position and projection it
 /// reflects. Writers wait meanwhile (searches do not); the file writing runs with the
 /// async worker handed over to the blocking pool.
@@ -192,9 +255,14 @@ async fn projection(
 pub async fn save_index(catalogue: &AppCatalogue, dir: &Path) -> anyhow::Result<Sequence> {
     let dump = exemplar_index::dump_dir(dir);
     let head = catalogue
-        .checkpoint(|index, head, projection| {
-            tokio::task::block_in_place(|| index.save(&dump, head as u64, projection.version()))
-                .map(|()| head)
+        .checkpoint(|index, head, projection, words| {
+            tokio::task::block_in_place(|| {
+                index.save(&dump, head as u64, projection.version())?;
+                if let Some(words) = words {
+                    save_words(dir, words, head)?;
+                }
+                anyhow::Ok(head)
+            })
         })
         .await??;
     Ok(head)

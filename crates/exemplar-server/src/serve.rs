@@ -74,6 +74,8 @@ async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
                 Some(r) => Some(r),
                 None => catalogue.compact_if_due().await?,
             };
+            let words = catalogue.rebuild_words_if_due().await?;
+            let rebuilt = rebuilt.map(|_| ()).or(words.map(|_| ()));
             let head = catalogue.store().head().await?;
             if rebuilt.is_some() || dumped != Some(head) {
                 dumped = Some(save_index(&catalogue, &dir).await?);

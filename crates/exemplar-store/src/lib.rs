@@ -448,7 +448,7 @@ impl CatalogueStore for SqliteStore {
 
     async fn exemplar_hashes(&self) -> StoreResult<Vec<ExemplarHash>> {
         let rows = sqlx::query(
-            "SELECT class_id, sha256, substr(local_features, 1, 4) AS local_format FROM exemplars",
+            "SELECT id, class_id, sha256, substr(local_features, 1, 4) AS local_format FROM exemplars ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -456,6 +456,7 @@ impl CatalogueStore for SqliteStore {
         Ok(rows
             .iter()
             .map(|r| ExemplarHash {
+                id: r.get("id"),
                 class: r.get("class_id"),
                 sha256: r.get("sha256"),
                 local_format: r.get("local_format"),

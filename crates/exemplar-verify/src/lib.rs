@@ -12,6 +12,8 @@ mod matching;
 mod orb;
 pub mod sift;
 mod verifier;
+pub mod vocabulary;
+mod word_index;
 
 pub use codec::{encoded_len, stored_kind, CodecError};
 pub use features::{
@@ -21,6 +23,8 @@ pub use framing::{framing, Framing};
 pub use homography::{hull_area, ransac_homography, Found, Homography, RansacParams};
 pub use matching::{match_features, Match};
 pub use verifier::HomographyVerifier;
+pub use vocabulary::{Norm, Vocabulary, VocabularyParams};
+pub use word_index::{VisualWords, VocabularyFitter};
 
 /// The outcome of verifying one reference against a query photo.
 #[derive(Debug, Clone, PartialEq)]

@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::extractor::{CropBox, ExtractError, Extracted, LocalFor, View};
 use crate::projection::Projection;
 use crate::refit::RefitPolicy;
+use crate::shortlist::{WordIndex, WordIndexFitter};
 use crate::verifier::{EarlyStop, Evidence, Verifier};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -30,7 +31,9 @@ pub use crate::verifier::VerdictRule;
 
 mod rebuild;
 mod search;
+mod words;
 pub use rebuild::Rebuilt;
+pub use words::WordsRebuilt;
 
 /// One uploaded photo.
 #[derive(Debug, Clone)]
@@ -106,14 +109,17 @@ pub struct TwoStage {
 }
 
 impl Default for TwoStage {
-    /// Shortlist 300, the central two thirds, and stopping at 80 inliers spanning 20 %:
-    /// measured on SMVS-dev with 1,076 distractors (README, "Cover recognition").
+    /// A shortlist of 100 (global and visual-word rankings merged), the central two
+    /// thirds, verified 16 at a time and stopping at 80 inliers spanning 20 %: the
+    /// shortlist is the shortest whose first stage finds 99 % of the photos' covers on
+    /// SMVS-dev with 1,076 distractors (`exemplar calibrate --folds 2`); a photo of a
+    /// catalogued cover is mostly settled by the first 16 (docs/benchmarks.md).
     fn default() -> Self {
         Self {
-            shortlist: 300,
+            shortlist: 100,
             centre_view: Some(2.0 / 3.0),
             early_stop: Some(EarlyStop {
-                chunk: 50,
+                chunk: 16,
                 inliers: 80,
                 coverage: 0.2,
             }),
@@ -256,6 +262,10 @@ pub struct Catalogue<S, I> {
     refit: RefitPolicy,
     verifier: Option<Arc<dyn Verifier>>,
     two_stage: TwoStage,
+    /// The visual-word shortlist beside the global one: what fits its vocabulary, and
+    /// the index (`None` until a vocabulary is fitted: the global shortlist alone).
+    word_fitter: Option<Arc<dyn WordIndexFitter>>,
+    words: RwLock<Option<Box<dyn WordIndex>>>,
 }
 
 impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
@@ -283,7 +293,32 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             refit: RefitPolicy::default(),
             verifier: None,
             two_stage: TwoStage::default(),
+            word_fitter: None,
+            words: RwLock::new(None),
         }
+    }
+
+    /// Adds the visual-word shortlist (needs a verifier: it indexes the stored local
+    /// features). `words`: an index loaded from a dump, to be caught up like the ANN one;
+    /// `None`: one is fitted once the catalogue is large enough (see
+    /// [`Catalogue::rebuild_words_if_due`]).
+    pub fn with_word_index(
+        mut self,
+        fitter: Arc<dyn WordIndexFitter>,
+        words: Option<Box<dyn WordIndex>>,
+    ) -> Self {
+        self.word_fitter = Some(fitter);
+        self.words = RwLock::new(words);
+        self
+    }
+
+    /// The word index, read-locked (`None` inside when there is none yet).
+    pub fn read_words(&self) -> std::sync::RwLockReadGuard<'_, Option<Box<dyn WordIndex>>> {
+        self.words.read().expect("words lock")
+    }
+
+    fn write_words(&self) -> std::sync::RwLockWriteGuard<'_, Option<Box<dyn WordIndex>>> {
+        self.words.write().expect("words lock")
     }
 
     /// Verifies the global shortlist with local features (the extractor must make them:
@@ -326,12 +361,18 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     /// `save` runs on the calling thread: wrap blocking work accordingly.
     pub async fn checkpoint<R>(
         &self,
-        save: impl FnOnce(&I, Sequence, &Projection) -> R,
+        save: impl FnOnce(&I, Sequence, &Projection, Option<&dyn WordIndex>) -> R,
     ) -> Result<R, ServiceError> {
         let _quiet = self.gate.write().await;
         let head = self.store.head().await?;
         let space = self.read_space();
-        Ok(save(&space.index, head, &space.projection))
+        let words = self.read_words();
+        Ok(save(
+            &space.index,
+            head,
+            &space.projection,
+            words.as_deref(),
+        ))
     }
 
     fn check_label(&self, label: &str) -> Result<(), ServiceError> {
@@ -539,6 +580,13 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             .index
             .insert_batch(&added)
             .map_err(ServiceError::Internal)?;
+        if let Some(words) = self.write_words().as_mut() {
+            for (e, s) in exemplars.iter().zip(stored) {
+                if let (Stored::Added(id), Some(local)) = (s, &e.local_features) {
+                    words.insert(*id, local);
+                }
+            }
+        }
         Ok(exemplars
             .iter()
             .zip(stored)
@@ -612,8 +660,12 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let _write = self.gate.read().await;
         let removed = self.store.delete_class(class).await?;
         let mut space = self.space.write().expect("space lock");
+        let mut words = self.write_words();
         for id in removed {
             space.index.remove(id);
+            if let Some(w) = words.as_mut() {
+                w.remove(id);
+            }
         }
         Ok(())
     }
@@ -624,6 +676,9 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             return Err(ServiceError::NotFound(format!("exemplar {id} not found")));
         }
         self.space.write().expect("space lock").index.remove(id);
+        if let Some(w) = self.write_words().as_mut() {
+            w.remove(id);
+        }
         Ok(())
     }
 
@@ -641,6 +696,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             .collect();
         // Only exemplars still alive come back from the store.
         let descriptors = self.store.descriptors(&added).await?;
+        self.catch_up_words(&changes).await?;
         let mut space = self.space.write().expect("space lock");
         let index = &mut space.index;
         let mut last = after;

@@ -32,7 +32,7 @@ pub struct Rebuilt {
 }
 
 /// Runs CPU-heavy work on its own thread and awaits it without blocking the executor.
-async fn off_thread<T: Send + 'static>(
+pub(super) async fn off_thread<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ServiceError> {
@@ -66,7 +66,19 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         }
         match self.rebuild(true).await {
             Err(ServiceError::Busy(_)) => Ok(None),
-            other => other.map(Some),
+            Ok(rebuilt) => {
+                self.refit_words().await?;
+                Ok(Some(rebuilt))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The catalogue has grown enough to refit: the vocabulary too.
+    async fn refit_words(&self) -> Result<(), ServiceError> {
+        match self.rebuild_words().await {
+            Ok(_) | Err(ServiceError::Busy(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -82,7 +94,9 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 ),
             });
         }
-        self.rebuild(true).await
+        let rebuilt = self.rebuild(true).await?;
+        self.refit_words().await?;
+        Ok(rebuilt)
     }
 
     /// Rebuilds the index without its deleted entries when they weigh enough.

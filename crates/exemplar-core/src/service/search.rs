@@ -11,6 +11,7 @@ use crate::catalogue::{CatalogueStore, ClassId, ExemplarId, ExemplarOwner, Metad
 use crate::embed_queue::Want;
 use crate::extractor::{LocalFor, View};
 use crate::rerank::reorder;
+use crate::shortlist::merge_shortlists;
 use crate::verifier::Evidence;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +24,9 @@ struct Candidate {
     owner: ExemplarOwner,
     evidence: Option<Evidence>,
 }
+
+/// Exemplars with their global similarity, best first.
+type Hits = Vec<(ExemplarId, f32)>;
 
 fn millis(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
@@ -82,7 +86,10 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         } else {
             (depth * 2).max(k * 8).max(64)
         };
-        let hits = self.nearest(&views, wanted)?;
+        let (mut hits, queries) = self.nearest(&views, wanted)?;
+        if let Some(query) = &query_local {
+            hits = self.merge_words(hits, &queries, query, wanted).await?;
+        }
         let ids: Vec<ExemplarId> = hits.iter().map(|(id, _)| *id).collect();
         let mut owners: BTreeMap<ExemplarId, ExemplarOwner> = self
             .store
@@ -131,14 +138,16 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     }
 
     /// The `wanted` nearest exemplars over every view of the query (best score per
-    /// exemplar), projected and searched in one space even if a swap is about to happen.
+    /// exemplar), projected and searched in one space even if a swap is about to happen;
+    /// and the views' descriptors.
     fn nearest(
         &self,
         views: &[crate::Extracted],
         wanted: usize,
-    ) -> Result<Vec<(ExemplarId, f32)>, ServiceError> {
+    ) -> Result<(Hits, Vec<Vec<f32>>), ServiceError> {
         let space = self.read_space();
         let mut best: HashMap<ExemplarId, f32> = HashMap::new();
+        let mut queries = Vec::with_capacity(views.len());
         for view in views {
             let query = space
                 .projection
@@ -152,11 +161,52 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 let entry = best.entry(id).or_insert(score);
                 *entry = entry.max(score);
             }
+            queries.push(query);
         }
         let mut hits: Vec<(ExemplarId, f32)> = best.into_iter().collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(wanted);
-        Ok(hits)
+        Ok((hits, queries))
+    }
+
+    /// The global hits merged with the word index's best (see [`merge_shortlists`]): an
+    /// exemplar only the words found gets its global score from its stored descriptor
+    /// (the best over the query's views), so every candidate is scored alike.
+    async fn merge_words(
+        &self,
+        global: Vec<(ExemplarId, f32)>,
+        queries: &[Vec<f32>],
+        query_local: &[u8],
+        wanted: usize,
+    ) -> Result<Vec<(ExemplarId, f32)>, ServiceError> {
+        let word_hits: Vec<ExemplarId> = match self.read_words().as_ref() {
+            Some(words) => words
+                .search(query_local, wanted)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+            None => return Ok(global),
+        };
+        let global_ids: Vec<ExemplarId> = global.iter().map(|(id, _)| *id).collect();
+        let merged = merge_shortlists(&global_ids, &word_hits, wanted);
+        let mut scores: HashMap<ExemplarId, f32> = global.into_iter().collect();
+        let words_only: Vec<ExemplarId> = merged
+            .iter()
+            .filter(|id| !scores.contains_key(id))
+            .copied()
+            .collect();
+        for (id, descriptor) in self.store.descriptors(&words_only).await? {
+            let score = queries
+                .iter()
+                .map(|q| crate::cosine(q, &descriptor))
+                .fold(f32::MIN, f32::max);
+            scores.insert(id, score);
+        }
+        // Deleted meanwhile: no descriptor, dropped.
+        Ok(merged
+            .into_iter()
+            .filter_map(|id| Some((id, *scores.get(&id)?)))
+            .collect())
     }
 
     /// Fills in each candidate's evidence, chunk by chunk in global order until one
@@ -212,7 +262,11 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 _ => 0,
             })
             .collect();
-        let global: Vec<usize> = (0..candidates.len()).collect();
+        // Unverified candidates by their global score: the shortlist interleaves the word
+        // index's, whose order says nothing once verification has spoken.
+        let mut global: Vec<usize> = (0..candidates.len()).collect();
+        global.sort_by(|a, b| candidates[*b].score.total_cmp(&candidates[*a].score));
+        let strength: Vec<usize> = global.iter().map(|&i| strength[i]).collect();
         let order = reorder(&global, &strength, self.verdict.min_inliers.max(1) as usize);
         let best_inliers = candidates
             .iter()

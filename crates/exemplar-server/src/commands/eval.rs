@@ -5,10 +5,13 @@ use crate::cli::{share, CalibrateArgs, EvalArgs};
 use crate::progress::Progress;
 use anyhow::{bail, Context};
 use exemplar_core::eval::{
-    images_under, mean_average_precision, query_reference_report, GroundTruth, ReportOptions,
+    images_under, mean_average_precision, query_reference_report, GroundTruth, QueryOutcome,
+    ReportOptions,
 };
+use exemplar_core::folds::{choose_on_all, cross_validate, query_folds, Tolerance};
 use exemplar_core::refit::CATALOGUE_SOURCE;
 use exemplar_core::rerank::Rerank;
+use exemplar_core::shortlist::WordIndexFitter;
 use exemplar_core::{Evidence, FeatureExtractor, PooledFeature, Projection, VerdictRule};
 use exemplar_embed::CnnEmbedder;
 use exemplar_verify::{extract_rgb, ExtractParams, LocalFeatures, RansacParams};
@@ -23,7 +26,7 @@ use std::time::Instant;
 const CHUNK: usize = 16;
 
 pub fn run(embedder: &CnnEmbedder, args: &EvalArgs) -> anyhow::Result<()> {
-    score_rules(embedder, args, &[args.stages.verdict_rule()], false)
+    score_rules(embedder, args, &[args.stages.verdict_rule()], &[], false)
 }
 
 /// `exemplar calibrate`: the same two stages under every rule of a grid, with the rates
@@ -51,7 +54,7 @@ pub fn calibrate(embedder: &CnnEmbedder, args: &CalibrateArgs) -> anyhow::Result
             }
         }
     }
-    score_rules(embedder, &args.eval, &grid, true)
+    score_rules(embedder, &args.eval, &grid, &args.shortlists, true)
 }
 
 /// `MIN_IN_FRAME:MIN_IN_FRAME_OFF_CENTRE`, both shares of the outline (0..1).
@@ -68,6 +71,7 @@ fn score_rules(
     embedder: &CnnEmbedder,
     args: &EvalArgs,
     rules: &[VerdictRule],
+    shortlists: &[usize],
     calibrating: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -91,7 +95,7 @@ fn score_rules(
     let paths = truth.all_images();
     let embed_started = Instant::now();
     let features = match &args.feature_cache {
-        Some(dir) => cached_features(embedder, &paths, dir)?,
+        Some(dir) => super::feature_cache::cached_features(embedder, &paths, dir)?,
         None => embed_all(embedder, &paths)?,
     };
     let embed_seconds = embed_started.elapsed().as_secs_f64();
@@ -106,16 +110,48 @@ fn score_rules(
     // both, as stored).
     let local = match (&embedder.config().local_features, args.global_only) {
         (Some(params), false) => {
-            let mut all = local_features(&paths[..catalogue_len], params)?;
-            all.extend(local_features(
-                &paths[catalogue_len..],
-                &params.for_query(),
-            )?);
+            let extract = |paths: &[PathBuf], params: &ExtractParams| match &args.feature_cache {
+                Some(dir) => super::feature_cache::cached_local_features(paths, params, dir),
+                None => local_features(paths, params),
+            };
+            let mut all = extract(&paths[..catalogue_len], params)?;
+            all.extend(extract(&paths[catalogue_len..], &params.for_query())?);
             Some(all)
         }
         _ => None,
     };
     let local_seconds = local_started.elapsed().as_secs_f64();
+    let shortlists: Vec<usize> = if shortlists.is_empty() {
+        vec![args.stages.shortlist]
+    } else {
+        shortlists.to_vec()
+    };
+    let deepest = shortlists.iter().copied().max().unwrap_or(0);
+    // The word index's ranking of every query, as a search asks for it.
+    let words = match (&local, args.stages.vocabulary_fitter()) {
+        (Some(local), Some(fitter)) => {
+            let (queries, skip) = match &truth {
+                GroundTruth::QueryReference { queries, .. } => (
+                    (0..queries.len())
+                        .map(|q| query_offset + q)
+                        .collect::<Vec<_>>(),
+                    0,
+                ),
+                // Each image is a query and finds itself first.
+                GroundTruth::Groups { images, .. } => ((0..images.len()).collect(), 1),
+            };
+            word_rankings(
+                &fitter,
+                &local[..catalogue_len],
+                local,
+                &queries,
+                deepest + skip + 10,
+            )
+        }
+        _ => None,
+    };
+    let word_seconds = words.as_ref().map(|w| w.1);
+    let words = words.map(|w| w.0);
     let ransac = RansacParams::default();
     // Verification of catalogue item `c` for query `q`, computed once and shared by
     // every rule and projection.
@@ -191,7 +227,12 @@ fn score_rules(
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<_, _>>()?;
-        for rule in rules {
+        // Every setting tried, with each query's outcome under it (for the folds).
+        let mut settings: Vec<(Value, Vec<QueryOutcome>)> = Vec::new();
+        for (&shortlist, rule) in shortlists
+            .iter()
+            .flat_map(|s| rules.iter().map(move |r| (s, r)))
+        {
             // As the service verifies: chunk by chunk until one settles the search.
             // Evidence counts (as its inliers) only when the rule verifies it.
             let evidence = |q: usize, candidates: &[usize]| -> Vec<usize> {
@@ -215,12 +256,13 @@ fn score_rules(
                 out
             };
             let rerank = local.as_ref().map(|_| Rerank {
-                shortlist: args.stages.shortlist,
+                shortlist,
                 min_evidence: rule.min_inliers as usize,
                 evidence: &evidence,
+                words: words.as_deref(),
             });
             let verify_started = Instant::now();
-            let mut metrics = score(
+            let (mut metrics, outcomes) = score(
                 &truth,
                 &vectors,
                 &root,
@@ -231,14 +273,33 @@ fn score_rules(
             );
             metrics["rank_seconds"] = json!(verify_started.elapsed().as_secs_f64());
             let mut row = result.clone();
+            row["setting"] = settings_row_setting(shortlist, rule);
             merge(&mut row, metrics);
             if calibrating {
-                row = rates(&row, rule);
+                row = rates(&row, rule, shortlist);
+                row["setting"] = settings_row_setting(shortlist, rule);
                 eprintln!("{}", rates_line(&row));
             } else {
                 eprintln!("{}", summary_line(&row));
             }
+            settings.push((row.clone(), outcomes));
             results.push(row);
+        }
+        if let (true, GroundTruth::QueryReference { queries, .. }) = (args.folds > 1, &truth) {
+            let references: Vec<Option<usize>> = queries.iter().map(|q| q.reference).collect();
+            let folded = folded_report(
+                name,
+                &settings,
+                &query_folds(&references, args.folds as usize),
+                local.is_some(),
+                &Tolerance {
+                    max_wrong_answer_rate: args.max_wrong_answer_rate as f64,
+                    max_false_accept_rate: args.max_false_accept_rate as f64,
+                    min_first_stage_recall: args.min_first_stage_recall as f64,
+                },
+            );
+            eprintln!("{}", folded_line(&folded));
+            results.push(folded);
         }
     }
 
@@ -255,6 +316,9 @@ fn score_rules(
             "same_item_pairs": same_item_json(&truth, &same_item, &root),
             "stages": if args.global_only { json!("global") } else { json!({"shortlist": args.stages.shortlist, "min_inliers": args.stages.min_inliers, "min_coverage": args.stages.min_coverage, "min_in_frame": args.stages.min_in_frame, "min_in_frame_off_centre": args.stages.min_in_frame_off_centre, "settle_inliers": args.stages.settle_inliers, "settle_coverage": args.stages.settle_coverage, "verify_chunk": args.stages.verify_chunk}) },
             "local_features_ms_per_image": local_seconds * 1e3 / paths.len().max(1) as f64,
+            "word_index_seconds": word_seconds,
+            "vocabulary": words.as_ref().map(|_| format!("{:?}", args.stages.vocabulary)),
+            "folds": args.folds,
             "elapsed_seconds": started.elapsed().as_secs_f64(),
             "results": results,
         })
@@ -347,8 +411,59 @@ fn query_views(
     Ok(out)
 }
 
+/// Fits a vocabulary on the catalogue's local features, indexes them, and ranks the
+/// catalogue for each of `queries` (indices into `all`): the `depth` best, as a search
+/// asks the service's word index. Returns the rankings and the seconds the fit and
+/// indexing took; `None` (the global shortlist alone) for a catalogue the service would
+/// not fit a vocabulary on either.
+fn word_rankings(
+    fitter: &dyn WordIndexFitter,
+    catalogue: &[LocalFeatures],
+    all: &[LocalFeatures],
+    queries: &[usize],
+    depth: usize,
+) -> Option<(Vec<Vec<usize>>, f64)> {
+    let started = Instant::now();
+    let stored: Vec<Vec<u8>> = catalogue.iter().map(LocalFeatures::to_bytes).collect();
+    let refs: Vec<&[u8]> = stored.iter().map(Vec::as_slice).collect();
+    let fitted = (catalogue.len() >= fitter.min_exemplars())
+        .then(|| fitter.fit(&refs))
+        .flatten();
+    let Some(mut index) = fitted else {
+        eprintln!(
+            "no visual words: a vocabulary is fitted on {} images or more, the catalogue has {} (the global shortlist alone, as in the service)",
+            fitter.min_exemplars(),
+            catalogue.len(),
+        );
+        return None;
+    };
+    for (i, bytes) in refs.iter().enumerate() {
+        index.insert(i as i64, bytes);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "word index {}: {} exemplars in {seconds:.1} s",
+        index.version(),
+        index.len()
+    );
+    let rankings = queries
+        .par_iter()
+        .map(|&q| {
+            index
+                .search(&all[q].to_bytes(), depth)
+                .into_iter()
+                .map(|(id, _)| id as usize)
+                .collect()
+        })
+        .collect();
+    Some((rankings, seconds))
+}
+
 /// Keypoints and descriptors of every image (the second stage's input).
-fn local_features(paths: &[PathBuf], params: &ExtractParams) -> anyhow::Result<Vec<LocalFeatures>> {
+pub(super) fn local_features(
+    paths: &[PathBuf],
+    params: &ExtractParams,
+) -> anyhow::Result<Vec<LocalFeatures>> {
     let progress = std::sync::Mutex::new(Progress::new("local features", paths.len()));
     let out = paths
         .par_iter()
@@ -366,7 +481,10 @@ fn local_features(paths: &[PathBuf], params: &ExtractParams) -> anyhow::Result<V
     out
 }
 
-fn embed_all(embedder: &CnnEmbedder, paths: &[PathBuf]) -> anyhow::Result<Vec<PooledFeature>> {
+pub(super) fn embed_all(
+    embedder: &CnnEmbedder,
+    paths: &[PathBuf],
+) -> anyhow::Result<Vec<PooledFeature>> {
     let mut progress = Progress::new("embedding", paths.len());
     let mut features = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(CHUNK) {
@@ -382,63 +500,6 @@ fn embed_all(embedder: &CnnEmbedder, paths: &[PathBuf]) -> anyhow::Result<Vec<Po
     }
     progress.finish();
     Ok(features)
-}
-
-/// Features from `dir`'s cache file for this model; the missing ones are embedded and
-/// appended (one JSON line per image: path and feature).
-fn cached_features(
-    embedder: &CnnEmbedder,
-    paths: &[PathBuf],
-    dir: &Path,
-) -> anyhow::Result<Vec<PooledFeature>> {
-    use std::collections::HashMap;
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let name: String = embedder
-        .info()
-        .id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let file = dir.join(format!("{name}.jsonl"));
-    let mut known: HashMap<PathBuf, PooledFeature> = HashMap::new();
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        for line in text.lines() {
-            // A line cut short by a crash is skipped, not fatal.
-            if let Ok((path, feature)) = serde_json::from_str::<(PathBuf, Vec<f32>)>(line) {
-                known.insert(path, PooledFeature(feature));
-            }
-        }
-    }
-    let missing: Vec<PathBuf> = paths
-        .iter()
-        .filter(|p| !known.contains_key(*p))
-        .cloned()
-        .collect();
-    eprintln!(
-        "feature cache {}: {} cached, {} to embed",
-        file.display(),
-        paths.len() - missing.len(),
-        missing.len()
-    );
-    if !missing.is_empty() {
-        let fresh = embed_all(embedder, &missing)?;
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&file)?;
-        for (path, feature) in missing.into_iter().zip(fresh) {
-            writeln!(out, "{}", serde_json::to_string(&(&path, &feature.0))?)?;
-            known.insert(path, feature);
-        }
-    }
-    Ok(paths.iter().map(|p| known[p].clone()).collect())
 }
 
 fn resolve_projection(
@@ -481,14 +542,17 @@ fn score(
     rerank: Option<&Rerank<'_>>,
     same_item: &BTreeMap<usize, Vec<usize>>,
     extra_views: &[Vec<Vec<f32>>],
-) -> Value {
+) -> (Value, Vec<QueryOutcome>) {
     match truth {
         GroundTruth::Groups {
             groups, is_query, ..
-        } => json!({
-            "queries": is_query.iter().filter(|q| **q).count(),
-            "map": mean_average_precision(vectors, groups, is_query, rerank),
-        }),
+        } => (
+            json!({
+                "queries": is_query.iter().filter(|q| **q).count(),
+                "map": mean_average_precision(vectors, groups, is_query, rerank),
+            }),
+            Vec::new(),
+        ),
         GroundTruth::QueryReference {
             catalogue,
             queries,
@@ -512,13 +576,86 @@ fn score(
             if !per_query {
                 value.as_object_mut().expect("object").remove("outcomes");
             }
-            value
+            (value, report.outcomes)
         }
     }
 }
 
+/// Each fold reported under the setting chosen on the other folds, and all of them
+/// pooled (every query once, under a setting its fold did not choose).
+fn folded_report(
+    projection: &str,
+    settings: &[(Value, Vec<QueryOutcome>)],
+    folds: &[usize],
+    two_stage: bool,
+    tolerance: &Tolerance,
+) -> Value {
+    let outcomes: Vec<Vec<QueryOutcome>> = settings.iter().map(|s| s.1.clone()).collect();
+    let shortlists: Vec<usize> = settings
+        .iter()
+        .map(|s| s.0["setting"]["shortlist"].as_u64().unwrap_or(0) as usize)
+        .collect();
+    let (reports, pooled) = cross_validate(&shortlists, &outcomes, folds, two_stage, tolerance);
+    let (on_all, on_all_figures) = choose_on_all(&shortlists, &outcomes, two_stage, tolerance);
+    let setting = |i: usize| settings[i].0["setting"].clone();
+    json!({
+        "projection": projection,
+        "folded": true,
+        "folds": reports.len(),
+        "tolerance": tolerance,
+        "per_fold": reports.iter().map(|r| json!({
+            "fold": r.fold,
+            "chosen": setting(r.chosen),
+            "tuning_figures": r.tuning,
+            "held_out_figures": r.held_out,
+        })).collect::<Vec<_>>(),
+        "held_out": pooled,
+        // The defaults a user would set from this data: figures on what they were tuned on.
+        "chosen_on_all_queries": {
+            "setting": setting(on_all),
+            "tuned_on_reported": true,
+            "figures": on_all_figures,
+        },
+    })
+}
+
+fn folded_line(row: &Value) -> String {
+    let f = &row["held_out"];
+    let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    format!(
+        "{} {}-fold, each fold on settings chosen on the others: top-1 {:.4} ({}), wrong answer {:.4}, false accept {:.4}, open set unknown {:.4}, first stage recall@100 {:.4}; chosen: {}; on all queries (tuned on what it reports): {} top-1 {:.4}",
+        row["projection"].as_str().unwrap_or("?"),
+        row["folds"],
+        number(&f["top1"]),
+        f["by_attribute_top1"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} {:.3}", number(v))).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        number(&f["wrong_answer_rate"]),
+        number(&f["false_accept_rate"]),
+        number(&f["open_set_unknown_rate"]),
+        number(&f["first_stage_recall"]["100"]),
+        row["per_fold"]
+            .as_array()
+            .map(|a| a.iter().map(|r| r["chosen"].to_string()).collect::<Vec<_>>().join(" / "))
+            .unwrap_or_default(),
+        row["chosen_on_all_queries"]["setting"],
+        number(&row["chosen_on_all_queries"]["figures"]["top1"]),
+    )
+}
+
+fn settings_row_setting(shortlist: usize, rule: &VerdictRule) -> Value {
+    json!({
+        "shortlist": shortlist,
+        "min_inliers": rule.min_inliers,
+        "min_coverage": rule.min_coverage,
+        "min_in_frame": rule.min_in_frame,
+        "min_in_frame_off_centre": rule.min_in_frame_off_centre,
+    })
+}
+
 /// A calibration row: the rule and the rates it is chosen by.
-fn rates(row: &Value, rule: &VerdictRule) -> Value {
+fn rates(row: &Value, rule: &VerdictRule, shortlist: usize) -> Value {
     let u = &row["unknown"];
     let count = |key: &str| u[key].as_u64().unwrap_or(0) as f64;
     let known = count("known_queries");
@@ -531,6 +668,7 @@ fn rates(row: &Value, rule: &VerdictRule) -> Value {
         - count("unknown_answered_unknown");
     json!({
         "projection": row["projection"],
+        "shortlist": shortlist,
         "min_inliers": rule.min_inliers,
         "min_coverage": rule.min_coverage,
         "min_in_frame": rule.min_in_frame,
@@ -548,8 +686,9 @@ fn rates(row: &Value, rule: &VerdictRule) -> Value {
 
 fn rates_line(r: &Value) -> String {
     format!(
-        "{} inliers>={} coverage>={} in-frame>={}:{}: top-1 {:.3}, false reject {:.3}, wrong answer {:.3}, false accept {:.3} (of {} that should be unknown)",
+        "{} shortlist {} inliers>={} coverage>={} in-frame>={}:{}: top-1 {:.3}, false reject {:.3}, wrong answer {:.3}, false accept {:.3} (of {} that should be unknown)",
         r["projection"].as_str().unwrap_or("?"),
+        r["shortlist"],
         r["min_inliers"],
         r["min_coverage"],
         r["min_in_frame"],

@@ -214,6 +214,13 @@ pub fn run(embedder: CnnEmbedder, args: &ImportArgs) -> anyhow::Result<()> {
                 r.fit_samples, r.seconds
             );
         }
+        // ...and when the visual words are first fitted on it.
+        if let Some(w) = catalogue.rebuild_words_if_due().await? {
+            println!(
+                "visual words {} fitted and {} exemplars indexed in {:.1} s",
+                w.vocabulary, w.exemplars, w.seconds
+            );
+        }
         save_index(&catalogue, dir).await?;
         let tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
         report(&tally, total, seconds, catalogue.indexed(), refit.is_some())

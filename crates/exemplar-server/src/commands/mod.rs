@@ -1,7 +1,9 @@
 mod bench;
+mod bench_words;
 mod classes;
 mod classify;
 mod eval;
+mod feature_cache;
 pub mod import;
 mod search;
 
@@ -39,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 golden.as_deref(),
             )
         }
+        Command::BenchWords(args) => bench_words::run(&args),
         Command::Eval(args) => eval::run(&load(&cli.model)?, &args),
         Command::Calibrate(args) => eval::calibrate(&load(&cli.model)?, &args),
         Command::FetchWeights => {

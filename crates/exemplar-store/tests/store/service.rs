@@ -211,7 +211,7 @@ async fn a_restarted_index_catches_up_from_its_dump_and_the_change_log() {
         assert_eq!(cat.catch_up(0).await.unwrap(), 2);
         assert_eq!(cat.indexed(), 2);
         let watermark = cat
-            .checkpoint(|index, head, projection| {
+            .checkpoint(|index, head, projection, _words| {
                 index
                     .save(&dump, head as u64, projection.version())
                     .unwrap();
