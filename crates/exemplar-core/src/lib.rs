@@ -17,7 +17,7 @@ pub mod linalg;
 pub mod projection;
 pub mod refit;
 pub mod rerank;
-mod rng;
+pub mod rng;
 pub mod service;
 pub mod shortlist;
 pub mod verifier;

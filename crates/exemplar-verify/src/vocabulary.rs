@@ -10,6 +10,7 @@
 //! same weights whatever was added since.
 
 use crate::sift::DESCRIPTOR_LEN;
+use exemplar_core::rng::SplitMix64;
 use rayon::prelude::*;
 
 /// A SIFT descriptor as stored (RootSIFT scaled to bytes).
@@ -313,23 +314,6 @@ fn sample(images: &[&[Descriptor]], max: usize) -> Vec<[f32; DESCRIPTOR_LEN]> {
     out
 }
 
-/// SplitMix64: a seeded, portable stream for the k-means seeding.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// `k` centroids of the points (k-means++ seeding, then Lloyd iterations) and the points
 /// of each cluster. Fewer points than `k`: the points themselves, repeated.
 fn kmeans(
@@ -344,9 +328,9 @@ fn kmeans(
         return (centres, vec![Vec::new(); k]);
     }
     let point = |i: u32| &all[i as usize];
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     // k-means++: each next centre drawn with probability ∝ squared distance to the nearest.
-    let first = points[(rng.next() % points.len() as u64) as usize];
+    let first = points[(rng.next_u64() % points.len() as u64) as usize];
     centres[..DESCRIPTOR_LEN].copy_from_slice(point(first));
     let mut nearest: Vec<f32> = points
         .iter()
@@ -355,9 +339,11 @@ fn kmeans(
     for c in 1..k {
         let total: f64 = nearest.iter().map(|&d| d as f64).sum();
         let chosen = if total <= 0.0 {
-            points[(rng.next() % points.len() as u64) as usize]
+            points[(rng.next_u64() % points.len() as u64) as usize]
         } else {
-            let mut target = rng.unit() * total;
+            // Uniform in [0, 1).
+            let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let mut target = unit * total;
             let mut pick = points.len() - 1;
             for (i, &d) in nearest.iter().enumerate() {
                 target -= d as f64;
@@ -435,14 +421,14 @@ mod tests {
 
     /// Descriptors scattered around `centres` well-separated prototypes.
     fn clustered(centres: usize, per: usize, seed: u64) -> Vec<Descriptor> {
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix64::new(seed);
         let prototypes: Vec<Descriptor> = (0..centres)
-            .map(|_| std::array::from_fn(|_| (rng.next() % 256) as u8))
+            .map(|_| std::array::from_fn(|_| (rng.next_u64() % 256) as u8))
             .collect();
         (0..centres * per)
             .map(|i| {
                 let p = &prototypes[i % centres];
-                std::array::from_fn(|j| p[j].saturating_add((rng.next() % 5) as u8))
+                std::array::from_fn(|j| p[j].saturating_add((rng.next_u64() % 5) as u8))
             })
             .collect()
     }

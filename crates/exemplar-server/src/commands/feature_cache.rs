@@ -40,26 +40,47 @@ pub fn cached_features(
             }
         }
     }
+    fill_missing(
+        paths,
+        known,
+        &file,
+        |missing| embed_all(embedder, missing),
+        |out, path, feature: &PooledFeature| {
+            writeln!(out, "{}", serde_json::to_string(&(path, &feature.0))?)?;
+            Ok(())
+        },
+    )
+}
+
+/// What `known` lacks of `paths` is computed (`compute`) and appended to `file`
+/// (`append`, one record each); returns every path's value in order.
+fn fill_missing<T: Clone>(
+    paths: &[PathBuf],
+    mut known: HashMap<PathBuf, T>,
+    file: &Path,
+    compute: impl FnOnce(&[PathBuf]) -> anyhow::Result<Vec<T>>,
+    append: impl Fn(&mut std::fs::File, &Path, &T) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<T>> {
     let missing: Vec<PathBuf> = paths
         .iter()
         .filter(|p| !known.contains_key(*p))
         .cloned()
         .collect();
     eprintln!(
-        "feature cache {}: {} cached, {} to embed",
+        "cache {}: {} cached, {} to compute",
         file.display(),
         paths.len() - missing.len(),
         missing.len()
     );
     if !missing.is_empty() {
-        let fresh = embed_all(embedder, &missing)?;
+        let fresh = compute(&missing)?;
         let mut out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&file)?;
-        for (path, feature) in missing.into_iter().zip(fresh) {
-            writeln!(out, "{}", serde_json::to_string(&(&path, &feature.0))?)?;
-            known.insert(path, feature);
+            .open(file)?;
+        for (path, value) in missing.into_iter().zip(fresh) {
+            append(&mut out, &path, &value)?;
+            known.insert(path, value);
         }
     }
     Ok(paths.iter().map(|p| known[p].clone()).collect())
@@ -78,29 +99,17 @@ pub fn cached_local_features(
         "local-{}-{}px-{}.bin",
         params.kind, params.max_side, params.max_keypoints
     ));
-    let mut known: HashMap<PathBuf, LocalFeatures> = if file.exists() {
+    let known: HashMap<PathBuf, LocalFeatures> = if file.exists() {
         read_local_cache(&file)?.into_iter().collect()
     } else {
         HashMap::new()
     };
-    let missing: Vec<PathBuf> = paths
-        .iter()
-        .filter(|p| !known.contains_key(*p))
-        .cloned()
-        .collect();
-    eprintln!(
-        "local feature cache {}: {} cached, {} to extract",
-        file.display(),
-        paths.len() - missing.len(),
-        missing.len()
-    );
-    if !missing.is_empty() {
-        let fresh = local_features(&missing, params)?;
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&file)?;
-        for (path, features) in missing.into_iter().zip(fresh) {
+    fill_missing(
+        paths,
+        known,
+        &file,
+        |missing| local_features(missing, params),
+        |out, path, features: &LocalFeatures| {
             let name = path.to_string_lossy().into_owned();
             let bytes = features.to_bytes();
             let mut record = Vec::with_capacity(8 + name.len() + bytes.len());
@@ -109,10 +118,9 @@ pub fn cached_local_features(
             record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             record.extend_from_slice(&bytes);
             out.write_all(&record)?;
-            known.insert(path, features);
-        }
-    }
-    Ok(paths.iter().map(|p| known[p].clone()).collect())
+            Ok(())
+        },
+    )
 }
 
 /// Every record of a local feature cache file, in order (a record cut short ends it).
