@@ -136,14 +136,14 @@ def main():
     model, h, w, batch, seconds, threads = sys.argv[1], *map(int, sys.argv[2:5]), float(sys.argv[5]), int(sys.argv[6])
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(build(model, h, w), so, providers=["CPUExecutionProvider"])
+    runner = ort.InferenceSession(build(model, h, w), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((batch, 3, h, w)).astype(np.float32)
-    session.run(None, {"x": x})  # warm-up, as Exemplar's bench does
+    runner.run(None, {"x": x})  # warm-up, as Exemplar's bench does
     passes = []
 
     def one_pass():
         t = time.perf_counter()
-        session.run(None, {"x": x})
+        runner.run(None, {"x": x})
         passes.append(time.perf_counter() - t)
 
     if "--passes-from-stdin" in sys.argv[7:]:

@@ -39,13 +39,13 @@ def main():
         so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(build(args.model, args.size, args.size), so,
+        runner = ort.InferenceSession(build(args.model, args.size, args.size), so,
                                        providers=["CPUExecutionProvider"])
         x = np.random.default_rng(1).standard_normal(
             (args.batch, 3, args.size, args.size)).astype(np.float32)
         for _ in range(args.passes):
-            session.run(None, {"x": x})
-        with open(session.end_profiling()) as f:
+            runner.run(None, {"x": x})
+        with open(runner.end_profiling()) as f:
             events = json.load(f)
 
     times, order, info = collections.defaultdict(list), [], {}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's accuracy figures on the shared evaluation data (not part of the
+# Reproduces the accuracy figures of docs/benchmarks.md on the shared evaluation data (not part of the
 # test suite: it needs ../shared/data and takes ~10 minutes on 2 cores).
 #   tests/reference-figures.sh [DATA_DIR]      (default ../shared/data)
 set -euo pipefail
@@ -10,7 +10,7 @@ cargo build --release --locked -q -p exemplar-server --bin exemplar
 X=target/release/exemplar
 cache=$(mktemp -d)
 trap 'rm -rf "$cache"' EXIT
-# The global-stage figures (issue 2); the two-stage ones follow at the end.
+# The global-stage figures; the two-stage ones follow at the end.
 run() { echo "== $*" >&2; "$X" "$@" --global-only --query-views none --feature-cache "$cache" 2>&1 | grep -E '\((256|1280)-d\)|distractors' >&2; }
 
 echo "== ImageNet sanity photos" >&2

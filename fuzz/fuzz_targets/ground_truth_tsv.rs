@@ -11,5 +11,5 @@ fuzz_target!(|data: &[u8]| {
         .unwrap()
         .write_all(data)
         .unwrap();
-    let _ = exemplar_core::eval::GroundTruth::load(&path);
+    let _ = exemplar_eval::GroundTruth::load(&path);
 });

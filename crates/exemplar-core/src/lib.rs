@@ -1,6 +1,7 @@
 //! Exemplar's domain core: what a descriptor is, how raw CNN features become 256-d
 //! descriptors (versioned projections and when to refit them), the blocking-safe queue
-//! the server uses to reach a feature extractor, and the retrieval metrics of `exemplar eval`.
+//! the server uses to reach a feature extractor, the two-stage search (shortlists merged,
+//! verified chunk by chunk) and the catalogue service built on them.
 //!
 //! Nothing here knows about Candle, HTTP, SQL or the ANN index: those crates implement
 //! the traits defined here.
@@ -10,9 +11,7 @@ pub mod catalogue;
 pub mod descriptor;
 pub mod embed_queue;
 pub mod error;
-pub mod eval;
 pub mod extractor;
-pub mod folds;
 pub mod linalg;
 pub mod projection;
 pub mod refit;
@@ -20,6 +19,8 @@ pub mod rerank;
 pub mod rng;
 pub mod service;
 pub mod shortlist;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod verifier;
 
 pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};

@@ -1,7 +1,7 @@
 //! When to (re)fit the projection on the catalogue.
 //!
-//! Measured on INRIA Holidays (see README): a data-free projection costs ~0.04 mAP against
-//! a PCA fitted on the catalogue itself, and power-whitening adds a little more. A fit on
+//! Measured on INRIA Holidays (docs/benchmarks.md): a data-free projection costs ~0.06 mAP
+//! against a PCA fitted on the catalogue itself, and power-whitening adds a little more. A fit on
 //! too few exemplars is worse than none (the tail components are noise that whitening
 //! amplifies), and each refit re-projects every stored feature and rebuilds the index, so
 //! refits happen when the catalogue is big enough and then each time it has grown by a
@@ -18,7 +18,7 @@ pub struct RefitPolicy {
     pub min_exemplars: usize,
     /// Refit when the catalogue has grown by this factor since the last fit.
     pub growth_factor: f64,
-    /// Power whitening of the fitted PCA (0.5 measured best on Holidays, see README).
+    /// Power whitening of the fitted PCA (0.5 measured best on Holidays, docs/benchmarks.md).
     pub whitening: f32,
     /// A fit uses at most this many exemplars (evenly spread over the catalogue); once a
     /// fit has used that many, more data would not change it and refits stop.

@@ -3,60 +3,44 @@
 //! first; the rest keep their global order. The answer is the best verified item, or
 //! `unknown` when nothing in the shortlist is verified.
 
-use crate::shortlist::merge_shortlists;
+use crate::verifier::{EarlyStop, Evidence, VerdictRule};
+use std::future::Future;
+use std::ops::Range;
 
-/// How evaluation and search re-rank: the shortlist length, the evidence needed to call
-/// an item verified, and how to get evidence.
-pub struct Rerank<'a> {
-    pub shortlist: usize,
-    pub min_evidence: usize,
-    /// `evidence(query, candidates)`: one number per candidate (0 = none).
-    pub evidence: &'a (dyn Fn(usize, &[usize]) -> Vec<usize> + Sync),
-    /// The word index's ranking for each query, best first: the shortlist is then the
-    /// merge of both rankings (see [`merge_shortlists`]), as the service makes it.
-    pub words: Option<&'a [Vec<usize>]>,
-}
-
-impl Rerank<'_> {
-    /// The candidates verified for query `q`, from its global ranking, leaving out the
-    /// items `excluded` says (an open-set search without the reference).
-    pub fn candidates(
-        &self,
-        q: usize,
-        global: &[usize],
-        excluded: impl Fn(usize) -> bool,
-    ) -> Vec<usize> {
-        let kept = |items: &[usize]| -> Vec<usize> {
-            items
-                .iter()
-                .copied()
-                .filter(|i| !excluded(*i))
-                .take(self.shortlist)
-                .collect()
-        };
-        let global = kept(global);
-        match self.words.and_then(|w| w.get(q)) {
-            Some(words) => merge_shortlists(&global, &kept(words), self.shortlist),
-            None => global,
+/// Verifies a shortlist of `len` candidates as `/search` does, and as `eval` and
+/// `calibrate` measure it: chunk by chunk in shortlist order (`stop.chunk` at a time, or
+/// all at once without an early stop), stopping after the first chunk in which a
+/// candidate is verified by `rule` *and* settles the search by `stop`. `verify(range)`
+/// gives the evidence of the candidates in `range` (`None` for one that cannot be
+/// verified). Candidates past the stop keep `None`.
+pub async fn verify_shortlist<E, Chunk>(
+    len: usize,
+    stop: Option<EarlyStop>,
+    rule: &VerdictRule,
+    mut verify: impl FnMut(Range<usize>) -> Chunk,
+) -> Result<Vec<Option<Evidence>>, E>
+where
+    Chunk: Future<Output = Result<Vec<Option<Evidence>>, E>>,
+{
+    let chunk = stop.map_or(len, |s| s.chunk).max(1);
+    let mut evidence: Vec<Option<Evidence>> = vec![None; len];
+    for start in (0..len).step_by(chunk) {
+        let range = start..(start + chunk).min(len);
+        let seen = verify(range.clone()).await?;
+        debug_assert_eq!(seen.len(), range.len(), "one answer per candidate");
+        // Only a verified match settles (the verdict rule may be stricter than the stop).
+        let settled = seen
+            .iter()
+            .flatten()
+            .any(|e| rule.verified(e) && stop.is_some_and(|s| s.settles(e)));
+        for (slot, e) in evidence[range].iter_mut().zip(seen) {
+            *slot = e;
+        }
+        if settled {
+            break;
         }
     }
-
-    /// The verified candidates first, most evidence first, then everything else in
-    /// global order (an unverified candidate the words found keeps its global rank).
-    pub fn order(&self, global: &[usize], candidates: &[usize], evidence: &[usize]) -> Vec<usize> {
-        let mut verified: Vec<(usize, usize)> = candidates
-            .iter()
-            .zip(evidence)
-            .filter(|(_, e)| **e >= self.min_evidence)
-            .map(|(c, e)| (*c, *e))
-            .collect();
-        // Stable: equal evidence keeps the shortlist's order.
-        verified.sort_by_key(|v| std::cmp::Reverse(v.1));
-        let taken: std::collections::HashSet<usize> = verified.iter().map(|v| v.0).collect();
-        let mut order: Vec<usize> = verified.into_iter().map(|v| v.0).collect();
-        order.extend(global.iter().filter(|i| !taken.contains(i)));
-        order
-    }
+    Ok(evidence)
 }
 
 /// Catalogue indices by score, best first (ties keep index order).
@@ -89,6 +73,77 @@ pub fn reorder(order: &[usize], evidence: &[usize], min_evidence: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verification_stops_after_the_chunk_that_settles_the_search() {
+        let rule = VerdictRule::default();
+        let stop = EarlyStop {
+            chunk: 3,
+            inliers: 80,
+            coverage: 0.2,
+        };
+        let seen = |inliers| Evidence {
+            inliers,
+            coverage: 0.5,
+            in_frame: 1.0,
+            centred: true,
+            ..Evidence::default()
+        };
+        // Candidate 4 (second chunk) settles; candidate 7 would have too, later.
+        let inliers = [0, 10, 30, 5, 120, 0, 0, 300, 0];
+        let asked = std::sync::Mutex::new(Vec::new());
+        let verify = |range: Range<usize>| {
+            asked.lock().unwrap().push(range.clone());
+            std::future::ready(Ok::<_, ()>(range.map(|i| Some(seen(inliers[i]))).collect()))
+        };
+        let got = futures_executor::block_on(verify_shortlist(9, Some(stop), &rule, verify));
+        let got: Vec<Option<u32>> = got
+            .unwrap()
+            .iter()
+            .map(|e| e.as_ref().map(|e| e.inliers))
+            .collect();
+        assert_eq!(*asked.lock().unwrap(), [0..3, 3..6]);
+        assert_eq!(
+            got,
+            [
+                Some(0),
+                Some(10),
+                Some(30),
+                Some(5),
+                Some(120),
+                Some(0),
+                None,
+                None,
+                None
+            ]
+        );
+        // Evidence that settles by inliers but fails the verdict rule does not stop it.
+        let off_frame = |range: Range<usize>| {
+            std::future::ready(Ok::<_, ()>(
+                range
+                    .map(|_| {
+                        Some(Evidence {
+                            in_frame: 0.0,
+                            ..seen(500)
+                        })
+                    })
+                    .collect(),
+            ))
+        };
+        let all = futures_executor::block_on(verify_shortlist(9, Some(stop), &rule, off_frame));
+        assert!(all.unwrap().iter().all(Option::is_some));
+        // Without an early stop, one chunk of everything.
+        let asked = std::sync::Mutex::new(Vec::new());
+        let once = |range: Range<usize>| {
+            asked.lock().unwrap().push(range.clone());
+            std::future::ready(Ok::<_, ()>(range.map(|_| None).collect()))
+        };
+        futures_executor::block_on(verify_shortlist(5, None, &rule, once)).unwrap();
+        assert_eq!(
+            asked.lock().unwrap().as_slice(),
+            &[std::ops::Range { start: 0, end: 5 }]
+        );
+    }
 
     #[test]
     fn verified_items_move_up_by_evidence_and_the_rest_keep_their_order() {

@@ -51,7 +51,7 @@ pub struct VerdictRule {
 impl Default for VerdictRule {
     /// 25 inliers (of SIFT features) spanning 5 % of the reference, half of it in the
     /// frame (all of it, 99 %, when it misses the centre): chosen with `exemplar
-    /// calibrate` on SMVS-dev with 1,076 distractors (README, "Cover recognition").
+    /// calibrate` on SMVS-dev with 1,076 distractors (docs/benchmarks.md).
     fn default() -> Self {
         Self {
             min_inliers: 25,

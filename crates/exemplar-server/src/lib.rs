@@ -1,11 +1,13 @@
-//! The `exemplar` command line (and, next, the HTTP server): configuration, telemetry and
-//! the commands that wire the domain core to the embedding pipeline.
+//! The `exemplar` binary: configuration, telemetry, the HTTP server and the commands that
+//! compose the domain core with its adapters (embedding, verification, index, store).
 
 pub mod alloc;
 pub mod cli;
 pub mod commands;
 pub mod data_dir;
+pub mod dto;
 pub mod http;
+pub mod model;
 pub mod progress;
 pub mod serve;
 pub mod telemetry;

@@ -2,24 +2,30 @@
 //! database, and answer HTTP until told to stop.
 
 use crate::cli::ServeArgs;
+use crate::data_dir::AppCatalogue;
 use crate::data_dir::{open_catalogue, save_index, DataDirLock};
-use crate::http::{self, AppCatalogue, AppState};
+use crate::http::{self, AppState};
 use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_embed::CnnEmbedder;
+use exemplar_verify::ExtractParams;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
+pub fn run(
+    args: ServeArgs,
+    embedder: CnnEmbedder,
+    local: Option<ExtractParams>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         http::metrics::prometheus();
-        let _lock = DataDirLock::acquire(&args.catalogue.data_dir)?;
-        let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder)).await?;
+        let _lock = DataDirLock::acquire(&args.catalogue.dir.data_dir)?;
+        let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
         let state = AppState::new(
             catalogue.clone(),
             args.api_key.as_deref(),
@@ -46,7 +52,7 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
         }
         let maintenance = tokio::spawn(maintain(
             catalogue.clone(),
-            args.catalogue.data_dir.clone(),
+            args.catalogue.dir.data_dir.clone(),
             Duration::from_secs(args.maintenance_interval_secs.max(1)),
         ));
         let limits = http::listen::ConnectionLimits {
@@ -56,7 +62,7 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder) -> anyhow::Result<()> {
         http::listen::serve(listener, app, limits, shutdown_signal()).await;
         maintenance.abort();
         let _ = maintenance.await;
-        save_index(&catalogue, &args.catalogue.data_dir).await?;
+        save_index(&catalogue, &args.catalogue.dir.data_dir).await?;
         tracing::info!("index saved, bye");
         Ok(())
     })

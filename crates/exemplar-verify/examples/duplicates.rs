@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p exemplar-verify --example duplicates -- DIR_A DIR_B [MIN_INLIERS]
 
-use exemplar_core::eval::images_under;
+use exemplar_eval::images_under;
 use exemplar_verify::{extract, verify, ExtractParams, LocalFeatures, RansacParams};
 use rayon::prelude::*;
 use std::path::PathBuf;

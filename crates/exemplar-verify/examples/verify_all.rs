@@ -6,7 +6,7 @@
 //!
 //! Last line: JSON.
 
-use exemplar_core::eval::{images_under, GroundTruth};
+use exemplar_eval::{images_under, GroundTruth};
 use exemplar_verify::{extract, verify, ExtractParams, LocalFeatures, RansacParams};
 use rayon::prelude::*;
 use std::collections::BTreeMap;

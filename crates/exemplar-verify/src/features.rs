@@ -47,7 +47,7 @@ pub struct ExtractParams {
     pub max_side: u32,
     /// ...or this for a search's photo, whose features are matched once and not stored:
     /// a cover a fifth of a phone photo's width keeps more of its pixels (dvdcovers
-    /// image_02: 25 inliers against its scan at 640, 32 at 1,005 px; README).
+    /// image_02: 25 inliers against its scan at 640, 32 at 1,005 px; docs/benchmarks.md).
     pub query_max_side: u32,
     pub levels: usize,
     /// Scale step between pyramid levels.

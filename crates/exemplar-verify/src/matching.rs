@@ -39,8 +39,8 @@ pub fn match_features(from: &LocalFeatures, to: &LocalFeatures, ratio: f32) -> V
 fn match_orb(from: &[[u64; 4]], to: &[[u64; 4]], ratio: f32) -> Vec<Match> {
     // The x86-64 baseline has no POPCNT instruction, so `count_ones` becomes a dozen
     // instructions; with it the brute-force matching (a million distances per pair of
-    // images, most of a search's verification time) runs twice as fast (measured in
-    // the README). Every x86-64 CPU since 2008 has it; the check keeps older ones working.
+    // images, most of a search's verification time) runs about twice as fast. Every
+    // x86-64 CPU since 2008 has it; the check keeps older ones working.
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("popcnt") {
         // SAFETY: the CPU supports POPCNT, checked just above.

@@ -16,7 +16,7 @@ const SIGMA: f32 = 1.6;
 const INITIAL_SIGMA: f32 = 0.5;
 /// Extrema weaker than this (image in 0..1, divided by `LAYERS`) are noise. Half of
 /// Lowe's 0.04: a 640-pixel cover scan then gives ~460 keypoints instead of ~410, and
-/// SMVS photos verify better (top-1 against the 50 covers 0.975 → 0.99, README).
+/// SMVS photos verify better (top-1 against the 50 covers 0.975 → 0.99, docs/benchmarks.md).
 const CONTRAST: f32 = 0.02;
 /// Ratio of principal curvatures above which an extremum lies on an edge.
 const EDGE_RATIO: f32 = 10.0;

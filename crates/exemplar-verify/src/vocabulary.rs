@@ -65,6 +65,15 @@ impl std::str::FromStr for Norm {
     }
 }
 
+impl std::fmt::Display for Norm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Norm::L1 => "l1",
+            Norm::L2 => "l2",
+        })
+    }
+}
+
 impl Norm {
     /// The similarity contribution of one shared word.
     #[inline]

@@ -10,7 +10,7 @@ use crate::ann::VectorIndex;
 use crate::catalogue::{CatalogueStore, ClassId, ExemplarId, ExemplarOwner, Metadata};
 use crate::embed_queue::Want;
 use crate::extractor::{LocalFor, View};
-use crate::rerank::reorder;
+use crate::rerank::{reorder, verify_shortlist};
 use crate::shortlist::merge_shortlists;
 use crate::verifier::Evidence;
 use std::collections::{BTreeMap, HashMap};
@@ -209,45 +209,50 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             .collect())
     }
 
-    /// Fills in each candidate's evidence, chunk by chunk in global order until one
-    /// settles the search (see [`crate::EarlyStop`]); candidates without stored local
+    /// Fills in each candidate's evidence with [`verify_shortlist`] (chunk by chunk in
+    /// shortlist order until one settles the search); candidates without stored local
     /// features (stored before verification was on) stay unverified.
     async fn verify(&self, query: &[u8], candidates: &mut [Candidate]) -> Result<(), ServiceError> {
         let Some(verifier) = self.verifier.clone() else {
             return Ok(());
         };
         let query: Arc<[u8]> = query.into();
-        let chunk = match self.two_stage.early_stop {
-            Some(stop) => stop.chunk.max(1),
-            None => candidates.len().max(1),
-        };
-        for part in candidates.chunks_mut(chunk) {
-            let ids: Vec<ExemplarId> = part.iter().map(|c| c.id).collect();
-            let mut stored: HashMap<ExemplarId, Vec<u8>> =
-                self.store.local_features(&ids).await?.into_iter().collect();
-            let (with_local, references): (Vec<usize>, Vec<Vec<u8>>) = part
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| stored.remove(&c.id).map(|bytes| (i, bytes)))
-                .unzip();
+        let ids: Vec<ExemplarId> = candidates.iter().map(|c| c.id).collect();
+        let verify_chunk = |range: std::ops::Range<usize>| {
             let (verifier, query) = (verifier.clone(), query.clone());
-            // Verification is CPU-bound (a millisecond per candidate): off the async workers.
-            let evidence = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&[u8]> = references.iter().map(Vec::as_slice).collect();
-                verifier.verify(&query, &refs)
-            })
-            .await
-            .map_err(|e| ServiceError::Internal(format!("verification failed: {e}")))?;
-            // Only a verified match settles (a stricter verdict rule than the stop's).
-            let settled = evidence.iter().any(|e| {
-                self.verdict.verified(e) && self.two_stage.early_stop.is_some_and(|s| s.settles(e))
-            });
-            for (i, e) in with_local.into_iter().zip(evidence) {
-                part[i].evidence = Some(e);
+            let ids = &ids[range];
+            async move {
+                let mut stored: HashMap<ExemplarId, Vec<u8>> =
+                    self.store.local_features(ids).await?.into_iter().collect();
+                let (with_local, references): (Vec<usize>, Vec<Vec<u8>>) = ids
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, id)| stored.remove(id).map(|bytes| (i, bytes)))
+                    .unzip();
+                // Verification is CPU-bound (a millisecond per candidate): off the async
+                // workers.
+                let seen = tokio::task::spawn_blocking(move || {
+                    let refs: Vec<&[u8]> = references.iter().map(Vec::as_slice).collect();
+                    verifier.verify(&query, &refs)
+                })
+                .await
+                .map_err(|e| ServiceError::Internal(format!("verification failed: {e}")))?;
+                let mut evidence = vec![None; ids.len()];
+                for (i, e) in with_local.into_iter().zip(seen) {
+                    evidence[i] = Some(e);
+                }
+                Ok::<_, ServiceError>(evidence)
             }
-            if settled {
-                break;
-            }
+        };
+        let evidence = verify_shortlist(
+            candidates.len(),
+            self.two_stage.early_stop,
+            &self.verdict,
+            verify_chunk,
+        )
+        .await?;
+        for (candidate, e) in candidates.iter_mut().zip(evidence) {
+            candidate.evidence = e;
         }
         Ok(())
     }

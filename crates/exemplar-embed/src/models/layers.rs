@@ -1,10 +1,10 @@
 //! Building blocks: convolutions with batch-norm folded in at load time.
 
 use crate::error::Result;
-use crate::nhwc::{self, Pads};
 use crate::ops::DepthwiseConv2d;
-use crate::team;
 use candle_core::{Device, Tensor, D};
+use exemplar_nhwc::team;
+use exemplar_nhwc::{self as nhwc, Pads};
 use std::sync::OnceLock;
 
 /// Where a model reads its tensors from: a real state dict, or generated weights.

@@ -7,10 +7,10 @@ mod resnet;
 mod vgg;
 
 use crate::error::{EmbedError, Result};
-use crate::nhwc::FeatureMap;
-use crate::team;
 use crate::weights::StateDict;
 use candle_core::{Device, Tensor};
+use exemplar_nhwc::team;
+use exemplar_nhwc::FeatureMap;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -144,8 +144,9 @@ impl Engine {
                 let passes: Vec<&[&[f32]]> = input.images.chunks(per_pass.max(1)).collect();
                 if let [images] = passes[..] {
                     // One pass (batch 1): no copies into and out of per-pass batches.
-                    return team::run_pass(|| fast(&FeatureMap::from_chw_images(images, 3, h, w)))?
-                        .into_nchw_view();
+                    let map =
+                        team::run_pass(|| fast(&FeatureMap::from_chw_images(images, 3, h, w)))?;
+                    return Ok(map.into_nchw_view()?);
                 }
                 let maps = rayon::scope(|_| {
                     passes
@@ -153,7 +154,7 @@ impl Engine {
                         .map(|images| fast(&FeatureMap::from_chw_images(images, 3, h, w)))
                         .collect::<Result<Vec<_>>>()
                 })?;
-                FeatureMap::concat_images(&maps).into_nchw_view()
+                Ok(FeatureMap::concat_images(&maps).into_nchw_view()?)
             }
             Engine::Candle => reference(&input.to_tensor()?),
         }

@@ -142,8 +142,7 @@ impl ResNet {
     /// The stem and the blocks that read its stride-4 maps go image by image; the rest
     /// over the whole batch. A batch's early maps outgrow the cache a core can count on
     /// (ResNet-50's 56x56x256 maps: 12.8 MB at batch 4, and a block holds three of them)
-    /// and these layers then wait on memory (its 1x1 expansions ran at ~80 GFLOP/s at
-    /// batch 8, ~110 at batch 1), while one image's stay in cache; their weights are
+    /// and these layers then wait on memory, while one image's stay in cache; their weights are
     /// small, so reading them once per image costs little. Deeper layers keep the batch:
     /// there the weights dominate and are read once for all its images.
     fn forward<M: FeatureMaps>(&self, input: &M) -> Result<M> {

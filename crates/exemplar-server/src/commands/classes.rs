@@ -1,7 +1,7 @@
 //! `exemplar classes`: the data directory's classes, straight from the database.
 
 use crate::data_dir::existing_database;
-use crate::http::dto::Class;
+use crate::dto::Class;
 use exemplar_core::catalogue::CatalogueStore;
 use exemplar_store::SqliteStore;
 use serde_json::json;

@@ -6,14 +6,14 @@
 //! rest. Each image is its own write, so one bad photo costs only itself.
 
 use crate::cli::ImportArgs;
-use crate::data_dir::{open_catalogue, save_index, DataDirLock};
-use crate::http::AppCatalogue;
+use crate::data_dir::{open_catalogue, save_index, AppCatalogue, DataDirLock};
 use crate::progress::Progress;
 use anyhow::{bail, Context};
 use exemplar_core::catalogue::{CatalogueStore, ClassId, Metadata};
-use exemplar_core::eval::images_under;
 use exemplar_core::service::{ServiceError, Upload};
 use exemplar_embed::CnnEmbedder;
+use exemplar_eval::images_under;
+use exemplar_verify::ExtractParams;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -56,7 +56,7 @@ pub fn plan_folder(dir: &Path) -> anyhow::Result<Vec<PlannedClass>> {
                     images,
                 });
             }
-        } else if exemplar_core::eval::is_image_path(&path) {
+        } else if exemplar_eval::is_image_path(&path) {
             let label = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -144,24 +144,24 @@ struct Tally {
     failures: Vec<(PathBuf, String)>,
 }
 
-pub fn run(embedder: CnnEmbedder, args: &ImportArgs) -> anyhow::Result<()> {
+pub fn run(
+    embedder: CnnEmbedder,
+    local: Option<ExtractParams>,
+    args: &ImportArgs,
+) -> anyhow::Result<()> {
     let plan = match (&args.dir, &args.manifest) {
         (Some(dir), None) => plan_folder(dir)?,
         (None, Some(manifest)) => plan_manifest(manifest)?,
         _ => bail!("give either a folder or --manifest FILE.csv"),
     };
-    let wants_local = embedder
-        .config()
-        .local_features
-        .as_ref()
-        .map(|params| params.kind);
+    let wants_local = local.as_ref().map(|params| params.kind);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let dir = &args.catalogue.data_dir;
+        let dir = &args.catalogue.dir.data_dir;
         let _lock = DataDirLock::acquire(dir)?;
-        let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder)).await?;
+        let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
         let existing = existing_classes(&catalogue).await?;
         // An exemplar without local features, or with features of another kind, is redone
         // when they are made now.

@@ -8,21 +8,30 @@ pub mod import;
 mod search;
 
 use crate::cli::{Cli, Command};
-use anyhow::Context;
+use crate::model::load;
 use exemplar_embed::CnnEmbedder;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let local = cli.model.local_features();
     match cli.command {
-        Command::Serve(args) => crate::serve::run(args, load(&cli.model)?),
-        Command::Import(args) => import::run(load(&cli.model)?, &args),
+        Command::Serve(args) => crate::serve::run(args, load(&cli.model)?, local),
+        Command::Import(args) => import::run(load(&cli.model)?, local, &args),
         Command::Search {
             images,
             k,
             filter,
             crop,
             catalogue,
-        } => search::run(load(&cli.model)?, &images, k, &filter, crop, &catalogue),
-        Command::Classes { data_dir } => classes::run(&data_dir),
+        } => search::run(
+            load(&cli.model)?,
+            local,
+            &images,
+            k,
+            &filter,
+            crop,
+            &catalogue,
+        ),
+        Command::Classes { dir } => classes::run(&dir.data_dir),
         Command::Classify {
             mut images,
             manifest,
@@ -31,8 +40,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             if samples {
                 use exemplar_embed::fetch::{wheel_file, SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
-                images.push(wheel_file(&SKIMAGE_CHELSEA)?);
-                images.push(wheel_file(&SKIMAGE_COFFEE)?);
+                let cache = cli.model.weight_sources().cache_dir;
+                images.push(wheel_file(&SKIMAGE_CHELSEA, &cache)?);
+                images.push(wheel_file(&SKIMAGE_COFFEE, &cache)?);
             }
             classify::run(
                 &load(&cli.model)?,
@@ -42,8 +52,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::BenchWords(args) => bench_words::run(&args),
-        Command::Eval(args) => eval::run(&load(&cli.model)?, &args),
-        Command::Calibrate(args) => eval::calibrate(&load(&cli.model)?, &args),
+        Command::Eval(args) => eval::run(&load(&cli.model)?, local.as_ref(), &args),
+        Command::Calibrate(args) => eval::calibrate(&load(&cli.model)?, local.as_ref(), &args),
         Command::FetchWeights => {
             let embedder = load(&cli.model)?;
             println!("{}", exemplar_core::FeatureExtractor::info(&embedder).id);
@@ -57,7 +67,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let embedder = if random_weights {
                 let weights = exemplar_embed::models::SyntheticWeights::new(0, false);
-                CnnEmbedder::from_weights(cli.model.embedder_config(), &weights, "random")?
+                let embedder =
+                    CnnEmbedder::from_weights(cli.model.embedder_config(), &weights, "random")?;
+                crate::model::with_local_features(embedder, &cli.model)
             } else {
                 load(&cli.model)?
             };
@@ -69,13 +81,4 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(&embedder, batch, passes)
         }
     }
-}
-
-fn load(model: &crate::cli::ModelArgs) -> anyhow::Result<CnnEmbedder> {
-    let config = model.embedder_config();
-    let started = std::time::Instant::now();
-    let embedder =
-        CnnEmbedder::load(config).with_context(|| format!("loading model {}", model.model))?;
-    tracing::info!(model = %exemplar_core::FeatureExtractor::info(&embedder).id, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
-    Ok(embedder)
 }

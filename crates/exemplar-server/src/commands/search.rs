@@ -4,31 +4,33 @@
 
 use crate::cli::CatalogueArgs;
 use crate::data_dir::{existing_database, open_catalogue};
-use crate::http::dto::{SearchResult, SearchVerdict, VerificationEvidence};
+use crate::dto::{SearchResult, SearchVerdict, VerificationEvidence};
 use anyhow::{bail, Context};
 use exemplar_core::catalogue::Metadata;
 use exemplar_core::service::Upload;
 use exemplar_core::CropBox;
 use exemplar_embed::CnnEmbedder;
+use exemplar_verify::ExtractParams;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub fn run(
     embedder: CnnEmbedder,
+    local: Option<ExtractParams>,
     images: &[PathBuf],
     k: usize,
     filters: &[String],
     crop: Option<CropBox>,
     args: &CatalogueArgs,
 ) -> anyhow::Result<()> {
-    existing_database(&args.data_dir)?;
+    existing_database(&args.dir.data_dir)?;
     let filters = parse_filters(filters)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let catalogue = open_catalogue(args, Arc::new(embedder)).await?;
+        let catalogue = open_catalogue(args, Arc::new(embedder), local.as_ref()).await?;
         let mut answers = Vec::new();
         for path in images {
             let bytes =

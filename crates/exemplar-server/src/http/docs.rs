@@ -1,7 +1,8 @@
 //! The OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`), generated from the
-//! handlers' annotations and the types in `dto.rs` / `forms.rs`.
+//! handlers' annotations and the types in `crate::dto` and `forms.rs`.
 
-use super::{dto, forms, metrics, routes};
+use super::{forms, metrics, routes};
+use crate::dto;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 

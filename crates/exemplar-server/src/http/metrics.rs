@@ -6,10 +6,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use exemplar_core::service::StageTimings;
-use exemplar_core::{ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -61,7 +60,7 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String),
-        (status = 401, body = super::dto::ErrorBody, description = "with --protect-reads")))]
+        (status = 401, body = crate::dto::ErrorBody, description = "with --protect-reads")))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("exemplar_index_exemplars").set(state.catalogue.indexed() as f64);
     (
@@ -78,36 +77,5 @@ pub fn record_search_stages(timings: &StageTimings) {
         ("verify", timings.verify_ms),
     ] {
         metrics::histogram!("exemplar_search_stage_seconds", "stage" => stage).record(ms / 1000.0);
-    }
-}
-
-/// A feature extractor that times each forward pass for `/metrics`.
-pub struct TimedExtractor<E> {
-    inner: Arc<E>,
-}
-
-impl<E> TimedExtractor<E> {
-    pub fn new(inner: Arc<E>) -> Self {
-        Self { inner }
-    }
-}
-
-impl<E: FeatureExtractor> FeatureExtractor for TimedExtractor<E> {
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-
-    fn makes_local_features(&self) -> bool {
-        self.inner.makes_local_features()
-    }
-
-    fn extract(&self, images: &[ImageInput<'_>]) -> Vec<Result<Extracted, ExtractError>> {
-        let started = Instant::now();
-        let out = self.inner.extract(images);
-        metrics::histogram!("exemplar_embed_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("exemplar_embedded_images_total").increment(images.len() as u64);
-        let failed = out.iter().filter(|r| r.is_err()).count();
-        metrics::counter!("exemplar_rejected_images_total").increment(failed as u64);
-        out
     }
 }

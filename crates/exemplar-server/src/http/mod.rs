@@ -2,7 +2,7 @@
 
 mod body;
 mod docs;
-pub mod dto;
+
 mod error;
 mod forms;
 pub mod listen;
@@ -12,21 +12,17 @@ mod routes;
 pub use body::BodyLimits;
 pub use error::ApiError;
 
+use crate::data_dir::AppCatalogue;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use exemplar_core::service::Catalogue;
-use exemplar_index::AnnIndex;
-use exemplar_store::SqliteStore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
-
-pub type AppCatalogue = Catalogue<SqliteStore, AnnIndex>;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -1,11 +1,11 @@
 //! Request handlers: parse, call the catalogue service, shape the JSON answer.
 
-use super::dto::{
+use super::forms::{ClassUpdate, ImagesForm, NewClassForm, SearchForm};
+use super::{ApiError, AppState};
+use crate::dto::{
     AddedExemplars, Class, ClassDetail, ClassPage, CreatedClass, ErrorBody, Health, Readiness,
     RebuildReport, SearchResult, StoredExemplar, UploadedExemplar,
 };
-use super::forms::{ClassUpdate, ImagesForm, NewClassForm, SearchForm};
-use super::{ApiError, AppState};
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, State};

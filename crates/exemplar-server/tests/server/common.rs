@@ -3,9 +3,16 @@
 use exemplar_embed::fetch;
 use image::{imageops, DynamicImage, RgbImage};
 
+/// The cache the binary uses under the tests' environment.
+pub fn cache_dir() -> std::path::PathBuf {
+    use clap::Parser;
+    let cli = exemplar_server::cli::Cli::parse_from(["exemplar", "classes"]);
+    cli.model.weight_sources().cache_dir
+}
+
 /// A scikit-image sample photo (fetched from PyPI once).
 pub fn photo(file: &fetch::WheelFile) -> RgbImage {
-    image::open(fetch::wheel_file(file).expect("fetched from PyPI"))
+    image::open(fetch::wheel_file(file, &cache_dir()).expect("fetched from PyPI"))
         .unwrap()
         .to_rgb8()
 }

@@ -10,11 +10,10 @@
 //! `[base + 2 * stride]`, and four steps of `k` are unrolled with constant offsets, so the
 //! only integer work is six additions per four steps. A second loop does the same for a
 //! single 16-column half (the narrow last panels of Lite0's layers, 12 x 16 blocks, with
-//! the broadcast folded into each multiply-add): 1.04-1.16x the Rust block per layer.
+//! the broadcast folded into each multiply-add).
 //! Both have a narrow variant for a last half holding at most 8 columns (Lite0's 24 and
-//! 40 channels): that half in 8-lane registers, whose multiply-adds Zen 4 issues at twice
-//! the rate of 16-lane ones (it splits those in two); elsewhere the same count of
-//! instructions. Lite0's 56x56 projections to 24 channels: 1.07-1.08x on Zen 4.
+//! 40 channels): that half in 8-lane registers, whose multiply-adds cost half as much on
+//! cores that split 16-lane ones in two; elsewhere the same count of instructions.
 
 use core::arch::asm;
 use core::arch::x86_64::__m512;
@@ -107,7 +106,7 @@ macro_rules! rows3 {
 /// hint, valid at any address). `narrow`: only the first 8 columns of `second` are
 /// wanted (a narrow last panel: 24 columns, as Lite0's 24-channel layers); they are
 /// multiplied as 8-lane vectors, whose multiply-adds cost half as much on cores that
-/// split 16-lane ones in two (Zen 4), and the other 8 come out zero. `_avx512` proves
+/// split 16-lane ones in two, and the other 8 come out zero. `_avx512` proves
 /// the CPU has AVX-512F and VL.
 ///
 /// # Panics

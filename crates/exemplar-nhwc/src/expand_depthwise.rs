@@ -3,7 +3,7 @@
 //!
 //! Lite0's first blocks expand maps of 112x112 and 56x56 pixels to 96 and 144
 //! channels: 1.8-4.8 MB that, written whole, leave the cache before the depthwise layer
-//! reads them back (in the network, that layer ran 2-3x slower than on its own).
+//! reads them back (in the network, that layer then runs far slower than on its own).
 //! Here each worker expands only the input rows its next few output rows need, into a
 //! band that stays in L2, keeps the rows the next band shares, and runs the depthwise
 //! layer on the band; for the largest maps it also projects the depthwise rows (the
@@ -300,7 +300,7 @@ impl Share<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nhwc::{conv2d, depthwise_conv2d, ConvSpec};
+    use crate::{conv2d, depthwise_conv2d, ConvSpec};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -310,170 +310,180 @@ mod tests {
 
     #[test]
     fn equals_the_expansion_then_the_depthwise_layer() {
-        // (batch, h, w, in, hidden, kernel, stride, pads t/l/b/r): stride 1 and 2, both
-        // kernels, TF "SAME" padding (after only) and symmetric, odd sizes, maps whose
-        // bands hold one output row (wide) or many (narrow), channels with a scalar tail.
-        let cases = [
-            (1, 23, 17, 5, 24, 3, 1, [1, 1, 1, 1]),
-            (2, 20, 19, 8, 40, 3, 2, [0, 0, 1, 1]),
-            (1, 31, 9, 3, 19, 5, 2, [1, 1, 2, 2]),
-            (1, 12, 200, 16, 96, 3, 2, [0, 0, 1, 1]),
-            (3, 9, 6, 4, 48, 5, 1, [2, 2, 2, 2]),
-            (1, 40, 150, 6, 144, 3, 1, [1, 1, 1, 1]),
-            (1, 2, 3, 2, 8, 3, 1, [1, 1, 1, 1]),
-        ];
-        for (i, (batch, h, w, cin, hidden, k, s, p)) in cases.into_iter().enumerate() {
-            let x = FeatureMap {
-                batch,
-                height: h,
-                width: w,
-                channels: cin,
-                data: values(batch * h * w * cin, i),
-            };
-            let expand_w = PackedMatrix::pack(&values(cin * hidden, i + 1), cin, hidden);
-            let expand_b = values(hidden, i + 2);
-            let dw_w = values(k * k * hidden, i + 3);
-            let dw_b = values(hidden, i + 4);
-            let pads = Pads {
-                top: p[0],
-                left: p[1],
-                bottom: p[2],
-                right: p[3],
-            };
-            let relu6 = Some((0.0, 6.0));
-            let spec = ConvSpec {
-                kernel: 1,
-                stride: 1,
-                pads: Pads::default(),
-                clamp: relu6,
-            };
-            let expanded = conv2d(&x, &expand_w, &expand_b, &spec, None);
-            let want = depthwise_conv2d(&expanded, &dw_w, &dw_b, (k, s), pads, None);
-            let got = expand_depthwise(
-                &x,
-                &Expansion {
-                    weight: &expand_w,
-                    bias: &expand_b,
-                    clamp: relu6,
-                },
-                &DepthwiseSpec {
-                    weight: &dw_w,
-                    bias: &dw_b,
-                    kernel: k,
-                    stride: s,
-                    pads,
-                    clamp: None,
-                },
-            );
-            assert_eq!(
-                (got.batch, got.height, got.width, got.channels),
-                (want.batch, want.height, want.width, want.channels),
-                "case {i}"
-            );
-            let diff = got
-                .data
-                .iter()
-                .zip(&want.data)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(diff < 1e-4, "case {i}: max diff {diff}");
-        }
+        crate::instruction_sets::on_every_one(
+            "equals_the_expansion_then_the_depthwise_layer",
+            || {
+                // (batch, h, w, in, hidden, kernel, stride, pads t/l/b/r): stride 1 and 2, both
+                // kernels, TF "SAME" padding (after only) and symmetric, odd sizes, maps whose
+                // bands hold one output row (wide) or many (narrow), channels with a scalar tail.
+                let cases = [
+                    (1, 23, 17, 5, 24, 3, 1, [1, 1, 1, 1]),
+                    (2, 20, 19, 8, 40, 3, 2, [0, 0, 1, 1]),
+                    (1, 31, 9, 3, 19, 5, 2, [1, 1, 2, 2]),
+                    (1, 12, 200, 16, 96, 3, 2, [0, 0, 1, 1]),
+                    (3, 9, 6, 4, 48, 5, 1, [2, 2, 2, 2]),
+                    (1, 40, 150, 6, 144, 3, 1, [1, 1, 1, 1]),
+                    (1, 2, 3, 2, 8, 3, 1, [1, 1, 1, 1]),
+                ];
+                for (i, (batch, h, w, cin, hidden, k, s, p)) in cases.into_iter().enumerate() {
+                    let x = FeatureMap {
+                        batch,
+                        height: h,
+                        width: w,
+                        channels: cin,
+                        data: values(batch * h * w * cin, i),
+                    };
+                    let expand_w = PackedMatrix::pack(&values(cin * hidden, i + 1), cin, hidden);
+                    let expand_b = values(hidden, i + 2);
+                    let dw_w = values(k * k * hidden, i + 3);
+                    let dw_b = values(hidden, i + 4);
+                    let pads = Pads {
+                        top: p[0],
+                        left: p[1],
+                        bottom: p[2],
+                        right: p[3],
+                    };
+                    let relu6 = Some((0.0, 6.0));
+                    let spec = ConvSpec {
+                        kernel: 1,
+                        stride: 1,
+                        pads: Pads::default(),
+                        clamp: relu6,
+                    };
+                    let expanded = conv2d(&x, &expand_w, &expand_b, &spec, None);
+                    let want = depthwise_conv2d(&expanded, &dw_w, &dw_b, (k, s), pads, None);
+                    let got = expand_depthwise(
+                        &x,
+                        &Expansion {
+                            weight: &expand_w,
+                            bias: &expand_b,
+                            clamp: relu6,
+                        },
+                        &DepthwiseSpec {
+                            weight: &dw_w,
+                            bias: &dw_b,
+                            kernel: k,
+                            stride: s,
+                            pads,
+                            clamp: None,
+                        },
+                    );
+                    assert_eq!(
+                        (got.batch, got.height, got.width, got.channels),
+                        (want.batch, want.height, want.width, want.channels),
+                        "case {i}"
+                    );
+                    let diff = got
+                        .data
+                        .iter()
+                        .zip(&want.data)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "case {i}: max diff {diff}");
+                }
+            },
+        );
     }
 
     #[test]
     fn whole_bottlenecks_equal_their_layers_one_after_another() {
-        // (batch, h, w, in, hidden, out, kernel, stride, pads t/l/b/r, expansion,
-        // residual): with and without the expansion, the residual, stride 2, bands of
-        // one row (wide maps) and of many, output channels with a scalar tail.
-        let cases = [
-            (1, 23, 17, 5, 24, 5, 3, 1, [1, 1, 1, 1], true, true),
-            (2, 20, 19, 8, 40, 12, 3, 2, [0, 0, 1, 1], true, false),
-            (1, 14, 200, 16, 96, 24, 3, 2, [0, 0, 1, 1], true, false),
-            (1, 30, 150, 32, 32, 16, 3, 1, [1, 1, 1, 1], false, false),
-            (2, 9, 11, 19, 19, 19, 5, 1, [2, 2, 2, 2], false, true),
-            (1, 40, 150, 6, 144, 6, 3, 1, [1, 1, 1, 1], true, true),
-        ];
-        for (i, (batch, h, w, cin, hidden, cout, k, s, p, expand, residual)) in
-            cases.into_iter().enumerate()
-        {
-            let x = FeatureMap {
-                batch,
-                height: h,
-                width: w,
-                channels: cin,
-                data: values(batch * h * w * cin, i),
-            };
-            let expand_w = PackedMatrix::pack(&values(cin * hidden, i + 1), cin, hidden);
-            let expand_b = values(hidden, i + 2);
-            let dw_w = values(k * k * hidden, i + 3);
-            let dw_b = values(hidden, i + 4);
-            let project_w = PackedMatrix::pack(&values(hidden * cout, i + 5), hidden, cout);
-            let project_b = values(cout, i + 6);
-            let pads = Pads {
-                top: p[0],
-                left: p[1],
-                bottom: p[2],
-                right: p[3],
-            };
-            let relu6 = Some((0.0, 6.0));
-            let pointwise = |clamp| ConvSpec {
-                kernel: 1,
-                stride: 1,
-                pads: Pads::default(),
-                clamp,
-            };
-            let expanded =
-                expand.then(|| conv2d(&x, &expand_w, &expand_b, &pointwise(relu6), None));
-            let depthwise = depthwise_conv2d(
-                expanded.as_ref().unwrap_or(&x),
-                &dw_w,
-                &dw_b,
-                (k, s),
-                pads,
-                relu6,
-            );
-            let want = conv2d(
-                &depthwise,
-                &project_w,
-                &project_b,
-                &pointwise(None),
-                residual.then_some(&x),
-            );
-            let expansion = Expansion {
-                weight: &expand_w,
-                bias: &expand_b,
-                clamp: relu6,
-            };
-            let got = inverted_bottleneck(
-                &x,
-                expand.then_some(&expansion),
-                &DepthwiseSpec {
-                    weight: &dw_w,
-                    bias: &dw_b,
-                    kernel: k,
-                    stride: s,
-                    pads,
-                    clamp: relu6,
-                },
-                &Projection {
-                    weight: &project_w,
-                    bias: &project_b,
-                    clamp: None,
-                    residual,
-                },
-            );
-            assert_eq!(
-                (got.batch, got.height, got.width, got.channels),
-                (want.batch, want.height, want.width, want.channels),
-                "case {i}"
-            );
-            let diff = got
-                .data
-                .iter()
-                .zip(&want.data)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(diff < 1e-3, "case {i}: max diff {diff}");
-        }
+        crate::instruction_sets::on_every_one(
+            "whole_bottlenecks_equal_their_layers_one_after_another",
+            || {
+                // (batch, h, w, in, hidden, out, kernel, stride, pads t/l/b/r, expansion,
+                // residual): with and without the expansion, the residual, stride 2, bands of
+                // one row (wide maps) and of many, output channels with a scalar tail.
+                let cases = [
+                    (1, 23, 17, 5, 24, 5, 3, 1, [1, 1, 1, 1], true, true),
+                    (2, 20, 19, 8, 40, 12, 3, 2, [0, 0, 1, 1], true, false),
+                    (1, 14, 200, 16, 96, 24, 3, 2, [0, 0, 1, 1], true, false),
+                    (1, 30, 150, 32, 32, 16, 3, 1, [1, 1, 1, 1], false, false),
+                    (2, 9, 11, 19, 19, 19, 5, 1, [2, 2, 2, 2], false, true),
+                    (1, 40, 150, 6, 144, 6, 3, 1, [1, 1, 1, 1], true, true),
+                ];
+                for (i, (batch, h, w, cin, hidden, cout, k, s, p, expand, residual)) in
+                    cases.into_iter().enumerate()
+                {
+                    let x = FeatureMap {
+                        batch,
+                        height: h,
+                        width: w,
+                        channels: cin,
+                        data: values(batch * h * w * cin, i),
+                    };
+                    let expand_w = PackedMatrix::pack(&values(cin * hidden, i + 1), cin, hidden);
+                    let expand_b = values(hidden, i + 2);
+                    let dw_w = values(k * k * hidden, i + 3);
+                    let dw_b = values(hidden, i + 4);
+                    let project_w = PackedMatrix::pack(&values(hidden * cout, i + 5), hidden, cout);
+                    let project_b = values(cout, i + 6);
+                    let pads = Pads {
+                        top: p[0],
+                        left: p[1],
+                        bottom: p[2],
+                        right: p[3],
+                    };
+                    let relu6 = Some((0.0, 6.0));
+                    let pointwise = |clamp| ConvSpec {
+                        kernel: 1,
+                        stride: 1,
+                        pads: Pads::default(),
+                        clamp,
+                    };
+                    let expanded =
+                        expand.then(|| conv2d(&x, &expand_w, &expand_b, &pointwise(relu6), None));
+                    let depthwise = depthwise_conv2d(
+                        expanded.as_ref().unwrap_or(&x),
+                        &dw_w,
+                        &dw_b,
+                        (k, s),
+                        pads,
+                        relu6,
+                    );
+                    let want = conv2d(
+                        &depthwise,
+                        &project_w,
+                        &project_b,
+                        &pointwise(None),
+                        residual.then_some(&x),
+                    );
+                    let expansion = Expansion {
+                        weight: &expand_w,
+                        bias: &expand_b,
+                        clamp: relu6,
+                    };
+                    let got = inverted_bottleneck(
+                        &x,
+                        expand.then_some(&expansion),
+                        &DepthwiseSpec {
+                            weight: &dw_w,
+                            bias: &dw_b,
+                            kernel: k,
+                            stride: s,
+                            pads,
+                            clamp: relu6,
+                        },
+                        &Projection {
+                            weight: &project_w,
+                            bias: &project_b,
+                            clamp: None,
+                            residual,
+                        },
+                    );
+                    assert_eq!(
+                        (got.batch, got.height, got.width, got.channels),
+                        (want.batch, want.height, want.width, want.channels),
+                        "case {i}"
+                    );
+                    let diff = got
+                        .data
+                        .iter()
+                        .zip(&want.data)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff < 1e-3, "case {i}: max diff {diff}");
+                }
+            },
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The JSON shapes of the API, typed so the OpenAPI document at `/docs` is generated
-//! from the same structs the handlers (and `exemplar search`) serialise.
+//! The JSON shapes of the API and the CLI's answers, typed so the OpenAPI document at
+//! `/docs` is generated from the same structs the handlers and `exemplar search` serialise.
 
 use exemplar_core::catalogue::{ClassRecord, ExemplarRecord, Metadata};
 use exemplar_core::service::{ExemplarOutcome, Rebuilt, SearchAnswer, Verdict};

@@ -239,7 +239,7 @@ fn add_up(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nhwc::{conv2d, depthwise_conv2d, ConvSpec, PackedMatrix, Pads};
+    use crate::{conv2d, depthwise_conv2d, ConvSpec, PackedMatrix, Pads};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -249,103 +249,105 @@ mod tests {
 
     #[test]
     fn equals_the_three_layers_one_after_another() {
-        // (batch, h, w, in, hidden, out, kernel, stride, pads t/l/b/r, residual, shares):
-        // Lite0's 7x7 and 14x14 blocks, stride 2 with TF "SAME" padding, a narrow last
-        // panel (200 hidden channels: 6 panels and 8), a scalar channel tail, more
-        // shares than panels, a batch of two.
-        let cases = [
-            (1, 7, 7, 192, 1152, 192, 5, 1, [2, 2, 2, 2], true, 2),
-            (1, 14, 14, 112, 672, 112, 5, 1, [2, 2, 2, 2], true, 2),
-            (1, 14, 14, 80, 480, 112, 5, 2, [1, 1, 2, 2], false, 3),
-            (2, 9, 11, 19, 200, 21, 3, 1, [1, 1, 1, 1], false, 2),
-            (1, 5, 6, 7, 40, 7, 3, 1, [1, 1, 1, 1], true, 4),
-            (1, 4, 4, 3, 24, 5, 3, 1, [1, 1, 1, 1], false, 1),
-        ];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (i, (batch, h, w, cin, hidden, cout, k, s, p, residual, count)) in
-            cases.into_iter().enumerate()
-        {
-            let x = FeatureMap {
-                batch,
-                height: h,
-                width: w,
-                channels: cin,
-                data: values(batch * h * w * cin, i),
-            };
-            let expand_w = PackedMatrix::pack(&values(cin * hidden, i + 1), cin, hidden);
-            let expand_b = values(hidden, i + 2);
-            let dw_w = values(k * k * hidden, i + 3);
-            let dw_b = values(hidden, i + 4);
-            let project_w = PackedMatrix::pack(&values(hidden * cout, i + 5), hidden, cout);
-            let project_b = values(cout, i + 6);
-            let pads = Pads {
-                top: p[0],
-                left: p[1],
-                bottom: p[2],
-                right: p[3],
-            };
-            let relu6 = Some((0.0, 6.0));
-            let pointwise = |clamp| ConvSpec {
-                kernel: 1,
-                stride: 1,
-                pads: Pads::default(),
-                clamp,
-            };
-            let expanded = conv2d(&x, &expand_w, &expand_b, &pointwise(relu6), None);
-            let depthwise = depthwise_conv2d(&expanded, &dw_w, &dw_b, (k, s), pads, relu6);
-            let want = conv2d(
-                &depthwise,
-                &project_w,
-                &project_b,
-                &pointwise(Some((-4.0, 50.0))),
-                residual.then_some(&x),
-            );
-            let shares = ChannelShares::new(&expand_w, &expand_b, &dw_w, count);
-            let block = || {
-                inverted_bottleneck_by_channels(
-                    &x,
-                    &Expansion {
-                        weight: &expand_w,
-                        bias: &expand_b,
-                        clamp: relu6,
-                    },
-                    &DepthwiseSpec {
-                        weight: &dw_w,
-                        bias: &dw_b,
-                        kernel: k,
-                        stride: s,
-                        pads,
-                        clamp: relu6,
-                    },
-                    &Projection {
-                        weight: &project_w,
-                        bias: &project_b,
-                        clamp: Some((-4.0, 50.0)),
-                        residual,
-                    },
-                    &shares,
-                )
-            };
-            // Shared through rayon, and through a pass's team.
-            let outside = pool.install(block);
-            let inside = pool.install(|| team::run_pass(block));
-            for (how, got) in [("rayon", outside), ("team", inside)] {
-                assert_eq!(
-                    (got.batch, got.height, got.width, got.channels),
-                    (want.batch, want.height, want.width, want.channels),
-                    "case {i} {how}"
+        crate::instruction_sets::on_every_one("equals_the_three_layers_one_after_another", || {
+            // (batch, h, w, in, hidden, out, kernel, stride, pads t/l/b/r, residual, shares):
+            // Lite0's 7x7 and 14x14 blocks, stride 2 with TF "SAME" padding, a narrow last
+            // panel (200 hidden channels: 6 panels and 8), a scalar channel tail, more
+            // shares than panels, a batch of two.
+            let cases = [
+                (1, 7, 7, 192, 1152, 192, 5, 1, [2, 2, 2, 2], true, 2),
+                (1, 14, 14, 112, 672, 112, 5, 1, [2, 2, 2, 2], true, 2),
+                (1, 14, 14, 80, 480, 112, 5, 2, [1, 1, 2, 2], false, 3),
+                (2, 9, 11, 19, 200, 21, 3, 1, [1, 1, 1, 1], false, 2),
+                (1, 5, 6, 7, 40, 7, 3, 1, [1, 1, 1, 1], true, 4),
+                (1, 4, 4, 3, 24, 5, 3, 1, [1, 1, 1, 1], false, 1),
+            ];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            for (i, (batch, h, w, cin, hidden, cout, k, s, p, residual, count)) in
+                cases.into_iter().enumerate()
+            {
+                let x = FeatureMap {
+                    batch,
+                    height: h,
+                    width: w,
+                    channels: cin,
+                    data: values(batch * h * w * cin, i),
+                };
+                let expand_w = PackedMatrix::pack(&values(cin * hidden, i + 1), cin, hidden);
+                let expand_b = values(hidden, i + 2);
+                let dw_w = values(k * k * hidden, i + 3);
+                let dw_b = values(hidden, i + 4);
+                let project_w = PackedMatrix::pack(&values(hidden * cout, i + 5), hidden, cout);
+                let project_b = values(cout, i + 6);
+                let pads = Pads {
+                    top: p[0],
+                    left: p[1],
+                    bottom: p[2],
+                    right: p[3],
+                };
+                let relu6 = Some((0.0, 6.0));
+                let pointwise = |clamp| ConvSpec {
+                    kernel: 1,
+                    stride: 1,
+                    pads: Pads::default(),
+                    clamp,
+                };
+                let expanded = conv2d(&x, &expand_w, &expand_b, &pointwise(relu6), None);
+                let depthwise = depthwise_conv2d(&expanded, &dw_w, &dw_b, (k, s), pads, relu6);
+                let want = conv2d(
+                    &depthwise,
+                    &project_w,
+                    &project_b,
+                    &pointwise(Some((-4.0, 50.0))),
+                    residual.then_some(&x),
                 );
-                let diff = got
-                    .data
-                    .iter()
-                    .zip(&want.data)
-                    .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-                    .fold(0f32, f32::max);
-                assert!(diff < 1e-4, "case {i} {how}: max relative diff {diff}");
+                let shares = ChannelShares::new(&expand_w, &expand_b, &dw_w, count);
+                let block = || {
+                    inverted_bottleneck_by_channels(
+                        &x,
+                        &Expansion {
+                            weight: &expand_w,
+                            bias: &expand_b,
+                            clamp: relu6,
+                        },
+                        &DepthwiseSpec {
+                            weight: &dw_w,
+                            bias: &dw_b,
+                            kernel: k,
+                            stride: s,
+                            pads,
+                            clamp: relu6,
+                        },
+                        &Projection {
+                            weight: &project_w,
+                            bias: &project_b,
+                            clamp: Some((-4.0, 50.0)),
+                            residual,
+                        },
+                        &shares,
+                    )
+                };
+                // Shared through rayon, and through a pass's team.
+                let outside = pool.install(block);
+                let inside = pool.install(|| team::run_pass(block));
+                for (how, got) in [("rayon", outside), ("team", inside)] {
+                    assert_eq!(
+                        (got.batch, got.height, got.width, got.channels),
+                        (want.batch, want.height, want.width, want.channels),
+                        "case {i} {how}"
+                    );
+                    let diff = got
+                        .data
+                        .iter()
+                        .zip(&want.data)
+                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                        .fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "case {i} {how}: max relative diff {diff}");
+                }
             }
-        }
+        });
     }
 }

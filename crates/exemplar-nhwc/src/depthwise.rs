@@ -79,7 +79,7 @@ impl<'a> Layer<'a> {
             stride,
             pads,
             clamp,
-            arch: pulp::Arch::new(),
+            arch: crate::arch(),
         }
     }
 
@@ -274,71 +274,77 @@ fn store<S: Simd, const N: usize>(out: &mut [f32], values: &[S::f32s; N]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::DepthwiseConv2d;
     use candle_core::{Device, Tensor};
 
     #[test]
-    fn matches_the_nchw_kernel_on_random_inputs() {
-        let cases = [
-            // (n, c, h, w, k, stride, pads t/l/b/r, clamp)
-            (1, 3, 7, 9, 3, 1, [1, 1, 1, 1], None),
-            (2, 21, 8, 8, 3, 2, [0, 0, 1, 1], Some((0.0, 6.0))),
-            (1, 32, 11, 6, 5, 2, [1, 1, 2, 2], Some((0.0, 6.0))),
-            (1, 40, 5, 5, 5, 1, [2, 2, 2, 2], None),
-            (3, 17, 13, 17, 3, 2, [1, 0, 1, 1], None),
-            (1, 48, 4, 4, 3, 1, [0, 0, 0, 0], None),
-            // Channel counts that take every register block (1-4 vectors, then more)
-            // plus a scalar tail, whatever the vector width.
-            (1, 96, 9, 9, 5, 1, [2, 2, 2, 2], Some((0.0, 6.0))),
-            (2, 80, 6, 7, 3, 2, [0, 0, 1, 1], None),
-            (1, 150, 12, 10, 3, 1, [1, 1, 1, 1], Some((0.0, 6.0))),
-        ];
-        for (i, (n, c, h, w, k, s, p, clamp)) in cases.into_iter().enumerate() {
-            let cpu = &Device::Cpu;
-            let x = Tensor::randn(0f32, 1f32, (n, c, h, w), cpu).unwrap();
-            let weight = Tensor::randn(0f32, 1f32, (c, k, k), cpu).unwrap();
-            let bias: Vec<f32> = Tensor::randn(0f32, 1f32, c, cpu)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            // The NCHW kernel is itself tested against Candle's grouped convolution.
-            let nchw = DepthwiseConv2d {
-                weight: weight.flatten_all().unwrap().to_vec1().unwrap(),
-                bias: bias.clone(),
-                kernel: k,
-                stride: s,
-                pad_top: p[0],
-                pad_left: p[1],
-                pad_bottom: p[2],
-                pad_right: p[3],
-                clamp,
-            };
-            let want = nchw.forward(&x).unwrap();
-            let tap_major: Vec<f32> = weight
-                .permute((1, 2, 0))
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let pads = Pads {
-                top: p[0],
-                left: p[1],
-                bottom: p[2],
-                right: p[3],
-            };
-            let got = depthwise_conv2d(
-                &FeatureMap::from_nchw(&x).unwrap(),
-                &tap_major,
-                &bias,
-                (k, s),
-                pads,
-                clamp,
-            )
-            .to_nchw()
-            .unwrap();
-            let diff = crate::nhwc::max_abs_diff(&got, &want);
-            assert!(diff < 1e-4, "case {i}: max diff {diff}");
-        }
+    fn matches_candles_grouped_convolution_on_random_inputs() {
+        crate::instruction_sets::on_every_one(
+            "matches_candles_grouped_convolution_on_random_inputs",
+            || {
+                let cases = [
+                    // (n, c, h, w, k, stride, pads t/l/b/r, clamp)
+                    (1, 3, 7, 9, 3, 1, [1, 1, 1, 1], None),
+                    (2, 21, 8, 8, 3, 2, [0, 0, 1, 1], Some((0.0, 6.0))),
+                    (1, 32, 11, 6, 5, 2, [1, 1, 2, 2], Some((0.0, 6.0))),
+                    (1, 40, 5, 5, 5, 1, [2, 2, 2, 2], None),
+                    (3, 17, 13, 17, 3, 2, [1, 0, 1, 1], None),
+                    (1, 48, 4, 4, 3, 1, [0, 0, 0, 0], None),
+                    // Channel counts that take every register block (1-4 vectors, then more)
+                    // plus a scalar tail, whatever the vector width.
+                    (1, 96, 9, 9, 5, 1, [2, 2, 2, 2], Some((0.0, 6.0))),
+                    (2, 80, 6, 7, 3, 2, [0, 0, 1, 1], None),
+                    (1, 150, 12, 10, 3, 1, [1, 1, 1, 1], Some((0.0, 6.0))),
+                ];
+                for (i, (n, c, h, w, k, s, p, clamp)) in cases.into_iter().enumerate() {
+                    let cpu = &Device::Cpu;
+                    let x = Tensor::randn(0f32, 1f32, (n, c, h, w), cpu).unwrap();
+                    let weight = Tensor::randn(0f32, 1f32, (c, k, k), cpu).unwrap();
+                    let bias: Vec<f32> = Tensor::randn(0f32, 1f32, c, cpu)
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    // One group per channel, with the (possibly asymmetric) padding made explicit.
+                    let padded = x
+                        .pad_with_zeros(2, p[0], p[2])
+                        .and_then(|x| x.pad_with_zeros(3, p[1], p[3]))
+                        .unwrap();
+                    let kernel = weight.reshape((c, 1, k, k)).unwrap();
+                    let bias_map = Tensor::from_vec(bias.clone(), (1, c, 1, 1), cpu).unwrap();
+                    let want = padded
+                        .conv2d(&kernel, 0, s, 1, c)
+                        .and_then(|y| y.broadcast_add(&bias_map))
+                        .unwrap();
+                    let want = match clamp {
+                        Some((lo, hi)) => want.clamp(lo, hi).unwrap(),
+                        None => want,
+                    };
+                    let tap_major: Vec<f32> = weight
+                        .permute((1, 2, 0))
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    let pads = Pads {
+                        top: p[0],
+                        left: p[1],
+                        bottom: p[2],
+                        right: p[3],
+                    };
+                    let got = depthwise_conv2d(
+                        &FeatureMap::from_nchw(&x).unwrap(),
+                        &tap_major,
+                        &bias,
+                        (k, s),
+                        pads,
+                        clamp,
+                    )
+                    .to_nchw()
+                    .unwrap();
+                    let diff = crate::max_abs_diff(&got, &want);
+                    assert!(diff < 1e-4, "case {i}: max diff {diff}");
+                }
+            },
+        );
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! A batch-1 pass runs ~80 parallel layers of 20-300 µs each. Under rayon, the second
 //! thread went to sleep between them (after a few dozen idle polls) and each layer paid
-//! for its wake-up (5-11 µs measured here) and its late start, and the thread that split
-//! the work slept too while it waited for the other half: the small layers gained
-//! 1.0-1.3x from a second thread. Here the pass's thread leads a team of the pool's other
+//! for its wake-up and its late start, and the thread that split the work slept too
+//! while it waited for the other half: the small layers gained little from a second
+//! thread. Here the pass's thread leads a team of the pool's other
 //! threads, which spin on the next layer's work until the pass ends; the leader spins
 //! while it waits for them. [`run_pass`] forms a team, [`for_each`] shares a layer's
 //! parts among it (and among rayon's threads, as before, outside a pass).
@@ -40,7 +40,7 @@ static PASSES: AtomicUsize = AtomicUsize::new(0);
 /// before: passes side by side use the threads better than one pass after the other
 /// with a team each (`exemplar import`: 3-5 % fewer photos per second with a team for
 /// every pass).
-pub(crate) fn run_pass<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
+pub fn run_pass<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
     struct Under;
     impl Drop for Under {
         fn drop(&mut self) {
@@ -95,12 +95,12 @@ pub(crate) fn for_each<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
 }
 
 /// Whether this thread leads a pass's team (whose threads wait for its next layer).
-pub(crate) fn leading() -> bool {
+pub fn leading() -> bool {
     LEADING.with_borrow(Option::is_some)
 }
 
 /// How many threads share a layer's work.
-pub(crate) fn threads() -> usize {
+pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
@@ -135,7 +135,7 @@ struct Team {
 /// thread of the team owns a contiguous range of them and starts there, then takes what
 /// is left in the others' (a member that joins late, or never). The ranges keep a thread
 /// on the same rows from layer to layer, where its last output is still in its cache:
-/// parts handed out in turn moved every map between the cores (0.93x rayon's halves).
+/// parts handed out in turn move every map between the cores.
 struct Job<'a> {
     task: &'a (dyn Fn(usize) + Sync),
     tasks: usize,

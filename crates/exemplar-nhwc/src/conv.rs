@@ -113,9 +113,8 @@ thread_local! {
 /// product shares them among the threads itself). Otherwise tiles small enough that a
 /// tile's input and output (`floats_per_row` together) stay in L2, enough of them that
 /// every thread stays busy to the end, as many for each thread, and sizes within one
-/// register block of each other. (Tiles of one size left the last one short: 784 rows
-/// in tiles of 108 gave two threads 4 and 3.3 tiles, the 28x28 layers at batch 1
-/// scaling 1.7-1.8x on two threads.)
+/// register block of each other. (Tiles of one size leave the last one short: 784 rows
+/// in tiles of 108 give two threads 4 and 3.3 tiles.)
 fn tile_rows(rows: usize, floats_per_row: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     if rows < 2 * threads * MIN_TILE_ROWS {
         #[allow(clippy::single_range_in_vec_init)] // one tile: all the rows
@@ -293,81 +292,86 @@ mod tests {
 
     #[test]
     fn matches_candles_convolution_on_random_inputs() {
-        let pads = |top, left, bottom, right| Pads {
-            top,
-            left,
-            bottom,
-            right,
-        };
-        let relu = Some((0.0, f32::INFINITY));
-        let cases = [
-            // (n, cin, h, w, cout, k, stride, pads, clamp, residual)
-            (
-                1,
-                3,
-                9,
-                11,
-                5,
-                3,
-                2,
-                pads(0, 0, 1, 1),
-                Some((0.0, 6.0)),
-                false,
-            ),
-            (2, 4, 7, 7, 8, 3, 1, pads(1, 1, 1, 1), relu, true),
-            (1, 3, 23, 19, 16, 7, 2, pads(3, 3, 3, 3), relu, false),
-            (2, 6, 5, 9, 7, 1, 1, Pads::default(), None, true),
-            (3, 5, 8, 6, 4, 1, 2, Pads::default(), None, false),
-            // Enough pixels for several tiles (exercises the parallel path).
-            (
-                2,
-                16,
-                24,
-                20,
-                24,
-                1,
-                1,
-                Pads::default(),
-                Some((0.0, 6.0)),
-                false,
-            ),
-            (1, 8, 33, 31, 12, 3, 1, pads(1, 1, 1, 1), relu, true),
-            (1, 8, 4, 4, 3, 5, 1, pads(2, 2, 2, 2), None, false),
-            // 3-channel stems (their own window copies) over several tiles, which start
-            // part-way along an output row.
-            (2, 3, 70, 90, 8, 3, 2, pads(0, 0, 1, 1), relu, false),
-            (1, 3, 61, 75, 8, 7, 2, pads(3, 3, 3, 3), None, false),
-        ];
-        for (i, (n, cin, h, w, cout, k, stride, pads, clamp, with_residual)) in
-            cases.into_iter().enumerate()
-        {
-            let cpu = &Device::Cpu;
-            let x = Tensor::randn(0f32, 1f32, (n, cin, h, w), cpu).unwrap();
-            let wt = Tensor::randn(0f32, 1f32, (cout, cin, k, k), cpu).unwrap();
-            let b = Tensor::randn(0f32, 1f32, cout, cpu).unwrap();
-            let spec = ConvSpec {
-                kernel: k,
-                stride,
-                pads,
-                clamp,
-            };
-            let (oh, ow) = pads.output_size(h, w, k, stride);
-            let r =
-                with_residual.then(|| Tensor::randn(0f32, 1f32, (n, cout, oh, ow), cpu).unwrap());
-            let want = reference(&x, &wt, &b, &spec, r.as_ref());
-            let r_map = r.as_ref().map(|r| FeatureMap::from_nchw(r).unwrap());
-            let got = conv2d(
-                &FeatureMap::from_nchw(&x).unwrap(),
-                &pack(&wt),
-                &b.to_vec1::<f32>().unwrap(),
-                &spec,
-                r_map.as_ref(),
-            )
-            .to_nchw()
-            .unwrap();
-            let diff = crate::nhwc::max_abs_diff(&got, &want);
-            assert!(diff < 1e-4, "case {i}: max diff {diff}");
-        }
+        crate::instruction_sets::on_every_one(
+            "matches_candles_convolution_on_random_inputs",
+            || {
+                let pads = |top, left, bottom, right| Pads {
+                    top,
+                    left,
+                    bottom,
+                    right,
+                };
+                let relu = Some((0.0, f32::INFINITY));
+                let cases = [
+                    // (n, cin, h, w, cout, k, stride, pads, clamp, residual)
+                    (
+                        1,
+                        3,
+                        9,
+                        11,
+                        5,
+                        3,
+                        2,
+                        pads(0, 0, 1, 1),
+                        Some((0.0, 6.0)),
+                        false,
+                    ),
+                    (2, 4, 7, 7, 8, 3, 1, pads(1, 1, 1, 1), relu, true),
+                    (1, 3, 23, 19, 16, 7, 2, pads(3, 3, 3, 3), relu, false),
+                    (2, 6, 5, 9, 7, 1, 1, Pads::default(), None, true),
+                    (3, 5, 8, 6, 4, 1, 2, Pads::default(), None, false),
+                    // Enough pixels for several tiles (exercises the parallel path).
+                    (
+                        2,
+                        16,
+                        24,
+                        20,
+                        24,
+                        1,
+                        1,
+                        Pads::default(),
+                        Some((0.0, 6.0)),
+                        false,
+                    ),
+                    (1, 8, 33, 31, 12, 3, 1, pads(1, 1, 1, 1), relu, true),
+                    (1, 8, 4, 4, 3, 5, 1, pads(2, 2, 2, 2), None, false),
+                    // 3-channel stems (their own window copies) over several tiles, which start
+                    // part-way along an output row.
+                    (2, 3, 70, 90, 8, 3, 2, pads(0, 0, 1, 1), relu, false),
+                    (1, 3, 61, 75, 8, 7, 2, pads(3, 3, 3, 3), None, false),
+                ];
+                for (i, (n, cin, h, w, cout, k, stride, pads, clamp, with_residual)) in
+                    cases.into_iter().enumerate()
+                {
+                    let cpu = &Device::Cpu;
+                    let x = Tensor::randn(0f32, 1f32, (n, cin, h, w), cpu).unwrap();
+                    let wt = Tensor::randn(0f32, 1f32, (cout, cin, k, k), cpu).unwrap();
+                    let b = Tensor::randn(0f32, 1f32, cout, cpu).unwrap();
+                    let spec = ConvSpec {
+                        kernel: k,
+                        stride,
+                        pads,
+                        clamp,
+                    };
+                    let (oh, ow) = pads.output_size(h, w, k, stride);
+                    let r = with_residual
+                        .then(|| Tensor::randn(0f32, 1f32, (n, cout, oh, ow), cpu).unwrap());
+                    let want = reference(&x, &wt, &b, &spec, r.as_ref());
+                    let r_map = r.as_ref().map(|r| FeatureMap::from_nchw(r).unwrap());
+                    let got = conv2d(
+                        &FeatureMap::from_nchw(&x).unwrap(),
+                        &pack(&wt),
+                        &b.to_vec1::<f32>().unwrap(),
+                        &spec,
+                        r_map.as_ref(),
+                    )
+                    .to_nchw()
+                    .unwrap();
+                    let diff = crate::max_abs_diff(&got, &want);
+                    assert!(diff < 1e-4, "case {i}: max diff {diff}");
+                }
+            },
+        );
     }
 
     #[test]

@@ -7,7 +7,14 @@
 //! a block of `rows x PANEL` results (`rows x PANEL / 2` with AVX2) in registers over a
 //! slice of `k`, broadcasting one activation per row against the panel's vectors (the
 //! full blocks and half-panel blocks with AVX-512 in
-//! assembly: [`super::block_avx512`]).
+//! assembly: [`crate::block_avx512`]).
+
+mod block;
+mod pack;
+
+use block::Block;
+pub(crate) use block::{lanes, load, store};
+pub use pack::PackedMatrix;
 
 use crate::team;
 use pulp::{Simd, WithSimd};
@@ -26,86 +33,6 @@ pub const ROW_BLOCK: usize = 12;
 /// AVX-512; one half of it, 16 KiB, per pass with AVX2) stays in L1 while every row
 /// block of the product streams past it.
 const KC: usize = 256;
-
-/// The first vector of `values` (zeros past its end): a plain load when the slice
-/// holds a whole vector (pulp's masked load is an out-of-line call).
-#[inline(always)]
-pub(crate) fn load<S: Simd>(s: S, values: &[f32]) -> S::f32s {
-    match S::as_simd_f32s(values).0.first() {
-        Some(v) => *v,
-        None => s.partial_load_f32s(values),
-    }
-}
-
-/// Stores `value` into the first vector of `values` (as much of it as fits).
-#[inline(always)]
-pub(crate) fn store<S: Simd>(s: S, values: &mut [f32], value: S::f32s) {
-    match S::as_mut_simd_f32s(values).0.first_mut() {
-        Some(v) => *v = value,
-        None => s.partial_store_f32s(values, value),
-    }
-}
-
-/// Floats per vector of the instruction set `S`.
-#[inline(always)]
-pub(crate) const fn lanes<S: Simd>() -> usize {
-    core::mem::size_of::<S::f32s>() / 4
-}
-
-/// A `rows x cols` matrix in column panels (zero-padded to whole panels).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PackedMatrix {
-    rows: usize,
-    cols: usize,
-    data: Vec<f32>,
-}
-
-impl PackedMatrix {
-    /// Packs a row-major `rows x cols` matrix.
-    ///
-    /// # Panics
-    /// When `matrix` does not hold `rows * cols` values.
-    pub fn pack(matrix: &[f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(matrix.len(), rows * cols, "matrix does not fit its shape");
-        let halves = cols.div_ceil(PANEL) * 2;
-        let mut data = vec![0f32; halves * rows * HALF];
-        for (h, half) in data.chunks_exact_mut(rows * HALF).enumerate() {
-            let c0 = h * HALF;
-            let width = HALF.min(cols.saturating_sub(c0));
-            if width == 0 {
-                continue; // the empty half of a narrow last panel
-            }
-            for (r, dst) in half.chunks_exact_mut(HALF).enumerate() {
-                dst[..width].copy_from_slice(&matrix[r * cols + c0..][..width]);
-            }
-        }
-        Self { rows, cols, data }
-    }
-
-    /// The row-major matrix back.
-    pub fn unpack(&self) -> Vec<f32> {
-        let mut matrix = vec![0f32; self.rows * self.cols];
-        for (h, half) in self.data.chunks_exact(self.rows * HALF).enumerate() {
-            let c0 = h * HALF;
-            let width = HALF.min(self.cols.saturating_sub(c0));
-            if width == 0 {
-                continue;
-            }
-            for (r, src) in half.chunks_exact(HALF).enumerate() {
-                matrix[r * self.cols + c0..][..width].copy_from_slice(&src[..width]);
-            }
-        }
-        matrix
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-}
 
 /// What is done to each result as it leaves the registers:
 /// `clamp(product + bias + residual)`.
@@ -148,7 +75,7 @@ pub fn multiply(
             .is_none_or(|r| r.len() >= span(n, dst_stride)),
         "residual too short"
     );
-    let arch = pulp::Arch::new();
+    let arch = crate::arch();
     let all_panels = n.div_ceil(PANEL);
     let run = |dst: &mut [f32], stride: usize, first: usize, m: usize, panels| {
         arch.dispatch(Multiply {
@@ -179,7 +106,7 @@ pub fn multiply(
         let cols = |i: usize| part(i).start * PANEL..(part(i).end * PANEL).min(n);
         // Recycled: a fresh zeroed allocation cost ~5 us per product.
         let mut scratch: Vec<_> = (1..threads)
-            .map(|i| (cols(i), super::buffers::take(m * cols(i).len())))
+            .map(|i| (cols(i), crate::buffers::take(m * cols(i).len())))
             .collect();
         let mut shares = vec![(0, dst_stride, &mut dst[..])];
         shares.extend(
@@ -193,7 +120,7 @@ pub fn multiply(
             for (row, src) in out.chunks_exact(cols.len()).enumerate() {
                 dst[row * dst_stride + cols.start..][..cols.len()].copy_from_slice(src);
             }
-            super::buffers::recycle(out);
+            crate::buffers::recycle(out);
         }
         return;
     }
@@ -256,7 +183,7 @@ pub(crate) fn multiply_part(
     );
     // (A residual would be read at `b`'s columns with `dst`'s stride: not needed.)
     assert!(finish.residual.is_none(), "no residual in a part");
-    pulp::Arch::new().dispatch(Multiply {
+    crate::arch().dispatch(Multiply {
         dst,
         dst_stride,
         a,
@@ -313,7 +240,7 @@ impl WithSimd for Multiply<'_> {
         // must leave room for one row of the panel and a broadcast: 12 x 2 of the 32
         // AVX-512 registers is a whole panel (14 x 2 left too few: the compiler then
         // kept accumulators in memory); AVX2's 16 take 6 x 2, half a panel per pass
-        // (a whole panel, 3 x 4, spilled: 0.34-0.75x the `gemm` crate on Zen 3);
+        // (a whole panel, 3 x 4, spills: the compiler keeps accumulators in memory);
         // 4-lane sets (SSE, NEON) 3 x 4, half a panel per pass.
         match lanes::<S>() {
             16 => self.run::<S, ROW_BLOCK, 2, ROW_BLOCK>(simd),
@@ -405,7 +332,7 @@ fn fetcher() -> Option<Fetcher> {
 #[inline(always)]
 fn fetch_line(_: Fetcher, _: *const f32) {}
 
-/// Proof that the CPU runs the assembly block ([`super::block_avx512`]).
+/// Proof that the CPU runs the assembly block ([`crate::block_avx512`]).
 #[cfg(target_arch = "x86_64")]
 type Avx512 = pulp::x86::V4;
 
@@ -553,252 +480,6 @@ fn for_each_tail<S: Simd, const NV: usize, const FIRST: usize>(
     tail!(8, 4, 2, 1);
 }
 
-/// One pass of `kc` rows of a panel over row blocks of the product.
-struct Block<'a, S: Simd> {
-    simd: S,
-    /// The panel's two halves, `kc` rows each.
-    panel: [&'a [S::f32s]; 2],
-    a: &'a [f32],
-    a_stride: usize,
-    /// `a`'s column of the slice's first step.
-    k0: usize,
-    kc: usize,
-    cols: std::ops::Range<usize>,
-    /// The column of the product that is `dst`'s first.
-    first_col: usize,
-    /// Add to `dst` (a later slice of `k`) rather than overwrite it.
-    accumulate: bool,
-    /// The last slice of `k`: the results are final.
-    finish: Option<Finish<'a>>,
-    residual_stride: usize,
-    /// Fetched into L2 during the first pass's first row block: the next slice's halves,
-    /// one line of each per step of `k` (a step's 16 floats of a half are one line).
-    fetch: Option<(Fetcher, [*const f32; 2])>,
-    /// Present where full 12-row blocks run in assembly.
-    avx512: Option<Avx512>,
-}
-
-impl<S: Simd> Block<'_, S> {
-    /// `dst[row..row + R, cols'] (+)= a[row..row + R, k0..k0 + kc] * panel[.., cols']`
-    /// where `cols'` are the panel's vectors `FIRST..FIRST + NV` (a constant: a variable
-    /// start put bounds checks in the inner loop).
-    #[inline(always)]
-    // Indexed loops over constant bounds: the compiler unrolls them and keeps `acc` in
-    // registers (iterating `acc` by reference made it keep a copy in memory).
-    #[allow(clippy::needless_range_loop)]
-    fn rows<const R: usize, const NV: usize, const FIRST: usize>(
-        &self,
-        row: usize,
-        dst: &mut [f32],
-        stride: usize,
-    ) {
-        self.rows_fetch::<R, NV, FIRST, false>(row, dst, stride)
-    }
-
-    #[inline(always)]
-    #[allow(clippy::needless_range_loop)]
-    fn rows_fetch<const R: usize, const NV: usize, const FIRST: usize, const FETCH: bool>(
-        &self,
-        row: usize,
-        dst: &mut [f32],
-        stride: usize,
-    ) {
-        // Full AVX-512 blocks (a whole panel: `FIRST` is 0) run in assembly (this loop
-        // left the rows' addresses to be recomputed at every step; see `block_avx512`):
-        // 2-10 % faster per 1x1 layer.
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(avx512), super::block_avx512::ROWS, 2, 0) = (self.avx512, R, NV, FIRST) {
-            let start = row * self.a_stride + self.k0;
-            let halves = self.panel.map(pulp::bytemuck::cast_slice::<_, f32>);
-            let next = if FETCH {
-                self.fetch.map(|(_, next)| next)
-            } else {
-                None
-            };
-            let narrow = self.cols.len() <= HALF + 8;
-            let acc = super::block_avx512::block(
-                avx512,
-                &self.a[start..],
-                self.a_stride,
-                halves,
-                self.kc,
-                next,
-                narrow,
-            );
-            assert_eq!(size_of_val(&acc), size_of::<[[S::f32s; NV]; R]>());
-            // SAFETY: the same size (16-lane vectors of f32 either way), both plain floats.
-            let acc: [[S::f32s; NV]; R] = unsafe { core::mem::transmute_copy(&acc) };
-            return self.finish_block::<R, NV, FIRST>(acc, row, dst, stride);
-        }
-        // Blocks over one half of a panel (a narrow last panel: `FIRST` is 0), likewise;
-        // without the fetching of the next slice (a hint that a few blocks can skip).
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(avx512), super::block_avx512::ROWS, 1, 0) = (self.avx512, R, NV, FIRST) {
-            let start = row * self.a_stride + self.k0;
-            let half = pulp::bytemuck::cast_slice::<_, f32>(self.panel[0]);
-            let narrow = self.cols.len() <= 8;
-            let acc = super::block_avx512::half_block(
-                avx512,
-                &self.a[start..],
-                self.a_stride,
-                half,
-                self.kc,
-                narrow,
-            );
-            assert_eq!(size_of_val(&acc), size_of::<[[S::f32s; NV]; R]>());
-            // SAFETY: the same size (16-lane vectors of f32 either way), both plain floats.
-            let acc: [[S::f32s; NV]; R] = unsafe { core::mem::transmute_copy(&acc) };
-            return self.finish_block::<R, NV, FIRST>(acc, row, dst, stride);
-        }
-        let simd = self.simd;
-        let lanes = lanes::<S>();
-        // Vectors per row of a half; vector `j` of a panel row is in half `j / hv`.
-        let hv = HALF.div_ceil(lanes);
-        let a: [&[f32]; R] = core::array::from_fn(|r| {
-            let start = (row + r) * self.a_stride + self.k0;
-            &self.a[start..start + self.kc]
-        });
-        let mut acc = [[simd.splat_f32s(0.0); NV]; R];
-        // Slices of exactly `kc` steps, each half walked by rows of `hv` vectors and
-        // zipped with `0..kc`: the compiler drops every bounds check in the loop (with
-        // some left, it also kept the accumulators in memory; indexing the halves by
-        // `k * hv + j` kept two).
-        let first = self.panel[0][..self.kc * hv].chunks_exact(hv);
-        let second = self.panel[1][..self.kc * hv].chunks_exact(hv);
-        let fetch = if FETCH { self.fetch } else { None };
-        for ((first, second), k) in first.zip(second).zip(0..self.kc) {
-            if let Some((fetcher, next)) = fetch {
-                for half in next {
-                    fetch_line(fetcher, half.wrapping_add(k * HALF));
-                }
-            }
-            let b: [S::f32s; NV] = core::array::from_fn(|v| {
-                let j = FIRST + v;
-                if j < hv {
-                    first[j]
-                } else {
-                    second[j - hv]
-                }
-            });
-            for r in 0..R {
-                let x = simd.splat_f32s(a[r][k]);
-                for v in 0..NV {
-                    acc[r][v] = simd.mul_add_e_f32s(x, b[v], acc[r][v]);
-                }
-            }
-        }
-        self.finish_block::<R, NV, FIRST>(acc, row, dst, stride);
-    }
-
-    #[inline(always)]
-    fn finish_block<const R: usize, const NV: usize, const FIRST: usize>(
-        &self,
-        acc: [[S::f32s; NV]; R],
-        row: usize,
-        dst: &mut [f32],
-        stride: usize,
-    ) {
-        // The block's columns: from the panel's vector `FIRST` on (fewer than `NV`
-        // vectors in a narrow last panel, the last one maybe partial).
-        let width = self.cols.len().saturating_sub(FIRST * lanes::<S>());
-        if width >= NV * lanes::<S>() {
-            self.finish::<R, NV, FIRST, true>(acc, row, dst, stride);
-        } else if width > 0 {
-            // The finish of a narrow panel (bounds and partial vectors per column) is
-            // too large for the compiler to unroll; left rolled, it indexes the
-            // accumulators in memory, and the compiler then kept the loop's copy there
-            // too, storing each after every multiply-add (AVX-512, 12 x 2: 24 stores
-            // per step, a third of the FMA rate). `black_box` hands it a copy instead.
-            self.finish::<R, NV, FIRST, false>(core::hint::black_box(acc), row, dst, stride);
-        }
-    }
-
-    /// Finishes a block's results (`acc`, from [`Self::rows`]) into `dst`: adds the
-    /// previous slice's, then the bias and residual, clamps, stores. `WHOLE`: every
-    /// vector of the block lies inside the product's columns.
-    #[inline(always)]
-    #[allow(clippy::needless_range_loop)]
-    fn finish<const R: usize, const NV: usize, const FIRST: usize, const WHOLE: bool>(
-        &self,
-        mut acc: [[S::f32s; NV]; R],
-        row: usize,
-        dst: &mut [f32],
-        stride: usize,
-    ) {
-        let simd = self.simd;
-        let lanes = lanes::<S>();
-        let skipped = FIRST * lanes;
-        let width = if WHOLE {
-            NV * lanes
-        } else {
-            self.cols.len() - skipped
-        };
-        let first_col = self.cols.start + skipped;
-        let vector = |v: usize| (v * lanes).min(width)..((v + 1) * lanes).min(width);
-        // Step by step over the whole block, each a loop over constant bounds that the
-        // compiler unrolls, so the accumulators stay in registers (one loop doing every
-        // step per row was left rolled, with the accumulators in memory: `perf annotate`
-        // put 60 % of a 16-deep product's time there).
-        let out_at: [usize; R] =
-            core::array::from_fn(|r| (row + r) * stride + first_col - self.first_col);
-        if self.accumulate {
-            for r in 0..R {
-                for v in 0..NV {
-                    let cols = vector(v);
-                    if !cols.is_empty() {
-                        let at = out_at[r];
-                        let old = load(simd, &dst[at + cols.start..at + cols.end]);
-                        acc[r][v] = simd.add_f32s(acc[r][v], old);
-                    }
-                }
-            }
-        }
-        if let Some(finish) = self.finish {
-            if let Some(bias) = finish.bias {
-                for v in 0..NV {
-                    let cols = vector(v);
-                    if !cols.is_empty() {
-                        let cols = first_col + cols.start..first_col + cols.end;
-                        let bias = load(simd, &bias[cols]);
-                        for r in 0..R {
-                            acc[r][v] = simd.add_f32s(acc[r][v], bias);
-                        }
-                    }
-                }
-            }
-            if let Some(residual) = finish.residual {
-                for r in 0..R {
-                    let at = (row + r) * self.residual_stride + first_col;
-                    for v in 0..NV {
-                        let cols = vector(v);
-                        if !cols.is_empty() {
-                            let x = load(simd, &residual[at + cols.start..at + cols.end]);
-                            acc[r][v] = simd.add_f32s(acc[r][v], x);
-                        }
-                    }
-                }
-            }
-            if let Some((lo, hi)) = finish.clamp {
-                let (lo, hi) = (simd.splat_f32s(lo), simd.splat_f32s(hi));
-                for r in 0..R {
-                    for v in 0..NV {
-                        acc[r][v] = simd.min_f32s(simd.max_f32s(acc[r][v], lo), hi);
-                    }
-                }
-            }
-        }
-        for r in 0..R {
-            for v in 0..NV {
-                let cols = vector(v);
-                if !cols.is_empty() {
-                    let at = out_at[r];
-                    store(simd, &mut dst[at + cols.start..at + cols.end], acc[r][v]);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -852,6 +533,15 @@ mod tests {
 
     #[test]
     fn computes_the_product_for_every_block_shape() {
+        #[cfg(target_arch = "x86_64")]
+        if pulp::x86::V4::try_new().is_none() {
+            use std::io::Write;
+            // Straight to stderr: the test harness captures `eprintln!`.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** the AVX-512 assembly blocks are NOT TESTED: this CPU has no AVX-512 ***\n"
+            );
+        }
         // Rows cover full blocks and every tail; columns partial panels; depth several
         // passes (KC) with a short last one; the lhs has a row stride.
         for (m, n, k, threads) in [
@@ -930,6 +620,16 @@ mod tests {
             })];
             let args = (dst_stride, a.as_slice(), a_stride, m, &packed, finish);
             #[cfg(target_arch = "x86_64")]
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                assert!(
+                    avx512::<pulp::x86::V4>().is_some(),
+                    "the assembly blocks run"
+                );
+                let mut dst = dst.clone();
+                v4.vectorize(|| product_with(v4, &mut dst, args));
+                results.push(("AVX-512 (assembly blocks)", dst));
+            }
+            #[cfg(target_arch = "x86_64")]
             if let Some(v3) = pulp::x86::V3::try_new() {
                 let mut dst = dst.clone();
                 v3.vectorize(|| product_with(v3, &mut dst, args));
@@ -968,64 +668,69 @@ mod tests {
 
     #[test]
     fn parts_by_columns_and_depth_add_up_to_the_product() {
-        // Depths over several slices (KC) split off the slice boundaries; a narrow last
-        // panel; rows with a tail block.
-        for (m, n, k, panel_cuts, depth_cuts) in [
-            (49, 200, 700, vec![0, 3, 7], vec![0, 300, 700]),
-            (196, 112, 672, vec![0, 2, 4], vec![0, 64, 336, 672]),
-            (13, 40, 9, vec![0, 1, 2], vec![0, 4, 9]),
-        ] {
-            let a_stride = k + 1;
-            let a: Vec<f32> = (0..m * a_stride)
-                .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
-                .collect();
-            let b: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 53 % 13) as f32 - 6.0) / 5.0)
-                .collect();
-            let packed = PackedMatrix::pack(&b, k, n);
-            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 2.0).collect();
-            let want = naive(m, n, k, &a, a_stride, &b);
-            let mut sum = vec![0f32; m * n];
-            for panels in panel_cuts.windows(2) {
-                let cols = panels[0] * PANEL..(panels[1] * PANEL).min(n);
-                for depth in depth_cuts.windows(2) {
-                    // The first depth part also adds the bias (by `b`'s column).
-                    let finish = Finish {
-                        bias: (depth[0] == 0).then_some(bias.as_slice()),
-                        ..Finish::default()
-                    };
-                    let stride = cols.len() + 3;
-                    let mut part = vec![f32::NAN; m * stride];
-                    multiply_part(
-                        &mut part,
-                        stride,
-                        &a[depth[0]..],
-                        a_stride,
-                        m,
-                        &packed,
-                        (panels[0]..panels[1], depth[0]..depth[1]),
-                        finish,
-                    );
-                    for i in 0..m {
-                        for (j, col) in cols.clone().enumerate() {
-                            sum[i * n + col] += part[i * stride + j];
+        crate::instruction_sets::on_every_one(
+            "parts_by_columns_and_depth_add_up_to_the_product",
+            || {
+                // Depths over several slices (KC) split off the slice boundaries; a narrow last
+                // panel; rows with a tail block.
+                for (m, n, k, panel_cuts, depth_cuts) in [
+                    (49, 200, 700, vec![0, 3, 7], vec![0, 300, 700]),
+                    (196, 112, 672, vec![0, 2, 4], vec![0, 64, 336, 672]),
+                    (13, 40, 9, vec![0, 1, 2], vec![0, 4, 9]),
+                ] {
+                    let a_stride = k + 1;
+                    let a: Vec<f32> = (0..m * a_stride)
+                        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
+                        .collect();
+                    let b: Vec<f32> = (0..k * n)
+                        .map(|i| ((i * 53 % 13) as f32 - 6.0) / 5.0)
+                        .collect();
+                    let packed = PackedMatrix::pack(&b, k, n);
+                    let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 2.0).collect();
+                    let want = naive(m, n, k, &a, a_stride, &b);
+                    let mut sum = vec![0f32; m * n];
+                    for panels in panel_cuts.windows(2) {
+                        let cols = panels[0] * PANEL..(panels[1] * PANEL).min(n);
+                        for depth in depth_cuts.windows(2) {
+                            // The first depth part also adds the bias (by `b`'s column).
+                            let finish = Finish {
+                                bias: (depth[0] == 0).then_some(bias.as_slice()),
+                                ..Finish::default()
+                            };
+                            let stride = cols.len() + 3;
+                            let mut part = vec![f32::NAN; m * stride];
+                            multiply_part(
+                                &mut part,
+                                stride,
+                                &a[depth[0]..],
+                                a_stride,
+                                m,
+                                &packed,
+                                (panels[0]..panels[1], depth[0]..depth[1]),
+                                finish,
+                            );
+                            for i in 0..m {
+                                for (j, col) in cols.clone().enumerate() {
+                                    sum[i * n + col] += part[i * stride + j];
+                                }
+                                assert!(part[i * stride + cols.len()..][..3]
+                                    .iter()
+                                    .all(|v| v.is_nan()));
+                            }
                         }
-                        assert!(part[i * stride + cols.len()..][..3]
-                            .iter()
-                            .all(|v| v.is_nan()));
+                    }
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (got, want) = (sum[i * n + j], want[i * n + j] + bias[j]);
+                            assert!(
+                                (got - want).abs() < 1e-3,
+                                "{m}x{n}x{k} ({i},{j}): {got} vs {want}"
+                            );
+                        }
                     }
                 }
-            }
-            for i in 0..m {
-                for j in 0..n {
-                    let (got, want) = (sum[i * n + j], want[i * n + j] + bias[j]);
-                    assert!(
-                        (got - want).abs() < 1e-3,
-                        "{m}x{n}x{k} ({i},{j}): {got} vs {want}"
-                    );
-                }
-            }
-        }
+            },
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Single-thread GFLOP/s of the packed-weight product against the `gemm` crate on layer
 //! shapes: `matmul_timing [M K N]...` (default: shapes from ResNet-50 and Lite0).
 //! `COPIES=N`: rotate among N copies of the weights (cold, as in a network); `THREADS=N`.
-use exemplar_embed::nhwc::{multiply, Finish, PackedMatrix};
+use exemplar_nhwc::{multiply, Finish, PackedMatrix};
 use std::time::Instant;
 
 fn time(mut f: impl FnMut()) -> f64 {

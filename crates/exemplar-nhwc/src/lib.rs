@@ -7,8 +7,14 @@
 //! channels last, a 1x1 convolution *is* a matrix product over all pixels of the batch,
 //! a k x k one unfolds into contiguous runs of channels, and a depthwise one vectorises
 //! over channels. Each convolution here splits its output rows into tiles spread over
-//! the threads (a pass's team, see `crate::team`, or the rayon pool); a tile is unfolded, multiplied by weights packed once at load
-//! ([`matmul`]) and finished (bias, residual, activation) while it is in cache.
+//! the threads (a pass's team, see [`team`], or the rayon pool); a tile is unfolded,
+//! multiplied by weights packed once at load ([`PackedMatrix`]) and finished (bias,
+//! residual, activation) while it is in cache.
+//!
+//! Vector code is compiled for SSE2…AVX-512 and chosen at run time (`pulp`); the
+//! AVX-512 register blocks are assembly. Every `unsafe` block says why it is sound.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_arch = "x86_64")]
 mod block_avx512;
@@ -18,6 +24,7 @@ mod depthwise;
 mod expand_depthwise;
 mod matmul;
 mod max_pool;
+pub mod team;
 mod winograd;
 
 pub use channel_split::{inverted_bottleneck_by_channels, ChannelShares};
@@ -30,9 +37,7 @@ pub use matmul::{multiply, Finish, PackedMatrix};
 pub use max_pool::max_pool2d;
 pub use winograd::{winograd_conv3x3, worth_it as winograd_worth_it, WinogradWeights};
 
-use crate::error::Result;
-use crate::team;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 /// A batch of feature maps, `batch x height x width x channels`, row-major. Its buffer
 /// goes back to [`buffers`] when it is dropped.
@@ -52,7 +57,7 @@ impl FeatureMap {
         let per_image = (channels * height * width).max(1);
         // Straight from the tensor's storage: Candle's permute-then-copy walks a strided
         // index per value (0.6 ms of a 15 ms Lite0 pass for one 224x224 input).
-        crate::ops::with_f32_values(t, |nchw| {
+        with_f32_values(t, |nchw| {
             let images: Vec<&[f32]> = nchw.chunks_exact(per_image).collect();
             Self::from_chw_images(&images, channels, height, width)
         })
@@ -123,18 +128,18 @@ impl FeatureMap {
             transpose(hwc, chw, pixels, self.channels);
         }
         let shape = (self.batch, self.channels, self.height, self.width);
-        Ok(Tensor::from_vec(nchw, shape, &Device::Cpu)?)
+        Tensor::from_vec(nchw, shape, &Device::Cpu)
     }
 
     /// The same values as [`FeatureMap::to_nchw`] without copying them: a
     /// `(batch, channels, height, width)` view of the channels-last buffer. Pooling
-    /// reads it as it lies ([`crate::ops::with_channels_last_values`]); a transpose
+    /// reads it as it lies ([`with_channels_last_values`]); a transpose
     /// of Lite0's last map, then pooling it channel by channel, cost 0.14 ms of serial
     /// time per pass.
     pub fn into_nchw_view(mut self) -> Result<Tensor> {
         let data = std::mem::take(&mut self.data);
         let shape = (self.batch, self.height, self.width, self.channels);
-        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?.permute((0, 3, 1, 2))?)
+        Tensor::from_vec(data, shape, &Device::Cpu)?.permute((0, 3, 1, 2))
     }
 
     /// One map per image of the batch.
@@ -363,6 +368,108 @@ fn taps(
     (first, start, count)
 }
 
+/// The instruction set the kernels run with: the best this CPU has, unless a test forces
+/// a narrower one ([`instruction_sets::on_every_one`]).
+fn arch() -> pulp::Arch {
+    #[cfg(test)]
+    if let Some(forced) = instruction_sets::forced() {
+        return forced;
+    }
+    pulp::Arch::new()
+}
+
+/// Kernel tests run on every instruction set the CPU has, each forced in turn, and say
+/// loudly which they could not run here (the AVX-512 blocks are assembly: only a CPU
+/// with AVX-512 tests them).
+#[cfg(test)]
+pub(crate) mod instruction_sets {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    static FORCED: Mutex<Option<pulp::Arch>> = Mutex::new(None);
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+    pub(crate) fn forced() -> Option<pulp::Arch> {
+        *FORCED.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` while no other test forces an instruction set: for tests that compare two
+    /// computations exactly or closely (the kernels round differently on each set).
+    pub(crate) fn exclusive<R>(f: impl FnOnce() -> R) -> R {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        f()
+    }
+
+    /// Runs `test` with the best instruction set, then with each narrower one this CPU
+    /// has forced on every kernel (scalar, AVX2, AVX-512 on x86-64), alone among the
+    /// tests that do the same (a set forced midway would mix roundings). Other tests
+    /// running meanwhile take the forced set too; each set computes correct results.
+    pub(crate) fn on_every_one(name: &str, test: impl Fn()) {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        test();
+        let mut sets = vec![("scalar", Some(pulp::Arch::Scalar))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            sets.push(("AVX2", pulp::x86::V3::try_new().map(pulp::Arch::V3)));
+            sets.push((
+                "AVX-512 (with the assembly blocks)",
+                pulp::x86::V4::try_new().map(pulp::Arch::V4),
+            ));
+        }
+        for (set, arch) in sets {
+            let Some(arch) = arch else {
+                // Straight to stderr: the test harness captures `eprintln!`.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** {name}: NOT TESTED on {set}: this CPU does not have it ***\n"
+                );
+                continue;
+            };
+            *FORCED.lock().unwrap_or_else(|e| e.into_inner()) = Some(arch);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&test));
+            *FORCED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if let Err(panic) = result {
+                let _ = writeln!(std::io::stderr(), "{name} failed on {set}");
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+/// Calls `f` with a tensor's values in row-major order: borrowed from the tensor when it
+/// is a contiguous f32 tensor on the CPU (no copy: 0.6 MB for one 224x224 input),
+/// copied out otherwise.
+pub fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            if let Ok(values) = cpu.as_slice::<f32>() {
+                return Ok(f(&values[start..end]));
+            }
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+}
+
+/// Calls `f` with a `(batch, channels, height, width)` tensor's values when they lie
+/// channels-last in memory (`batch x height x width x channels`, row-major: the
+/// engine's feature maps, see [`FeatureMap::into_nchw_view`]); `None` for any other
+/// layout.
+pub fn with_channels_last_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (b, c, h, w) = t.dims4().ok()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let values = cpu.as_slice::<f32>().ok()?;
+    let start = layout.start_offset();
+    let len = b * h * w * c;
+    (layout.stride() == [h * w * c, 1, w * c, c] && start + len <= values.len())
+        .then(|| f(&values[start..start + len]))
+}
+
 /// The largest absolute difference between two tensors of one shape (kernel tests).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
@@ -439,6 +546,10 @@ mod tests {
 
     #[test]
     fn recycled_buffers_never_leak_old_values_into_results() {
+        instruction_sets::exclusive(recycled_buffers_are_written_anew);
+    }
+
+    fn recycled_buffers_are_written_anew() {
         let x = FeatureMap {
             batch: 1,
             height: 64,

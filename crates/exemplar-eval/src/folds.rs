@@ -3,7 +3,7 @@
 //! not see. A figure measured on the queries it was tuned on says nothing about covers
 //! the service has never seen; the folded one does.
 
-use crate::eval::QueryOutcome;
+use crate::report::QueryOutcome;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -3,7 +3,7 @@
 //! block's last layer; `wino`: a 3x3 stride-1 convolution by Winograd F(4x4, 3x3);
 //! `fused`: a 1x1 expansion from C to COUT channels and a K x K depthwise layer in one
 //! pass). Prints the median and the fastest of 500 calls.
-use exemplar_embed::nhwc::{
+use exemplar_nhwc::{
     conv2d, depthwise_conv2d, expand_depthwise, winograd_conv3x3, ConvSpec, DepthwiseSpec,
     Expansion, FeatureMap, PackedMatrix, Pads, WinogradWeights,
 };

@@ -155,7 +155,7 @@ pub fn winograd_conv3x3(
         ow,
         tiles_y,
     };
-    let arch = pulp::Arch::new();
+    let arch = crate::arch();
     team::for_each(groups, |(units, out)| {
         let tiles: Vec<Tile> = units
             .clone()
@@ -165,8 +165,7 @@ pub fn winograd_conv3x3(
         let n = tiles.len();
         // One group (a small map at batch 1) is shared by the threads: its transforms
         // by rows of tiles (each writes whole output rows), its products by points (run
-        // alone, the transforms of 16-49 tiles left the 28x28 and 14x14 layers scaling
-        // 1.65x on two threads).
+        // alone, the transforms of 16-49 tiles leave the second thread short of work).
         let shared = groups_count == 1 && team::threads() > 1;
         let parts = if shared {
             team::threads().min(units.len())
@@ -464,7 +463,7 @@ impl WithSimd for OutputTransform<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nhwc::{conv2d, ConvSpec};
+    use crate::{conv2d, ConvSpec};
 
     fn map(batch: usize, height: usize, width: usize, channels: usize, seed: usize) -> FeatureMap {
         FeatureMap {
@@ -480,75 +479,77 @@ mod tests {
 
     #[test]
     fn matches_the_direct_convolution() {
-        let relu = Some((0.0, f32::INFINITY));
-        let one = Pads {
-            top: 1,
-            left: 1,
-            bottom: 1,
-            right: 1,
-        };
-        let asymmetric = Pads {
-            top: 0,
-            left: 1,
-            bottom: 2,
-            right: 0,
-        };
-        // Sizes with partial tiles at the border, channel counts with vector tails,
-        // batches (tile rows spanning images), residual, clamp.
-        for (i, (n, h, w, cin, cout, pads, clamp, with_residual)) in [
-            (1, 8, 8, 16, 32, one, None, false),
-            (2, 14, 14, 24, 40, one, relu, true),
-            (1, 7, 9, 5, 3, one, Some((0.0, 6.0)), false),
-            (3, 13, 6, 33, 17, asymmetric, None, true),
-            (1, 56, 56, 64, 64, one, relu, true),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let x = map(n, h, w, cin, i);
-            let weight = map(1, 1, 9 * cin, cout, i + 10);
-            let weight = PackedMatrix::pack(
-                &weight.data.iter().map(|v| v * 0.2).collect::<Vec<_>>(),
-                9 * cin,
-                cout,
-            );
-            let bias: Vec<f32> = (0..cout).map(|c| c as f32 * 0.01 - 0.1).collect();
-            let spec = ConvSpec {
-                kernel: 3,
-                stride: 1,
-                pads,
-                clamp,
+        crate::instruction_sets::on_every_one("matches_the_direct_convolution", || {
+            let relu = Some((0.0, f32::INFINITY));
+            let one = Pads {
+                top: 1,
+                left: 1,
+                bottom: 1,
+                right: 1,
             };
-            let (oh, ow) = pads.output_size(h, w, 3, 1);
-            let residual = with_residual.then(|| map(n, oh, ow, cout, i + 20));
-            let want = conv2d(&x, &weight, &bias, &spec, residual.as_ref());
-            let weights = WinogradWeights::new(&weight);
-            // One thread, and three: a lone group's transforms split unevenly by rows
-            // of tiles, whatever this machine's pool.
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let got = pool.install(|| {
-                    winograd_conv3x3(&x, &weights, &bias, pads, clamp, residual.as_ref())
-                });
-                assert_eq!(
-                    (got.batch, got.height, got.width, got.channels),
-                    (want.batch, want.height, want.width, want.channels)
+            let asymmetric = Pads {
+                top: 0,
+                left: 1,
+                bottom: 2,
+                right: 0,
+            };
+            // Sizes with partial tiles at the border, channel counts with vector tails,
+            // batches (tile rows spanning images), residual, clamp.
+            for (i, (n, h, w, cin, cout, pads, clamp, with_residual)) in [
+                (1, 8, 8, 16, 32, one, None, false),
+                (2, 14, 14, 24, 40, one, relu, true),
+                (1, 7, 9, 5, 3, one, Some((0.0, 6.0)), false),
+                (3, 13, 6, 33, 17, asymmetric, None, true),
+                (1, 56, 56, 64, 64, one, relu, true),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let x = map(n, h, w, cin, i);
+                let weight = map(1, 1, 9 * cin, cout, i + 10);
+                let weight = PackedMatrix::pack(
+                    &weight.data.iter().map(|v| v * 0.2).collect::<Vec<_>>(),
+                    9 * cin,
+                    cout,
                 );
-                let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let diff = got
-                    .data
-                    .iter()
-                    .zip(&want.data)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(
-                    diff < 1e-5 * scale.max(1.0) * (cin as f32).sqrt(),
-                    "case {i}, {threads} threads: max diff {diff} (values up to {scale})"
-                );
+                let bias: Vec<f32> = (0..cout).map(|c| c as f32 * 0.01 - 0.1).collect();
+                let spec = ConvSpec {
+                    kernel: 3,
+                    stride: 1,
+                    pads,
+                    clamp,
+                };
+                let (oh, ow) = pads.output_size(h, w, 3, 1);
+                let residual = with_residual.then(|| map(n, oh, ow, cout, i + 20));
+                let want = conv2d(&x, &weight, &bias, &spec, residual.as_ref());
+                let weights = WinogradWeights::new(&weight);
+                // One thread, and three: a lone group's transforms split unevenly by rows
+                // of tiles, whatever this machine's pool.
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let got = pool.install(|| {
+                        winograd_conv3x3(&x, &weights, &bias, pads, clamp, residual.as_ref())
+                    });
+                    assert_eq!(
+                        (got.batch, got.height, got.width, got.channels),
+                        (want.batch, want.height, want.width, want.channels)
+                    );
+                    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let diff = got
+                        .data
+                        .iter()
+                        .zip(&want.data)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    assert!(
+                        diff < 1e-5 * scale.max(1.0) * (cin as f32).sqrt(),
+                        "case {i}, {threads} threads: max diff {diff} (values up to {scale})"
+                    );
+                }
             }
-        }
+        });
     }
 
     #[test]
