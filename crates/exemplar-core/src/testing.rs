@@ -295,8 +295,8 @@ impl CatalogueStore for MemoryStore {
     }
 }
 
-/// A [`VectorIndex`] searched exactly (every live descriptor compared), with removals
-/// counted as the graph's tombstones are.
+/// A [`VectorIndex`] searched exactly (every live descriptor compared), which asks for
+/// compaction once removals weigh a fifth (so the service's compaction path is tested).
 #[derive(Default)]
 pub struct ExactIndex {
     items: BTreeMap<ExemplarId, Vec<f32>>,

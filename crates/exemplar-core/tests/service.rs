@@ -337,3 +337,37 @@ async fn a_refit_reprojects_every_exemplar_and_swaps_while_searches_go_on() {
         .unwrap();
     assert_eq!(stored[0].1, reprojected);
 }
+
+#[tokio::test]
+async fn an_index_that_asks_for_compaction_is_rebuilt_without_its_deleted_entries() {
+    let store = MemoryStore::default();
+    let cat = catalogue(&store, fresh_index()).await;
+    let none = Metadata::new();
+    let mut classes = Vec::new();
+    for i in 0..10 {
+        let (class, _) = cat
+            .add_class(&format!("c{i}"), &none, &[nth_photo(i)])
+            .await
+            .unwrap();
+        classes.push(class.id);
+    }
+    assert!(
+        cat.compact_if_due().await.unwrap().is_none(),
+        "nothing deleted"
+    );
+    for class in &classes[..3] {
+        cat.delete_class(*class).await.unwrap();
+    }
+    let rebuilt = cat
+        .compact_if_due()
+        .await
+        .unwrap()
+        .expect("3 of 10 deleted");
+    assert!(!rebuilt.refitted);
+    assert_eq!(rebuilt.exemplars, 7);
+    assert!(cat.compact_if_due().await.unwrap().is_none());
+    for (i, class) in classes.iter().enumerate().skip(3) {
+        let answer = cat.search(&nth_photo(i), 1, &none).await.unwrap();
+        assert_eq!(answer.neighbours[0].class_id, *class);
+    }
+}

@@ -1,32 +1,31 @@
-//! The approximate nearest-neighbour index over descriptors: an HNSW graph (`hnsw_rs`).
+//! The approximate nearest-neighbour index over descriptors: an HNSW graph from hnswlib
+//! (vendored C++, `hnswlib/`, compiled per instruction-set level; see `graph.rs`).
 //!
 //! The index is a cache of the catalogue database, never the source of truth: it can be
 //! dumped for a fast restart and rebuilt from the database whenever its dump is missing,
-//! stale or corrupt. hnsw_rs 0.3 has pitfalls this module exists to contain:
-//! - no deletion: deleted ids become tombstones filtered during the search, and a rebuild
-//!   compacts them away ([`AnnIndex::needs_compaction`]);
-//! - `DistDot` panics on vectors whose norm drifts above 1 and `DistCosine` is scalar and
-//!   slow: descriptors are unit vectors, so we search with SIMD `DistL2` and convert,
-//!   `cosine = 1 - d²/2`;
-//! - insertion and search must not run concurrently: every mutation takes `&mut self`, so
-//!   the owner's `RwLock` lets many searches or one writer in;
-//! - points reported unreachable after parallel builds (#32, #37): tests self-query every
-//!   inserted id;
-//! - a loaded graph borrows its `HnswIo` loader, which must outlive it: the loader is kept
-//!   for the life of the process (one per load, loads happen at start-up).
+//! stale or corrupt. Descriptors are unit vectors, so the inner product is the cosine.
+//! Deletion is real: a deleted point leaves the results at once and its slot is reused by
+//! the next addition, so the graph needs no compaction. Mutations take `&mut self` (the
+//! owner's `RwLock` lets many searches or one writer in); a batch is inserted from several
+//! threads inside that one call.
 
-use hnsw_rs::hnswio::HnswIo;
-use hnsw_rs::prelude::{AnnT, DistL2, Hnsw};
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod graph;
+pub mod synthetic;
+
+use graph::Graph;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-const DUMP_BASENAME: &str = "hnsw";
+pub use graph::instruction_set;
+
+const GRAPH_FILE: &str = "graph.hnswlib";
 const META_FILE: &str = "meta.json";
-const FORMAT: &str = "exemplar-hnsw/1";
-/// hnsw_rs caps the number of layers at 16.
-const MAX_LAYERS: usize = 16;
+const FORMAT: &str = "exemplar-hnswlib/1";
 
 #[derive(Debug, Error)]
 pub enum IndexError {
@@ -38,6 +37,8 @@ pub enum IndexError {
     DuplicateId(u64),
     #[error("index dump at {path} is unusable: {reason}")]
     BadDump { path: String, reason: String },
+    #[error("hnswlib: {0}")]
+    Graph(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -51,18 +52,17 @@ pub struct IndexParams {
     pub m: usize,
     /// Candidate list size while inserting.
     pub ef_construction: usize,
-    /// Candidate list size while searching (at least k).
+    /// Candidate list size while searching (the search uses at least k).
     pub ef_search: usize,
 }
 
 impl Default for IndexParams {
     fn default() -> Self {
-        // Measured (docs/benchmarks.md): on random 256-d unit vectors, the hardest case, M=16 reaches
-        // recall@10 0.80 on 20k points only at ef_search 256; M=48 reaches 0.92 at 128.
+        // Chosen with `exemplar bench-index` (docs/benchmarks.md, "Nearest-neighbour index").
         Self {
-            m: 48,
-            ef_construction: 300,
-            ef_search: 128,
+            m: 16,
+            ef_construction: 200,
+            ef_search: 200,
         }
     }
 }
@@ -79,8 +79,12 @@ pub struct DumpMeta {
     /// space is useless after a refit.
     #[serde(default)]
     pub space: String,
+    /// Live points.
     pub points: usize,
-    pub tombstones: Vec<u64>,
+    /// Size and SHA-256 of the graph file: hnswlib trusts what it reads, so a dump is
+    /// checked before it is handed over.
+    pub graph_bytes: u64,
+    pub graph_sha256: String,
 }
 
 /// One search hit.
@@ -94,9 +98,9 @@ pub struct Hit {
 pub struct AnnIndex {
     dim: usize,
     params: IndexParams,
-    graph: Hnsw<'static, f32, DistL2>,
-    ids: HashSet<u64>,
-    tombstones: HashSet<u64>,
+    graph: Graph,
+    /// Threads a large batch is inserted from.
+    insert_threads: usize,
 }
 
 fn check_unit(v: &[f32], dim: usize) -> Result<()> {
@@ -113,25 +117,33 @@ fn check_unit(v: &[f32], dim: usize) -> Result<()> {
     Ok(())
 }
 
+fn insertion_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn sha256_of(path: &Path) -> Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher)?;
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((bytes, digest))
+}
+
 impl AnnIndex {
-    /// An empty index sized for about `capacity` points.
+    /// An empty index with room for about `capacity` points (it grows as needed).
     pub fn new(dim: usize, params: IndexParams, capacity: usize) -> Self {
-        // `modify_level_scale` (the suggested remedy for hnsw_rs #32/#37) made no measurable
-        // recall difference here (0.80 vs 0.80 at 20k points, ef 256) and prints to stdout,
-        // so it is not used; tests self-query every point instead.
-        let graph = Hnsw::new(
-            params.m,
-            capacity.max(1024),
-            MAX_LAYERS,
-            params.ef_construction,
-            DistL2 {},
-        );
+        let mut graph = Graph::new(dim, capacity.max(1024), params.m, params.ef_construction)
+            .unwrap_or_else(|e| panic!("allocating an index for {capacity} points: {e}"));
+        graph.set_ef(params.ef_search);
         Self {
             dim,
             params,
             graph,
-            ids: HashSet::new(),
-            tombstones: HashSet::new(),
+            insert_threads: insertion_threads(),
         }
     }
 
@@ -151,55 +163,56 @@ impl AnnIndex {
     /// Changes the search-time candidate list size (no rebuild needed).
     pub fn set_ef_search(&mut self, ef_search: usize) {
         self.params.ef_search = ef_search.max(1);
+        self.graph.set_ef(self.params.ef_search);
+    }
+
+    /// Threads a large batch is inserted from (default: every core).
+    pub fn set_insert_threads(&mut self, threads: usize) {
+        self.insert_threads = threads.max(1);
     }
 
     /// Live (searchable) points.
     pub fn len(&self) -> usize {
-        self.ids.len() - self.tombstones.len()
+        self.graph.live_count()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn tombstones(&self) -> usize {
-        self.tombstones.len()
-    }
     pub fn contains(&self, id: u64) -> bool {
-        self.ids.contains(&id) && !self.tombstones.contains(&id)
+        self.graph.is_live(id)
     }
-
-    /// When a fifth of the graph is dead weight, a rebuild pays for itself.
-    pub fn needs_compaction(&self) -> bool {
-        self.tombstones.len() * 5 > self.ids.len().max(1)
+    /// Points the graph has room for before it reallocates (live and reusable slots).
+    pub fn graph_capacity(&self) -> usize {
+        self.graph.capacity()
     }
 
     pub fn insert(&mut self, id: u64, vector: &[f32]) -> Result<()> {
         self.insert_batch(&[(id, vector.to_vec())])
     }
 
-    /// Inserts all or nothing: every vector is checked before the graph is touched.
+    /// Inserts all or nothing: every vector and id is checked before the graph is touched.
     pub fn insert_batch(&mut self, items: &[(u64, Vec<f32>)]) -> Result<()> {
         let mut seen = HashSet::new();
         for (id, v) in items {
             check_unit(v, self.dim)?;
-            if self.ids.contains(id) || !seen.insert(*id) {
+            if self.graph.is_live(*id) || !seen.insert(*id) {
                 return Err(IndexError::DuplicateId(*id));
             }
         }
-        let data: Vec<(&Vec<f32>, usize)> = items.iter().map(|(id, v)| (v, *id as usize)).collect();
-        if data.len() > 64 {
-            self.graph.parallel_insert(&data);
+        let items: Vec<(u64, &[f32])> = items.iter().map(|(id, v)| (*id, v.as_slice())).collect();
+        let threads = if items.len() > 64 {
+            self.insert_threads
         } else {
-            for (v, id) in data {
-                self.graph.insert((v.as_slice(), id));
-            }
-        }
-        self.ids.extend(items.iter().map(|(id, _)| *id));
-        Ok(())
+            1
+        };
+        self.graph
+            .add_parallel(&items, threads)
+            .map_err(IndexError::Graph)
     }
 
-    /// Marks `id` deleted: it never appears in a result again. Returns whether it was live.
+    /// Deletes `id`: it never appears in a result again. Returns whether it was live.
     pub fn remove(&mut self, id: u64) -> bool {
-        self.ids.contains(&id) && self.tombstones.insert(id)
+        self.graph.remove(id)
     }
 
     /// The `k` nearest live points, best first.
@@ -208,19 +221,12 @@ impl AnnIndex {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
-        let ef = self.params.ef_search.max(k);
-        let tombstones = &self.tombstones;
-        let alive = |id: &usize| !tombstones.contains(&(*id as u64));
-        let found = if tombstones.is_empty() {
-            self.graph.search(query, k, ef)
-        } else {
-            self.graph.search_filter(query, k, ef, Some(&alive))
-        };
+        let found = self.graph.search(query, k).map_err(IndexError::Graph)?;
         Ok(found
             .into_iter()
-            .map(|n| Hit {
-                id: n.d_id as u64,
-                score: 1.0 - n.distance * n.distance / 2.0,
+            .map(|(id, distance)| Hit {
+                id,
+                score: 1.0 - distance,
             })
             .collect())
     }
@@ -238,25 +244,19 @@ impl AnnIndex {
         ));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)?;
-        // hnsw_rs cannot dump an empty graph; the metadata alone says "empty".
-        if !self.ids.is_empty() {
-            self.graph
-                .file_dump(&staging, DUMP_BASENAME)
-                .map_err(|e| IndexError::BadDump {
-                    path: staging.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-        }
-        let mut tombstones: Vec<u64> = self.tombstones.iter().copied().collect();
-        tombstones.sort_unstable();
+        let graph_path = staging.join(GRAPH_FILE);
+        self.graph.save(&graph_path).map_err(IndexError::Graph)?;
+        std::fs::File::open(&graph_path)?.sync_all()?;
+        let (graph_bytes, graph_sha256) = sha256_of(&graph_path)?;
         let meta = DumpMeta {
             format: FORMAT.into(),
             dim: self.dim,
             params: self.params,
             watermark,
             space: space.to_string(),
-            points: self.ids.len(),
-            tombstones,
+            points: self.len(),
+            graph_bytes,
+            graph_sha256,
         };
         std::fs::write(
             staging.join(META_FILE),
@@ -269,8 +269,9 @@ impl AnnIndex {
         Ok(())
     }
 
-    /// Loads a dump written by [`AnnIndex::save`]; checks its format, dimension and point
-    /// count. Any problem is [`IndexError::BadDump`]: rebuild from the database then.
+    /// Loads a dump written by [`AnnIndex::save`]; checks its format, dimension, checksum
+    /// and point count. Any problem is [`IndexError::BadDump`]: rebuild from the database
+    /// then.
     pub fn load(dir: &Path, expected_dim: usize) -> Result<(Self, DumpMeta)> {
         let bad = |reason: String| IndexError::BadDump {
             path: dir.display().to_string(),
@@ -289,39 +290,29 @@ impl AnnIndex {
                 meta.dim
             )));
         }
-        if meta.points == 0 {
-            return Ok((Self::new(meta.dim, meta.params, 1024), meta));
+        let graph_path = dir.join(GRAPH_FILE);
+        let (bytes, digest) = sha256_of(&graph_path).map_err(|e| bad(e.to_string()))?;
+        if (bytes, digest.as_str()) != (meta.graph_bytes, meta.graph_sha256.as_str()) {
+            return Err(bad("the graph file does not match its checksum".into()));
         }
-        // The loaded graph borrows its loader: keep the loader alive for the process.
-        let graph = std::panic::catch_unwind(|| load_graph(dir))
-            .map_err(|_| bad("hnsw_rs panicked while reading the dump".into()))?
-            .map_err(bad)?;
-        if graph.get_nb_point() != meta.points {
+        let mut graph = Graph::load(&graph_path, meta.dim, meta.points.max(1024))
+            .map_err(|e| bad(format!("hnswlib: {e}")))?;
+        if graph.live_count() != meta.points {
             return Err(bad(format!(
                 "{} points, metadata says {}",
-                graph.get_nb_point(),
+                graph.live_count(),
                 meta.points
             )));
         }
-        let ids: HashSet<u64> = graph
-            .get_point_indexation()
-            .into_iter()
-            .map(|p| p.get_origin_id() as u64)
-            .collect();
+        graph.set_ef(meta.params.ef_search);
         let index = Self {
             dim: meta.dim,
             params: meta.params,
             graph,
-            ids,
-            tombstones: meta.tombstones.iter().copied().collect(),
+            insert_threads: insertion_threads(),
         };
         Ok((index, meta))
     }
-}
-
-fn load_graph(dir: &Path) -> std::result::Result<Hnsw<'static, f32, DistL2>, String> {
-    let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
-    loader.load_hnsw::<f32, DistL2>().map_err(|e| e.to_string())
 }
 
 impl exemplar_core::ann::VectorIndex for AnnIndex {
@@ -357,10 +348,6 @@ impl exemplar_core::ann::VectorIndex for AnnIndex {
 
     fn empty_like(&self, capacity: usize) -> Self {
         AnnIndex::new(self.dim, self.params, capacity)
-    }
-
-    fn needs_compaction(&self) -> bool {
-        AnnIndex::needs_compaction(self)
     }
 }
 

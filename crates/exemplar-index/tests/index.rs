@@ -59,7 +59,7 @@ fn every_inserted_point_is_found_by_a_self_query_and_recall_is_high() {
 }
 
 #[test]
-fn removed_points_never_come_back_and_compaction_is_signalled() {
+fn removed_points_never_come_back_and_their_slots_are_reused() {
     let data = items(&unit_vectors(500, 32, 3));
     let mut index = AnnIndex::build(32, IndexParams::default(), &data).unwrap();
     let removed: Vec<u64> = data.iter().step_by(4).map(|(id, _)| *id).collect();
@@ -69,11 +69,52 @@ fn removed_points_never_come_back_and_compaction_is_signalled() {
     }
     assert!(!index.remove(999_999), "unknown ids are not live");
     assert_eq!(index.len(), 500 - removed.len());
-    assert!(index.needs_compaction());
     for (id, v) in data.iter().step_by(4) {
         let hits = index.search(v, 20).unwrap();
         assert!(hits.iter().all(|h| h.id != *id));
         assert!(!index.contains(*id));
+    }
+    // New points take the freed slots: the graph does not grow, and every live point
+    // (old and new) is still found by its own vector.
+    let capacity = index.graph_capacity();
+    let fresh: Vec<(u64, Vec<f32>)> = unit_vectors(removed.len(), 32, 30)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (10_000 + i as u64, v))
+        .collect();
+    index.insert_batch(&fresh).unwrap();
+    assert_eq!(index.len(), 500);
+    assert_eq!(index.graph_capacity(), capacity);
+    for (id, v) in data
+        .iter()
+        .filter(|(id, _)| !removed.contains(id))
+        .chain(&fresh)
+    {
+        assert_eq!(
+            index.search(v, 1).unwrap()[0].id,
+            *id,
+            "point {id} unreachable"
+        );
+    }
+    // A deleted id may come back, with its new vector.
+    let back = &fresh[0].1;
+    index.remove(fresh[0].0);
+    index.insert(removed[0], back).unwrap();
+    assert!(index.contains(removed[0]));
+    assert_eq!(index.search(back, 1).unwrap()[0].id, removed[0]);
+}
+
+#[test]
+fn the_index_grows_past_its_initial_capacity_in_one_batch_or_many() {
+    let data = items(&unit_vectors(3000, 16, 11));
+    let mut index = AnnIndex::new(16, IndexParams::default(), 10);
+    index.insert_batch(&data[..2000]).unwrap();
+    for (id, v) in &data[2000..] {
+        index.insert(*id, v).unwrap();
+    }
+    assert_eq!(index.len(), 3000);
+    for (id, v) in data.iter().step_by(7) {
+        assert_eq!(index.search(v, 1).unwrap()[0].id, *id);
     }
 }
 
@@ -104,7 +145,7 @@ fn bad_vectors_are_refused_and_a_bad_batch_inserts_nothing() {
 }
 
 #[test]
-fn a_dump_reloads_with_its_tombstones_and_watermark() {
+fn a_dump_reloads_with_its_deletions_and_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index");
     let data = items(&unit_vectors(400, 16, 5));
@@ -156,10 +197,7 @@ fn missing_corrupt_or_mismatched_dumps_are_errors_not_panics() {
     ));
     for entry in std::fs::read_dir(&path).unwrap() {
         let file = entry.unwrap().path();
-        if file
-            .extension()
-            .is_some_and(|e| e == "graph" || e == "data")
-        {
+        if file.extension().is_some_and(|e| e == "hnswlib") {
             let bytes = std::fs::read(&file).unwrap();
             std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
         }
@@ -168,4 +206,28 @@ fn missing_corrupt_or_mismatched_dumps_are_errors_not_panics() {
         .err()
         .expect("corrupt dump must not load");
     assert!(matches!(err, IndexError::BadDump { .. }), "{err}");
+}
+
+#[test]
+fn a_dump_altered_in_place_is_refused_before_hnswlib_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    let data = items(&unit_vectors(100, 16, 6));
+    AnnIndex::build(16, IndexParams::default(), &data)
+        .unwrap()
+        .save(&path, 1, "space-a")
+        .unwrap();
+    let graph = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "hnswlib"))
+        .expect("a graph file");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    // The header's element count: a lie hnswlib would believe.
+    bytes[16] ^= 0x40;
+    std::fs::write(&graph, &bytes).unwrap();
+    let err = AnnIndex::load(&path, 16)
+        .err()
+        .expect("altered dump must not load");
+    assert!(err.to_string().contains("checksum"), "{err}");
 }

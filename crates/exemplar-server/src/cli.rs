@@ -10,6 +10,7 @@ use exemplar_embed::{
     Architecture, EmbedderConfig, Engine, Geometry, HubSettings, Pooling, WeightSources,
     WeightsSource,
 };
+use exemplar_index::synthetic::ClusteredSpec;
 use exemplar_index::IndexParams;
 use exemplar_verify::{ExtractParams, VocabularyParams};
 use std::path::{Path, PathBuf};
@@ -370,6 +371,9 @@ pub struct ImportArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Measure the nearest-neighbour index on a seeded clustered set: build time, memory
+    /// per vector, recall@k against queries/s for each ef. Last line: JSON.
+    BenchIndex(BenchIndexArgs),
     /// Time the visual-word index: vocabulary fit, indexing, memory and search, at
     /// catalogue sizes made by repeating real features. Last line: JSON.
     BenchWords(BenchWordsArgs),
@@ -449,6 +453,43 @@ pub enum Command {
         #[arg(long)]
         passes_from_stdin: bool,
     },
+}
+
+/// `exemplar bench-index`: the index on a synthetic set like real descriptors.
+#[derive(Debug, Args)]
+pub struct BenchIndexArgs {
+    #[arg(long, default_value_t = 100_000)]
+    pub points: usize,
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
+    #[arg(long, default_value_t = DESCRIPTOR_DIM)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 2_000)]
+    pub clusters: usize,
+    /// Spread of a cluster along its own subspace (relative to its centre's length).
+    #[arg(long, default_value_t = ClusteredSpec::default().spread)]
+    pub spread: f32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Neighbours asked of each search (the service asks for its shortlist).
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    #[arg(long, default_value_t = IndexParams::default().m)]
+    pub m: usize,
+    #[arg(long, default_value_t = IndexParams::default().ef_construction)]
+    pub ef_construction: usize,
+    /// Search candidate list sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    pub ef: Vec<usize>,
+    /// Threads the index is built with (searches run on one).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Save the set and its exact neighbours here instead of measuring.
+    #[arg(long, conflicts_with = "dataset")]
+    pub write_dataset: Option<PathBuf>,
+    /// Measure on a set `--write-dataset` saved.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
 }
 
 /// `exemplar bench-words`: the word index's fit, build, size and search time.

@@ -1,4 +1,5 @@
 mod bench;
+mod bench_index;
 mod bench_words;
 mod classes;
 mod classify;
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 golden.as_deref(),
             )
         }
+        Command::BenchIndex(args) => bench_index::run(&args),
         Command::BenchWords(args) => bench_words::run(&args),
         Command::Eval(args) => eval::run(&load(&cli.model)?, local.as_ref(), &args),
         Command::Calibrate(args) => eval::calibrate(&load(&cli.model)?, local.as_ref(), &args),
