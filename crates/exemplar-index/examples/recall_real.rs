@@ -1,7 +1,8 @@
-//! Recall@10 of the HNSW index against exact search on real descriptors: raw features from
-//! an `exemplar eval --feature-cache` file, projected to 256-d by a PCA fitted on the
-//! indexed ones. Paths containing QUERY_MARK are the queries, the rest is indexed.
-//!   cargo run --release -p exemplar-index --example recall_real -- FEATURES.jsonl [QUERY_MARK]
+//! Recall@K of the HNSW index (default settings) against exact search on real descriptors:
+//! raw features from an `exemplar eval --feature-cache` file, projected to 256-d by a PCA
+//! fitted on the indexed ones. Paths containing QUERY_MARK are the queries, the rest is
+//! indexed. K defaults to the service's shortlist, 100.
+//!   cargo run --release -p exemplar-index --example recall_real -- FEATURES.jsonl [QUERY_MARK] [K]
 
 use exemplar_core::{PooledFeature, Projection};
 use exemplar_index::{AnnIndex, IndexParams};
@@ -12,6 +13,9 @@ fn main() {
         .next()
         .expect("usage: recall_real FEATURES.jsonl [QUERY_MARK]");
     let mark = args.next().unwrap_or_else(|| "/smvs-dvd-dev/".into());
+    let k: usize = args
+        .next()
+        .map_or(100, |k| k.parse().expect("K is a number"));
     let mut indexed = Vec::new();
     let mut queries = Vec::new();
     for line in std::fs::read_to_string(&file).expect("readable").lines() {
@@ -40,19 +44,19 @@ fn main() {
             .map(|(id, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), *id))
             .collect();
         exact.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let want: Vec<u64> = exact.iter().take(10).map(|(_, id)| *id).collect();
-        let got = index.search(q, 10).expect("search");
+        let want: Vec<u64> = exact.iter().take(k).map(|(_, id)| *id).collect();
+        let got = index.search(q, k).expect("search");
         found += got.iter().filter(|h| want.contains(&h.id)).count();
     }
-    let recall = found as f64 / (10 * queries.len()).max(1) as f64;
+    let recall = found as f64 / (k * queries.len()).max(1) as f64;
     eprintln!(
-        "{} indexed, {} queries, ef_search {}: recall@10 {recall:.4}",
+        "{} indexed, {} queries, ef_search {}: recall@{k} {recall:.4}",
         items.len(),
         queries.len(),
         IndexParams::default().ef_search
     );
     println!(
-        "{{\"indexed\":{},\"queries\":{},\"ef_search\":{},\"recall_at_10\":{recall:.4}}}",
+        "{{\"indexed\":{},\"queries\":{},\"ef_search\":{},\"k\":{k},\"recall\":{recall:.4}}}",
         items.len(),
         queries.len(),
         IndexParams::default().ef_search
