@@ -452,3 +452,19 @@ impl Verifier for ItemVerifier {
 pub fn nth_photo(i: usize) -> Upload {
     text_upload(&format!("item-{}/shot-{}", i % TEXT_DIM, i / TEXT_DIM))
 }
+
+/// Adds `n` classes `c0`, `c1`, … of one photo each ([`nth_photo`]); returns their ids.
+pub async fn add_photo_classes<S: CatalogueStore, I: VectorIndex>(
+    catalogue: &Catalogue<S, I>,
+    n: usize,
+) -> Vec<ClassId> {
+    let mut classes = Vec::with_capacity(n);
+    for i in 0..n {
+        let (class, _) = catalogue
+            .add_class(&format!("c{i}"), &Metadata::new(), &[nth_photo(i)])
+            .await
+            .expect("a text photo is accepted");
+        classes.push(class.id);
+    }
+    classes
+}

@@ -5,7 +5,8 @@
 use exemplar_core::catalogue::{CatalogueStore, Metadata};
 use exemplar_core::service::{Catalogue, ServiceError, TwoStage, Verdict};
 use exemplar_core::testing::{
-    nth_photo, text_catalogue, text_upload, ExactIndex, ItemVerifier, MemoryStore,
+    add_photo_classes, nth_photo, text_catalogue, text_upload, ExactIndex, ItemVerifier,
+    MemoryStore,
 };
 use exemplar_core::RefitPolicy;
 use exemplar_core::{EarlyStop, PooledFeature};
@@ -271,14 +272,7 @@ async fn a_refit_reprojects_every_exemplar_and_swaps_while_searches_go_on() {
             ..
         })
     ));
-    let mut classes = Vec::new();
-    for i in 0..40 {
-        let (class, _) = cat
-            .add_class(&format!("c{i}"), &none, &[nth_photo(i)])
-            .await
-            .unwrap();
-        classes.push(class.id);
-    }
+    let mut classes = add_photo_classes(&cat, 40).await;
     let before = cat.projection().version().to_string();
     assert!(
         cat.refit_if_due().await.unwrap().is_some(),
@@ -343,14 +337,7 @@ async fn an_index_that_asks_for_compaction_is_rebuilt_without_its_deleted_entrie
     let store = MemoryStore::default();
     let cat = catalogue(&store, fresh_index()).await;
     let none = Metadata::new();
-    let mut classes = Vec::new();
-    for i in 0..10 {
-        let (class, _) = cat
-            .add_class(&format!("c{i}"), &none, &[nth_photo(i)])
-            .await
-            .unwrap();
-        classes.push(class.id);
-    }
+    let classes = add_photo_classes(&cat, 10).await;
     assert!(
         cat.compact_if_due().await.unwrap().is_none(),
         "nothing deleted"

@@ -206,6 +206,15 @@ fn message(buffer: &[c_char; ERROR_LEN]) -> String {
         .into_owned()
 }
 
+/// The shim's status as a result: 0 is success, anything else left its message in `error`.
+fn checked(status: i32, error: &[c_char; ERROR_LEN]) -> Result<(), String> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(message(error))
+    }
+}
+
 fn c_path(path: &Path) -> Result<CString, String> {
     CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("path {} contains a NUL byte", path.display()))
@@ -284,11 +293,7 @@ impl Graph {
                 ERROR_LEN,
             )
         };
-        if status == 0 {
-            Ok(())
-        } else {
-            Err(message(&error))
-        }
+        checked(status, &error)
     }
 
     pub fn capacity(&self) -> usize {
@@ -308,11 +313,7 @@ impl Graph {
         let status = unsafe {
             (self.api.resize)(self.handle.as_ptr(), target, error.as_mut_ptr(), ERROR_LEN)
         };
-        if status == 0 {
-            Ok(())
-        } else {
-            Err(message(&error))
-        }
+        checked(status, &error)
     }
 
     /// Adds distinct labels from `threads` threads (vectors already checked for length).
@@ -359,11 +360,7 @@ impl Graph {
                 ERROR_LEN,
             )
         };
-        if status == 0 {
-            Ok(())
-        } else {
-            Err(message(&error))
-        }
+        checked(status, &error)
     }
 
     /// Deletes `label` (its slot is reused by a later addition). Returns whether it was live.

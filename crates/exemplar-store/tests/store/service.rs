@@ -4,7 +4,7 @@
 
 use exemplar_core::catalogue::Metadata;
 use exemplar_core::service::Catalogue;
-use exemplar_core::testing::{nth_photo, text_catalogue, text_upload, TEXT_DIM};
+use exemplar_core::testing::{add_photo_classes, nth_photo, text_catalogue, text_upload, TEXT_DIM};
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::SqliteStore;
 
@@ -87,14 +87,7 @@ async fn deleted_exemplars_leave_the_graph_at_once_and_need_no_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let cat = catalogue(&dir.path().join("c.sqlite"), fresh_index()).await;
     let none = Metadata::new();
-    let mut classes = Vec::new();
-    for i in 0..10 {
-        let (class, _) = cat
-            .add_class(&format!("c{i}"), &none, &[nth_photo(i)])
-            .await
-            .unwrap();
-        classes.push(class.id);
-    }
+    let classes = add_photo_classes(&cat, 10).await;
     for class in &classes[..3] {
         cat.delete_class(*class).await.unwrap();
     }
