@@ -104,7 +104,12 @@ def main():
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--per-query", action="store_true", help="include each query's verdict in the JSON")
+    ap.add_argument("--searches-only", action="store_true",
+                    help="the server already holds the references and distractors as this script adds "
+                    "them (labelled with their paths): add nothing, only search the queries (closed set)")
     args = ap.parse_args()
+    if args.searches_only and (args.open_set or args.unknown_throughput):
+        ap.error("--searches-only measures the closed set only")
     client = Client(args.url, timeout=300)
     root = os.path.realpath(args.dataset)
 
@@ -124,14 +129,15 @@ def main():
     # The catalogue: every image in the folders that hold referenced files (as `exemplar
     # eval` builds it), so a query competes with all of them.
     folders = sorted({os.path.dirname(os.path.realpath(os.path.join(root, ref))) for ref in references})
-    for path in [p for folder in folders for p in images_under(folder)]:
-        class_of[path] = add_class(client, path, path)
     distractors = [os.path.realpath(p) for d in args.distractors for p in images_under(d)]
-    for path in distractors:
-        class_of[path] = add_class(client, path, path)
-    added_seconds = time.time() - started
-    status, refit = client.request("POST", "/admin/refit")
-    print(f"{len(class_of)} classes added in {added_seconds:.1f} s; refit: {status} {refit}", file=sys.stderr)
+    if not args.searches_only:
+        for path in [p for folder in folders for p in images_under(folder)]:
+            class_of[path] = add_class(client, path, path)
+        for path in distractors:
+            class_of[path] = add_class(client, path, path)
+        added_seconds = time.time() - started
+        status, refit = client.request("POST", "/admin/refit")
+        print(f"{len(class_of)} classes added in {added_seconds:.1f} s; refit: {status} {refit}", file=sys.stderr)
 
     phases = {}
 
@@ -173,7 +179,7 @@ def main():
 
     result = {
         "dataset": root,
-        "classes": len(class_of),
+        "classes_added": len(class_of),
         "queries": len(known),
         "top1": sum(known) / max(1, len(known)),
         "by_attribute_top1": {k: sum(v) / len(v) for k, v in sorted(per_attr.items())},

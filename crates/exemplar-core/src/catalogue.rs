@@ -5,7 +5,7 @@
 //! ANN index (a cache) replays to catch up after a restart or a crash.
 
 use crate::projection::Projection;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use thiserror::Error;
 
@@ -35,6 +35,7 @@ pub struct ExemplarHash {
     pub sha256: String,
     /// The first 4 bytes of its local features (they name their format); `None` without.
     pub local_format: Option<Vec<u8>>,
+    pub photo_kept: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +48,8 @@ pub struct NewExemplar {
     pub projection: String,
     /// Serialized local features for spatial verification (bounded by the extractor).
     pub local_features: Option<Vec<u8>>,
+    /// The photo (named by `sha256`) is in the photo store; false: features only.
+    pub photo_kept: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,8 @@ pub struct ExemplarRecord {
     pub model: String,
     pub projection: String,
     pub created_at_ms: i64,
+    /// Its photo and thumbnail are kept (see [`crate::photos`]); false: features only.
+    pub photo_kept: bool,
 }
 
 /// What happened to each submitted exemplar, in submission order.
@@ -98,8 +103,9 @@ pub type StoreResult<T> = std::result::Result<T, StoreError>;
 /// Durable catalogue storage. Every write is one transaction: all of it or none.
 pub trait CatalogueStore: Send + Sync + 'static {
     /// Creates a class with its first exemplars. An exemplar whose bytes the class
-    /// already holds is a [`Stored::Duplicate`]; if the stored one lacks local features and
-    /// the new one has them, they are added (how an old catalogue gains them: re-import).
+    /// already holds is a [`Stored::Duplicate`]; if the stored one lacks local features or
+    /// a kept photo and the new one has them, they are added (how an old catalogue gains
+    /// them: re-import).
     fn create_class(
         &self,
         label: &str,
@@ -138,6 +144,19 @@ pub trait CatalogueStore: Send + Sync + 'static {
         &self,
         id: ClassId,
     ) -> impl Future<Output = StoreResult<Vec<ExemplarId>>> + Send;
+
+    /// One live exemplar.
+    fn exemplar(
+        &self,
+        id: ExemplarId,
+    ) -> impl Future<Output = StoreResult<Option<ExemplarRecord>>> + Send;
+
+    /// Which of these photo hashes a live exemplar with a kept photo refers to: the
+    /// others' photos may be collected.
+    fn photos_in_use(
+        &self,
+        hashes: &[String],
+    ) -> impl Future<Output = StoreResult<HashSet<String>>> + Send;
 
     /// Returns false when there was no such exemplar.
     fn delete_exemplar(&self, id: ExemplarId) -> impl Future<Output = StoreResult<bool>> + Send;

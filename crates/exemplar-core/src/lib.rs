@@ -13,6 +13,7 @@ pub mod embed_queue;
 pub mod error;
 pub mod extractor;
 pub mod linalg;
+pub mod photos;
 pub mod projection;
 pub mod refit;
 pub mod rerank;

@@ -16,6 +16,14 @@ pub trait WordIndex: Send + Sync + 'static {
     /// Indexes an exemplar's stored local features (the bytes the verifier reads);
     /// false when they cannot be indexed (unreadable, or of another kind).
     fn insert(&mut self, id: ExemplarId, local: &[u8]) -> bool;
+    /// Indexes many at once (an index may quantise them on every core); returns how many
+    /// could be indexed.
+    fn insert_batch(&mut self, items: &[(ExemplarId, Vec<u8>)]) -> usize {
+        items
+            .iter()
+            .filter(|(id, local)| self.insert(*id, local))
+            .count()
+    }
     /// Returns whether `id` was indexed.
     fn remove(&mut self, id: ExemplarId) -> bool;
     fn contains(&self, id: ExemplarId) -> bool;

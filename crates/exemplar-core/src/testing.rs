@@ -11,6 +11,7 @@ use crate::catalogue::{
 };
 use crate::embed_queue::EmbedQueue;
 use crate::extractor::{ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo};
+use crate::photos::{PhotoError, PhotoStore};
 use crate::projection::Projection;
 use crate::service::{Catalogue, Limits, Upload};
 use crate::verifier::{Evidence, VerdictRule, Verifier};
@@ -59,6 +60,7 @@ impl Tables {
                     if stored.local_features.is_none() {
                         stored.local_features.clone_from(&new.local_features);
                     }
+                    stored.photo_kept |= new.photo_kept;
                     return Stored::Duplicate(id);
                 }
                 self.next_exemplar += 1;
@@ -68,6 +70,20 @@ impl Tables {
                 Stored::Added(id)
             })
             .collect()
+    }
+
+    fn exemplar_record(&self, id: ExemplarId) -> Option<ExemplarRecord> {
+        let (class_id, e) = self.exemplars.get(&id)?;
+        Some(ExemplarRecord {
+            id,
+            class_id: *class_id,
+            sha256: e.sha256.clone(),
+            original_name: e.original_name.clone(),
+            model: e.model.clone(),
+            projection: e.projection.clone(),
+            created_at_ms: 0,
+            photo_kept: e.photo_kept,
+        })
     }
 
     fn remove(&mut self, id: ExemplarId) -> bool {
@@ -126,15 +142,7 @@ impl CatalogueStore for MemoryStore {
                 .exemplars
                 .iter()
                 .filter(|(_, (c, _))| *c == id)
-                .map(|(&id, (class_id, e))| ExemplarRecord {
-                    id,
-                    class_id: *class_id,
-                    sha256: e.sha256.clone(),
-                    original_name: e.original_name.clone(),
-                    model: e.model.clone(),
-                    projection: e.projection.clone(),
-                    created_at_ms: 0,
-                })
+                .filter_map(|(&id, _)| t.exemplar_record(id))
                 .collect();
             (record, exemplars)
         }))
@@ -190,6 +198,19 @@ impl CatalogueStore for MemoryStore {
         Ok(self.tables().remove(id))
     }
 
+    async fn exemplar(&self, id: ExemplarId) -> StoreResult<Option<ExemplarRecord>> {
+        Ok(self.tables().exemplar_record(id))
+    }
+
+    async fn photos_in_use(&self, hashes: &[String]) -> StoreResult<HashSet<String>> {
+        let t = self.tables();
+        Ok(t.exemplars
+            .values()
+            .filter(|(_, e)| e.photo_kept && hashes.contains(&e.sha256))
+            .map(|(_, e)| e.sha256.clone())
+            .collect())
+    }
+
     async fn changes_since(&self, after: Sequence) -> StoreResult<Vec<Change>> {
         let t = self.tables();
         Ok(t.changes
@@ -229,6 +250,7 @@ impl CatalogueStore for MemoryStore {
                     .local_features
                     .as_ref()
                     .map(|l| l.iter().take(4).copied().collect()),
+                photo_kept: e.photo_kept,
             })
             .collect())
     }
@@ -346,6 +368,36 @@ impl VectorIndex for ExactIndex {
     /// As the graph: worth rebuilding once a fifth of what it held is removed.
     fn needs_compaction(&self) -> bool {
         self.removed.len() * 5 > self.items.len() + self.removed.len()
+    }
+}
+
+/// A [`PhotoStore`] in memory; clones share it. Thumbnails are the first byte.
+#[derive(Default, Clone)]
+pub struct MemoryPhotos {
+    kept: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl MemoryPhotos {
+    /// The hashes kept, sorted.
+    pub fn hashes(&self) -> Vec<String> {
+        self.kept.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+impl PhotoStore for MemoryPhotos {
+    fn put(&self, sha256: &str, bytes: &[u8]) -> Result<(), PhotoError> {
+        self.kept
+            .lock()
+            .unwrap()
+            .insert(sha256.to_string(), bytes.to_vec());
+        Ok(())
+    }
+    fn remove(&self, sha256: &str) -> Result<(), PhotoError> {
+        self.kept.lock().unwrap().remove(sha256);
+        Ok(())
+    }
+    fn list(&self) -> Result<Vec<String>, PhotoError> {
+        Ok(self.hashes())
     }
 }
 

@@ -3,10 +3,11 @@
 //! and HNSW index is tested in exemplar-store and through HTTP in exemplar-server.
 
 use exemplar_core::catalogue::{CatalogueStore, Metadata};
+use exemplar_core::photos::PhotoStore;
 use exemplar_core::service::{Catalogue, ServiceError, TwoStage, Verdict};
 use exemplar_core::testing::{
     add_photo_classes, nth_photo, text_catalogue, text_upload, ExactIndex, ItemVerifier,
-    MemoryStore,
+    MemoryPhotos, MemoryStore,
 };
 use exemplar_core::RefitPolicy;
 use exemplar_core::{EarlyStop, PooledFeature};
@@ -357,4 +358,117 @@ async fn an_index_that_asks_for_compaction_is_rebuilt_without_its_deleted_entrie
         let answer = cat.search(&nth_photo(i), 1, &none).await.unwrap();
         assert_eq!(answer.neighbours[0].class_id, *class);
     }
+}
+
+fn sha(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn photos_are_kept_once_per_content_and_collected_when_no_exemplar_refers_to_them() {
+    let store = MemoryStore::default();
+    let photos = MemoryPhotos::default();
+    let cat = catalogue(&store, fresh_index())
+        .await
+        .with_photos(Arc::new(photos.clone()), true);
+    let (a, outcomes) = cat
+        .add_class(
+            "A",
+            &Metadata::new(),
+            &[text_upload("item-1"), text_upload("item-1/shot-1")],
+        )
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(|o| o.photo_kept));
+    // The same bytes in another class: one photo.
+    let (b, _) = cat
+        .add_class("B", &Metadata::new(), &[text_upload("item-1")])
+        .await
+        .unwrap();
+    let mut both = vec![sha("item-1"), sha("item-1/shot-1")];
+    both.sort();
+    assert_eq!(photos.hashes(), both);
+    let (_, exemplars) = store.class(a.id).await.unwrap().unwrap();
+    assert!(exemplars.iter().all(|e| e.photo_kept));
+
+    // Class B still refers to item-1 when A's copy goes.
+    let a_item_1 = exemplars
+        .iter()
+        .find(|e| e.sha256 == sha("item-1"))
+        .unwrap();
+    cat.delete_exemplar(a_item_1.id).await.unwrap();
+    assert_eq!(photos.hashes(), both);
+    cat.delete_class(b.id).await.unwrap();
+    assert_eq!(photos.hashes(), vec![sha("item-1/shot-1")]);
+    cat.delete_class(a.id).await.unwrap();
+    assert!(photos.hashes().is_empty());
+}
+
+#[tokio::test]
+async fn without_keeping_photos_exemplars_say_so_and_a_later_upload_adds_the_photo() {
+    let store = MemoryStore::default();
+    let photos = MemoryPhotos::default();
+    let features_only = catalogue(&store, fresh_index())
+        .await
+        .with_photos(Arc::new(photos.clone()), false);
+    let (class, outcomes) = features_only
+        .add_class("A", &Metadata::new(), &[text_upload("item-1")])
+        .await
+        .unwrap();
+    assert!(!outcomes[0].photo_kept);
+    assert!(photos.hashes().is_empty());
+    assert!(
+        !store
+            .exemplar(outcomes[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .photo_kept
+    );
+
+    // Restarted keeping photos: sending the same photo again keeps it, same exemplar.
+    let keeping = catalogue(&store, fresh_index())
+        .await
+        .with_photos(Arc::new(photos.clone()), true);
+    let again = keeping
+        .add_exemplars(class.id, &[text_upload("item-1")])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate && again[0].photo_kept);
+    assert_eq!(again[0].id, outcomes[0].id);
+    assert!(
+        store
+            .exemplar(outcomes[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .photo_kept
+    );
+    assert_eq!(photos.hashes(), vec![sha("item-1")]);
+}
+
+#[tokio::test]
+async fn photos_of_failed_writes_and_of_crashes_are_collected_and_referenced_ones_kept() {
+    let store = MemoryStore::default();
+    let photos = MemoryPhotos::default();
+    let cat = catalogue(&store, fresh_index())
+        .await
+        .with_photos(Arc::new(photos.clone()), true);
+    cat.add_class("A", &Metadata::new(), &[text_upload("item-1")])
+        .await
+        .unwrap();
+    // The photo is written before the commit, which fails: no such class.
+    let failed = cat.add_exemplars(999, &[text_upload("item-2")]).await;
+    assert!(matches!(failed, Err(ServiceError::NotFound(_))));
+    assert_eq!(photos.hashes().len(), 2);
+    // A crash between a photo's write and its commit leaves one behind too.
+    photos.put(&sha("item-3"), b"item-3").unwrap();
+
+    let removed = cat.collect_all_photos().await.unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(photos.hashes(), vec![sha("item-1")]);
 }

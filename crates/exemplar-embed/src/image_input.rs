@@ -273,6 +273,34 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// The longest side of a kept photo's thumbnail, in pixels.
+pub const THUMBNAIL_SIDE: u32 = 256;
+
+/// Decoding for thumbnails has its own memory budget, half the extractor's default: a
+/// thumbnail is made after the model has seen the photo, outside the extractor's budget.
+static THUMBNAIL_BUDGET: std::sync::LazyLock<DecodeBudget> =
+    std::sync::LazyLock::new(|| DecodeBudget::new((DEFAULT_DECODE_MEMORY_MIB << 20) / 2));
+
+/// A JPEG of the upright photo, its longest side at most [`THUMBNAIL_SIDE`] (smaller
+/// photos keep their size).
+pub fn thumbnail_jpeg(bytes: &[u8], max_pixels: u64) -> Result<Vec<u8>, ExtractError> {
+    let probed = probe(bytes, max_pixels)?;
+    let _share = THUMBNAIL_BUDGET.reserve(&probed, None)?;
+    let rgb = probed.decode()?;
+    let (w, h) = rgb.dimensions();
+    let scale = (THUMBNAIL_SIDE as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (
+        ((w as f64 * scale).round() as u32).max(1),
+        ((h as f64 * scale).round() as u32).max(1),
+    );
+    let small = image::imageops::thumbnail(&rgb, tw, th);
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(&small)
+        .map_err(map_image_error)?;
+    Ok(out)
+}
+
 fn map_image_error(e: ImageError) -> ExtractError {
     match e {
         ImageError::Unsupported(u) => ExtractError::UnsupportedImage(u.to_string()),
@@ -459,5 +487,28 @@ mod tests {
             .expect("the second photo goes once the first is done");
         waiting.join().unwrap();
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn a_thumbnail_is_an_upright_jpeg_at_most_256_px() {
+        let wide = image::RgbImage::from_pixel(1000, 400, image::Rgb([200, 30, 30]));
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(wide)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let jpeg = thumbnail_jpeg(&png, DEFAULT_MAX_PIXELS).unwrap();
+        let back = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(back.dimensions(), (256, 102));
+        let tiny = image::RgbImage::from_pixel(20, 10, image::Rgb([0, 0, 0]));
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(tiny)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let back =
+            image::load_from_memory(&thumbnail_jpeg(&png, DEFAULT_MAX_PIXELS).unwrap()).unwrap();
+        assert_eq!((back.width(), back.height()), (20, 10));
+        assert!(thumbnail_jpeg(b"not an image", DEFAULT_MAX_PIXELS).is_err());
     }
 }

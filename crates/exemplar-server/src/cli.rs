@@ -171,6 +171,9 @@ pub struct ServeArgs {
     /// How often to check for a due refit or compaction and dump a changed index.
     #[arg(long, env = "EXEMPLAR_MAINTENANCE_INTERVAL_SECS", default_value_t = 30)]
     pub maintenance_interval_secs: u64,
+    /// Where `POST /admin/backup` writes its backups [default: DATA_DIR/backups].
+    #[arg(long, env = "EXEMPLAR_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// The data directory, for every command that works on one.
@@ -207,6 +210,10 @@ pub struct CatalogueArgs {
     /// that fills part of the frame); 0 = the whole photo only.
     #[arg(long, env = "EXEMPLAR_CENTRE_VIEW", default_value_t = TwoStage::default().centre_view.unwrap_or(0.0))]
     pub centre_view: f32,
+    /// Keep each added exemplar's photo (the bytes as sent) and a 256-px thumbnail in the
+    /// data directory (`photos/`); `false`: features only.
+    #[arg(long, env = "EXEMPLAR_KEEP_PHOTOS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub keep_photos: bool,
     #[command(flatten)]
     pub stages: StageArgs,
 }
@@ -399,6 +406,26 @@ pub enum Command {
         /// upright photo.
         #[arg(long)]
         crop: Option<exemplar_core::CropBox>,
+        #[command(flatten)]
+        catalogue: CatalogueArgs,
+    },
+    /// Back up the data directory's catalogue and photos into a new folder OUT; works
+    /// beside a running server (a consistent copy at one instant). Last line: JSON.
+    Backup {
+        /// The folder to write (must not exist).
+        out: PathBuf,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Restore a backup into an empty data directory, check it (database, counts, every
+    /// photo's hash), then search with some of its photos, each of which must find its
+    /// own exemplar. Last line: JSON.
+    Restore {
+        /// A folder written by `exemplar backup` or `POST /admin/backup`.
+        backup: PathBuf,
+        /// Restored photos to search with as a check (0: none).
+        #[arg(long, default_value_t = 20)]
+        searches: usize,
         #[command(flatten)]
         catalogue: CatalogueArgs,
     },

@@ -1,4 +1,5 @@
-//! A data directory: the catalogue (SQLite), its projection and the index dump. `serve`
+//! A data directory: the catalogue (SQLite), its projection, the kept photos and the
+//! index dumps. `serve`
 //! and `import` own one (a lock file keeps a second owner out); `search` only reads.
 
 use crate::cli::{CatalogueArgs, DESCRIPTOR_DIM};
@@ -11,7 +12,7 @@ use exemplar_core::shortlist::WordIndex;
 use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
 use exemplar_embed::CnnEmbedder;
 use exemplar_index::{AnnIndex, IndexParams};
-use exemplar_store::SqliteStore;
+use exemplar_store::{FsPhotoStore, SqliteStore};
 use exemplar_verify::{ExtractParams, HomographyVerifier, VisualWords};
 use std::fs::File;
 use std::io::Write;
@@ -103,6 +104,7 @@ pub async fn open_catalogue(
         warn_of_other_local_features(&store, params.kind).await?;
     }
     let max_batch = embedder.config().max_batch;
+    let embedder_max_pixels = embedder.config().max_pixels;
     let queue = EmbedQueue::start(
         Arc::new(TimedExtractor::new(embedder)),
         args.queue_capacity,
@@ -121,6 +123,7 @@ pub async fn open_catalogue(
         min_exemplars: args.refit_min_exemplars,
         ..RefitPolicy::default()
     });
+    let catalogue = catalogue.with_photos(photo_store(dir, embedder_max_pixels)?, args.keep_photos);
     let catalogue = if verifies {
         catalogue.with_verifier(Arc::new(HomographyVerifier::default()), args.two_stage())
     } else {
@@ -142,6 +145,30 @@ pub async fn open_catalogue(
         "index caught up"
     );
     Ok(Arc::new(catalogue))
+}
+
+/// Removes the photos no exemplar refers to (left by a crash between keeping a photo and
+/// committing its row). Only for the data directory's owner (see [`DataDirLock`]): a
+/// reader must not, as the owner may be between those two steps.
+pub async fn collect_orphan_photos(
+    catalogue: &AppCatalogue,
+    _owner: &DataDirLock,
+) -> anyhow::Result<()> {
+    let collected = catalogue.collect_all_photos().await?;
+    if collected > 0 {
+        tracing::info!(photos = collected, "removed photos no exemplar refers to");
+    }
+    Ok(())
+}
+
+/// The data directory's photo store; thumbnails decode photos of up to `max_pixels`.
+pub fn photo_store(dir: &Path, max_pixels: u64) -> anyhow::Result<Arc<FsPhotoStore>> {
+    let thumbnailer = Box::new(move |bytes: &[u8]| {
+        exemplar_embed::image_input::thumbnail_jpeg(bytes, max_pixels).map_err(|e| e.to_string())
+    });
+    FsPhotoStore::open(dir, thumbnailer)
+        .map(Arc::new)
+        .with_context(|| format!("opening the photo store in {}", dir.display()))
 }
 
 /// Exemplars whose stored local features are of another kind than this server makes

@@ -41,6 +41,9 @@ pub struct UploadedExemplar {
     pub name: Option<String>,
     /// The class already held these exact bytes: `id` is the existing exemplar.
     pub duplicate: bool,
+    /// The photo is kept (`GET /exemplars/{id}/photo` and `/thumbnail`); false when the
+    /// server keeps features only (`--keep-photos false`).
+    pub photo_kept: bool,
 }
 
 impl From<&ExemplarOutcome> for UploadedExemplar {
@@ -49,6 +52,7 @@ impl From<&ExemplarOutcome> for UploadedExemplar {
             id: o.id,
             name: o.name.clone(),
             duplicate: o.duplicate,
+            photo_kept: o.photo_kept,
         }
     }
 }
@@ -82,6 +86,9 @@ pub struct StoredExemplar {
     pub model: String,
     pub projection: String,
     pub created_at_ms: i64,
+    /// Its photo and thumbnail are kept (`GET /exemplars/{id}/photo`, `/thumbnail`);
+    /// false: features only (`--keep-photos false`, or a catalogue made without photos).
+    pub photo_kept: bool,
 }
 
 impl From<&ExemplarRecord> for StoredExemplar {
@@ -93,6 +100,7 @@ impl From<&ExemplarRecord> for StoredExemplar {
             model: e.model.clone(),
             projection: e.projection.clone(),
             created_at_ms: e.created_at_ms,
+            photo_kept: e.photo_kept,
         }
     }
 }
@@ -286,6 +294,14 @@ pub struct Readiness {
     pub status: String,
     /// Exemplars in the search index.
     pub indexed: usize,
+    /// The model that embeds photos (backbone, weights, geometry, pooling).
+    pub model: String,
+    /// The projection descriptors are in.
+    pub projection: String,
+    /// The visual-word vocabulary (absent until one is fitted).
+    pub vocabulary: Option<String>,
+    /// Added exemplars keep their photos (`--keep-photos`).
+    pub keeps_photos: bool,
 }
 
 /// A rebuilt search space.

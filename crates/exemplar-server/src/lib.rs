@@ -2,6 +2,7 @@
 //! compose the domain core with its adapters (embedding, verification, index, store).
 
 pub mod alloc;
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod data_dir;

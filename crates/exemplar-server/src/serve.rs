@@ -3,7 +3,9 @@
 
 use crate::cli::ServeArgs;
 use crate::data_dir::AppCatalogue;
-use crate::data_dir::{open_catalogue, save_index, DataDirLock};
+use crate::data_dir::{
+    collect_orphan_photos, open_catalogue, photo_store, save_index, DataDirLock,
+};
 use crate::http::{self, AppState};
 use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
@@ -25,9 +27,16 @@ pub fn run(
     runtime.block_on(async move {
         http::metrics::prometheus();
         let _lock = DataDirLock::acquire(&args.catalogue.dir.data_dir)?;
+        let max_pixels = embedder.config().max_pixels;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
+        collect_orphan_photos(&catalogue, &_lock).await?;
+        let photos = photo_store(&args.catalogue.dir.data_dir, max_pixels)?;
         let state = AppState::new(
             catalogue.clone(),
+            photos,
+            args.backup_dir
+                .clone()
+                .unwrap_or_else(|| args.catalogue.dir.data_dir.join("backups")),
             args.api_key.as_deref(),
             args.protect_reads,
         );

@@ -1,5 +1,12 @@
 //! Catalogue storage in SQL through sqlx: a SQLite file by default (WAL, synchronous
-//! commits, so an acknowledged write survives a crash or power loss).
+//! commits, so an acknowledged write survives a crash or power loss); the kept photos as
+//! files beside it (`photos`); consistent copies for backups (`snapshot`).
+
+pub mod photos;
+mod snapshot;
+
+pub use photos::FsPhotoStore;
+pub use snapshot::Tally;
 
 use exemplar_core::catalogue::{
     vector_from_bytes, vector_to_bytes, CatalogueStore, Change, ClassId, ClassRecord, ExemplarHash,
@@ -11,11 +18,29 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// What an [`ExemplarRecord`] is read from (see [`exemplar_from_row`]).
+const EXEMPLAR_COLUMNS: &str =
+    "id, class_id, sha256, original_name, model, projection, created_at, photo_kept";
+
+fn exemplar_from_row(r: &sqlx::sqlite::SqliteRow) -> ExemplarRecord {
+    ExemplarRecord {
+        id: r.get("id"),
+        class_id: r.get("class_id"),
+        sha256: r.get("sha256"),
+        original_name: r.get("original_name"),
+        model: r.get("model"),
+        projection: r.get("projection"),
+        created_at_ms: r.get("created_at"),
+        photo_kept: r.get("photo_kept"),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -155,13 +180,20 @@ impl SqliteStore {
                     .await
                     .map_err(backend)?;
                 }
+                if e.photo_kept {
+                    sqlx::query("UPDATE exemplars SET photo_kept = 1 WHERE id = ?")
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(backend)?;
+                }
                 stored.push(Stored::Duplicate(id));
                 continue;
             }
             let at = now_ms();
             let id = sqlx::query(
-                "INSERT INTO exemplars (class_id, sha256, original_name, raw_feature, descriptor, model, projection, local_features, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO exemplars (class_id, sha256, original_name, raw_feature, descriptor, model, projection, local_features, photo_kept, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(class)
             .bind(&e.sha256)
@@ -171,6 +203,7 @@ impl SqliteStore {
             .bind(&e.model)
             .bind(&e.projection)
             .bind(&e.local_features)
+            .bind(e.photo_kept)
             .bind(at)
             .execute(&mut **tx)
             .await
@@ -277,26 +310,14 @@ impl CatalogueStore for SqliteStore {
         let Some(record) = self.class_record(id).await? else {
             return Ok(None);
         };
-        let rows = sqlx::query(
-            "SELECT id, class_id, sha256, original_name, model, projection, created_at
-             FROM exemplars WHERE class_id = ? ORDER BY id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {EXEMPLAR_COLUMNS} FROM exemplars WHERE class_id = ? ORDER BY id"
+        ))
         .bind(id)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let exemplars = rows
-            .iter()
-            .map(|r| ExemplarRecord {
-                id: r.get("id"),
-                class_id: r.get("class_id"),
-                sha256: r.get("sha256"),
-                original_name: r.get("original_name"),
-                model: r.get("model"),
-                projection: r.get("projection"),
-                created_at_ms: r.get("created_at"),
-            })
-            .collect();
+        let exemplars = rows.iter().map(exemplar_from_row).collect();
         Ok(Some((record, exemplars)))
     }
 
@@ -379,6 +400,33 @@ impl CatalogueStore for SqliteStore {
         Ok(removed)
     }
 
+    async fn exemplar(&self, id: ExemplarId) -> StoreResult<Option<ExemplarRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EXEMPLAR_COLUMNS} FROM exemplars WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(exemplar_from_row))
+    }
+
+    async fn photos_in_use(&self, hashes: &[String]) -> StoreResult<HashSet<String>> {
+        let mut out = HashSet::new();
+        for chunk in hashes.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT DISTINCT sha256 FROM exemplars WHERE photo_kept = 1 AND sha256 IN ({placeholders})"
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for hash in chunk {
+                query = query.bind(hash);
+            }
+            out.extend(query.fetch_all(&self.pool).await.map_err(backend)?);
+        }
+        Ok(out)
+    }
+
     async fn delete_exemplar(&self, id: ExemplarId) -> StoreResult<bool> {
         let mut tx = self.write().await?;
         let deleted = sqlx::query("DELETE FROM exemplars WHERE id = ?")
@@ -448,7 +496,8 @@ impl CatalogueStore for SqliteStore {
 
     async fn exemplar_hashes(&self) -> StoreResult<Vec<ExemplarHash>> {
         let rows = sqlx::query(
-            "SELECT id, class_id, sha256, substr(local_features, 1, 4) AS local_format FROM exemplars ORDER BY id",
+            "SELECT id, class_id, sha256, substr(local_features, 1, 4) AS local_format, photo_kept
+             FROM exemplars ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -460,6 +509,7 @@ impl CatalogueStore for SqliteStore {
                 class: r.get("class_id"),
                 sha256: r.get("sha256"),
                 local_format: r.get("local_format"),
+                photo_kept: r.get("photo_kept"),
             })
             .collect())
     }

@@ -205,6 +205,23 @@ impl WordIndex for VisualWords {
         true
     }
 
+    /// Quantises on every core, then posts in order.
+    fn insert_batch(&mut self, items: &[(ExemplarId, Vec<u8>)]) -> usize {
+        use rayon::prelude::*;
+        let bags: Vec<Option<Vec<(u32, f32)>>> = items
+            .par_iter()
+            .map(|(_, local)| sift(local).map(|d| self.vocabulary.bag(&d, self.norm)))
+            .collect();
+        let mut indexed = 0;
+        for ((id, _), bag) in items.iter().zip(bags) {
+            if let Some(bag) = bag {
+                self.insert_bag(*id, &bag);
+                indexed += 1;
+            }
+        }
+        indexed
+    }
+
     fn remove(&mut self, id: ExemplarId) -> bool {
         self.remove_id(id)
     }

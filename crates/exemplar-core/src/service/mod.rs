@@ -19,16 +19,19 @@ use crate::catalogue::{
 use crate::embed_queue::{EmbedQueue, Want};
 use crate::error::Error;
 use crate::extractor::{CropBox, ExtractError, Extracted, LocalFor, View};
+use crate::photos::PhotoStore;
 use crate::projection::Projection;
 use crate::refit::RefitPolicy;
 use crate::shortlist::{WordIndex, WordIndexFitter};
 use crate::verifier::{EarlyStop, Evidence, Verifier};
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use thiserror::Error;
 
 pub use crate::verifier::VerdictRule;
 
+mod photos;
 mod rebuild;
 mod search;
 mod words;
@@ -172,6 +175,8 @@ pub struct ExemplarOutcome {
     pub name: Option<String>,
     /// The class already held these exact bytes.
     pub duplicate: bool,
+    /// The photo was kept with this upload (false: the service keeps features only).
+    pub photo_kept: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +240,19 @@ pub struct SearchAnswer {
     pub timings: StageTimings,
 }
 
+/// What the search space is made with now (shown by `/readyz` and `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Versions {
+    /// The model (backbone, weights, geometry, pooling) that embeds photos.
+    pub model: String,
+    /// The projection from pooled features to descriptors.
+    pub projection: String,
+    /// The visual-word vocabulary, once one is fitted.
+    pub vocabulary: Option<String>,
+    /// Added exemplars keep their photos.
+    pub keeps_photos: bool,
+}
+
 /// A descriptor space: the projection and the index of descriptors made with it.
 pub struct Space<I> {
     pub projection: Arc<Projection>,
@@ -266,6 +284,11 @@ pub struct Catalogue<S, I> {
     /// the index (`None` until a vocabulary is fitted: the global shortlist alone).
     word_fitter: Option<Arc<dyn WordIndexFitter>>,
     words: RwLock<Option<Box<dyn WordIndex>>>,
+    /// Where photos are kept (`photos.rs`); `keep_photos`: new exemplars keep theirs.
+    photos: Option<Arc<dyn PhotoStore>>,
+    keep_photos: bool,
+    /// Photos written for writes that failed, checked at the next collection.
+    suspects: Mutex<HashSet<String>>,
 }
 
 impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
@@ -295,6 +318,9 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             two_stage: TwoStage::default(),
             word_fitter: None,
             words: RwLock::new(None),
+            photos: None,
+            keep_photos: false,
+            suspects: Mutex::new(HashSet::new()),
         }
     }
 
@@ -350,6 +376,16 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
 
     pub fn projection(&self) -> Arc<Projection> {
         self.read_space().projection.clone()
+    }
+
+    /// What searches use now.
+    pub fn versions(&self) -> Versions {
+        Versions {
+            model: self.model.clone(),
+            projection: self.projection().version().to_string(),
+            vocabulary: self.read_words().as_ref().map(|w| w.version().to_string()),
+            keeps_photos: self.keeps_photos(),
+        }
     }
 
     pub fn indexed(&self) -> usize {
@@ -556,6 +592,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                     original_name: e.name,
                     model: self.model.clone(),
                     projection: projection.version().to_string(),
+                    photo_kept: false,
                 })
             })
             .collect()
@@ -595,11 +632,13 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                     id,
                     name: e.original_name.clone(),
                     duplicate: false,
+                    photo_kept: e.photo_kept,
                 },
                 Stored::Duplicate(id) => ExemplarOutcome {
                     id,
                     name: e.original_name.clone(),
                     duplicate: true,
+                    photo_kept: e.photo_kept,
                 },
             })
             .collect())
@@ -615,11 +654,13 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         self.check_metadata(metadata)?;
         let embedded = self.embed_uploads(uploads).await?;
         let _write = self.gate.read().await;
-        let exemplars = self.to_new_exemplars(embedded)?;
+        let mut exemplars = self.to_new_exemplars(embedded)?;
+        self.keep_photos(uploads, &mut exemplars).await?;
         let (class, stored) = self
             .store
             .create_class(label.trim(), metadata, &exemplars)
-            .await?;
+            .await
+            .inspect_err(|_| self.suspect_written(&exemplars))?;
         let outcomes = self.index_added(&exemplars, &stored)?;
         Ok((class, outcomes))
     }
@@ -631,9 +672,24 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     ) -> Result<Vec<ExemplarOutcome>, ServiceError> {
         let embedded = self.embed_uploads(uploads).await?;
         let _write = self.gate.read().await;
-        let exemplars = self.to_new_exemplars(embedded)?;
-        let stored = self.store.add_exemplars(class, &exemplars).await?;
+        let mut exemplars = self.to_new_exemplars(embedded)?;
+        self.keep_photos(uploads, &mut exemplars).await?;
+        let stored = self
+            .store
+            .add_exemplars(class, &exemplars)
+            .await
+            .inspect_err(|_| self.suspect_written(&exemplars))?;
         self.index_added(&exemplars, &stored)
+    }
+
+    /// The photos kept for exemplars whose commit failed.
+    fn suspect_written(&self, exemplars: &[NewExemplar]) {
+        self.suspect_photos(
+            exemplars
+                .iter()
+                .filter(|e| e.photo_kept)
+                .map(|e| e.sha256.clone()),
+        );
     }
 
     /// Renames a class and/or replaces its metadata; the index is untouched (it holds
@@ -657,29 +713,48 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     }
 
     pub async fn delete_class(&self, class: ClassId) -> Result<(), ServiceError> {
-        let _write = self.gate.read().await;
-        let removed = self.store.delete_class(class).await?;
-        let mut space = self.space.write().expect("space lock");
-        let mut words = self.write_words();
-        for id in removed {
-            space.index.remove(id);
-            if let Some(w) = words.as_mut() {
-                w.remove(id);
+        let photos = self.photos_of_class(class).await?;
+        {
+            let _write = self.gate.read().await;
+            let removed = self.store.delete_class(class).await?;
+            let mut space = self.space.write().expect("space lock");
+            let mut words = self.write_words();
+            for id in removed {
+                space.index.remove(id);
+                if let Some(w) = words.as_mut() {
+                    w.remove(id);
+                }
             }
         }
+        self.collect_after_delete(photos).await;
         Ok(())
     }
 
     pub async fn delete_exemplar(&self, id: ExemplarId) -> Result<(), ServiceError> {
-        let _write = self.gate.read().await;
-        if !self.store.delete_exemplar(id).await? {
-            return Err(ServiceError::NotFound(format!("exemplar {id} not found")));
+        let photos = self.photo_of_exemplar(id).await?;
+        {
+            let _write = self.gate.read().await;
+            if !self.store.delete_exemplar(id).await? {
+                return Err(ServiceError::NotFound(format!("exemplar {id} not found")));
+            }
+            self.space.write().expect("space lock").index.remove(id);
+            if let Some(w) = self.write_words().as_mut() {
+                w.remove(id);
+            }
         }
-        self.space.write().expect("space lock").index.remove(id);
-        if let Some(w) = self.write_words().as_mut() {
-            w.remove(id);
-        }
+        self.collect_after_delete(photos).await;
         Ok(())
+    }
+
+    /// The delete is committed whatever happens here: a photo that cannot be removed now
+    /// stays a candidate for the next collection.
+    async fn collect_after_delete(&self, photos: Vec<String>) {
+        if photos.is_empty() {
+            return;
+        }
+        if let Err(e) = self.collect_photos(photos).await {
+            tracing::warn!(error = %e, "unused photos not removed yet");
+        }
     }
 
     /// Replays the store's changes after `after` into the index (after a restart from a
@@ -694,29 +769,38 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 Change::ExemplarRemoved { .. } => None,
             })
             .collect();
-        // Only exemplars still alive come back from the store.
-        let descriptors = self.store.descriptors(&added).await?;
+        // Only exemplars still alive come back from the store. Looked up by id: a
+        // rebuild from the database replays every exemplar, so nothing here may be
+        // quadratic in the catalogue.
+        let descriptors: HashMap<ExemplarId, Vec<f32>> =
+            self.store.descriptors(&added).await?.into_iter().collect();
         self.catch_up_words(&changes).await?;
         let mut space = self.space.write().expect("space lock");
         let index = &mut space.index;
         let mut last = after;
-        let mut fresh = Vec::new();
+        // In log order; a slot is emptied when a later change removes its exemplar.
+        let mut fresh: Vec<Option<(ExemplarId, Vec<f32>)>> = Vec::new();
+        let mut slot_of: HashMap<ExemplarId, usize> = HashMap::new();
         for change in &changes {
             match *change {
                 Change::ExemplarAdded { seq, exemplar } => {
-                    let live = descriptors.iter().find(|(id, _)| *id == exemplar);
-                    if let (Some((_, d)), false) = (live, index.contains(exemplar)) {
-                        fresh.push((exemplar, d.clone()));
+                    if let (Some(d), false) = (descriptors.get(&exemplar), index.contains(exemplar))
+                    {
+                        slot_of.insert(exemplar, fresh.len());
+                        fresh.push(Some((exemplar, d.clone())));
                     }
                     last = seq;
                 }
                 Change::ExemplarRemoved { seq, exemplar } => {
                     index.remove(exemplar);
-                    fresh.retain(|(id, _)| *id != exemplar);
+                    if let Some(slot) = slot_of.remove(&exemplar) {
+                        fresh[slot] = None;
+                    }
                     last = seq;
                 }
             }
         }
+        let fresh: Vec<(ExemplarId, Vec<f32>)> = fresh.into_iter().flatten().collect();
         index.insert_batch(&fresh).map_err(ServiceError::Internal)?;
         Ok(last)
     }

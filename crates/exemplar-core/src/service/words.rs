@@ -63,11 +63,17 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         };
         for batch in missing.chunks(BATCH) {
             let stored = self.store.local_features(batch).await?;
-            if let Some(words) = self.write_words().as_mut() {
-                for (id, bytes) in &stored {
-                    words.insert(*id, bytes);
-                }
-            }
+            // Quantising is CPU work: the index goes to a thread of its own and back (the
+            // catch-up runs before the service answers, so no search misses it).
+            let Some(mut words) = self.write_words().take() else {
+                return Ok(());
+            };
+            words = off_thread("exemplar-words", move || {
+                words.insert_batch(&stored);
+                words
+            })
+            .await?;
+            *self.write_words() = Some(words);
         }
         if let Some(words) = self.write_words().as_mut() {
             for id in removed {
@@ -133,9 +139,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         for batch in ids.chunks(BATCH) {
             let stored = self.store.local_features(batch).await?;
             index = off_thread("exemplar-words", move || {
-                for (id, bytes) in &stored {
-                    index.insert(*id, bytes);
-                }
+                index.insert_batch(&stored);
                 index
             })
             .await?;

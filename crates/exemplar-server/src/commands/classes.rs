@@ -33,10 +33,25 @@ pub fn run(data_dir: &Path) -> anyhow::Result<()> {
             );
         }
         let exemplars: i64 = all.iter().map(|c| c.exemplar_count).sum();
-        println!("{} classes, {exemplars} exemplars", all.len());
+        let tally = store.tally().await?;
+        let models = store.models().await?;
+        let projection = store.projection().await?.map(|p| p.version().to_string());
+        println!(
+            "{} classes, {exemplars} exemplars ({} with features only, {} photos kept)",
+            all.len(),
+            tally.features_only,
+            tally.photos
+        );
+        for (model, count) in &models {
+            println!("model {model}: {count} exemplars");
+        }
+        println!("projection {}", projection.as_deref().unwrap_or("none yet"));
+        let models: serde_json::Map<String, serde_json::Value> =
+            models.into_iter().map(|(m, n)| (m, json!(n))).collect();
         println!(
             "{}",
-            json!({"classes": all.len(), "exemplars": exemplars, "list": all})
+            json!({"classes": all.len(), "exemplars": exemplars, "features_only": tally.features_only,
+                   "photos": tally.photos, "models": models, "projection": projection, "list": all})
         );
         Ok(())
     })

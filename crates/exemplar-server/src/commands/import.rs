@@ -6,7 +6,9 @@
 //! rest. Each image is its own write, so one bad photo costs only itself.
 
 use crate::cli::ImportArgs;
-use crate::data_dir::{open_catalogue, save_index, AppCatalogue, DataDirLock};
+use crate::data_dir::{
+    collect_orphan_photos, open_catalogue, save_index, AppCatalogue, DataDirLock,
+};
 use crate::progress::Progress;
 use anyhow::{bail, Context};
 use exemplar_core::catalogue::{CatalogueStore, ClassId, Metadata};
@@ -162,14 +164,17 @@ pub fn run(
         let dir = &args.catalogue.dir.data_dir;
         let _lock = DataDirLock::acquire(dir)?;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
+        collect_orphan_photos(&catalogue, &_lock).await?;
         let existing = existing_classes(&catalogue).await?;
         // An exemplar without local features, or with features of another kind, is redone
-        // when they are made now.
+        // when they are made now; so is one without its photo when photos are kept.
+        let keeps_photos = catalogue.keeps_photos();
         let done: HashSet<(ClassId, String)> = catalogue
             .store()
             .exemplar_hashes()
             .await?
             .into_iter()
+            .filter(|e| e.photo_kept || !keeps_photos)
             .filter(|e| match wants_local {
                 None => true,
                 Some(kind) => e

@@ -1,3 +1,4 @@
+mod backup;
 mod bench;
 mod bench_index;
 mod bench_words;
@@ -33,6 +34,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             &catalogue,
         ),
         Command::Classes { dir } => classes::run(&dir.data_dir),
+        Command::Backup { out, dir } => backup::backup(&dir.data_dir, &out, cli.model.max_pixels),
+        Command::Restore {
+            backup,
+            searches,
+            catalogue,
+        } => backup::run_restore(load(&cli.model)?, local, &backup, searches, &catalogue),
         Command::Classify {
             mut images,
             manifest,

@@ -1,7 +1,7 @@
 //! The OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`), generated from the
 //! handlers' annotations and the types in `crate::dto` and `forms.rs`.
 
-use super::{forms, metrics, routes};
+use super::{backup, forms, metrics, photos, routes};
 use crate::dto;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -20,8 +20,11 @@ use utoipa::{Modify, OpenApi};
         routes::delete_class,
         routes::add_exemplars,
         routes::delete_exemplar,
+        photos::photo,
+        photos::thumbnail,
         routes::search,
         routes::refit,
+        backup::backup,
         routes::healthz,
         routes::readyz,
         metrics::render,
@@ -42,6 +45,9 @@ use utoipa::{Modify, OpenApi};
         dto::VerificationEvidence,
         dto::ErrorBody,
         dto::RebuildReport,
+        backup::BackupRequest,
+        backup::BackupMade,
+        crate::backup::Manifest,
         forms::NewClassForm,
         forms::ImagesForm,
         forms::SearchForm,

@@ -5,7 +5,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use exemplar_core::service::StageTimings;
+use exemplar_core::service::{StageTimings, Versions};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -63,10 +63,33 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
         (status = 401, body = crate::dto::ErrorBody, description = "with --protect-reads")))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("exemplar_index_exemplars").set(state.catalogue.indexed() as f64);
+    show_versions(state.catalogue.versions());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         prometheus().render(),
     )
+}
+
+/// `exemplar_search_space_info{model, projection, vocabulary} 1` for what searches use
+/// now; the series of versions no longer in use drop to 0.
+fn show_versions(now: Versions) {
+    static SHOWN: std::sync::Mutex<Option<Versions>> = std::sync::Mutex::new(None);
+    let labels = |v: &Versions| {
+        [
+            ("model", v.model.clone()),
+            ("projection", v.projection.clone()),
+            (
+                "vocabulary",
+                v.vocabulary.clone().unwrap_or_else(|| "none".into()),
+            ),
+        ]
+    };
+    let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(old) = shown.as_ref().filter(|old| **old != now) {
+        metrics::gauge!("exemplar_search_space_info", &labels(old)).set(0.0);
+    }
+    metrics::gauge!("exemplar_search_space_info", &labels(&now)).set(1.0);
+    *shown = Some(now);
 }
 
 /// Per-stage time of one search: `exemplar_search_stage_seconds{stage=...}`.

@@ -1,5 +1,6 @@
 //! The HTTP API (axum).
 
+mod backup;
 mod body;
 mod docs;
 
@@ -7,6 +8,7 @@ mod error;
 mod forms;
 pub mod listen;
 pub mod metrics;
+mod photos;
 mod routes;
 
 pub use body::BodyLimits;
@@ -19,7 +21,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
+use exemplar_store::FsPhotoStore;
 use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -27,6 +31,10 @@ use utoipa_swagger_ui::SwaggerUi;
 #[derive(Clone)]
 pub struct AppState {
     pub catalogue: Arc<AppCatalogue>,
+    /// The kept photos, read by `GET /exemplars/{id}/photo` and `/thumbnail`.
+    pub photos: Arc<FsPhotoStore>,
+    /// Where `POST /admin/backup` writes.
+    pub backup_dir: PathBuf,
     /// sha256 of the API key, when one is configured.
     pub api_key_hash: Option<[u8; 32]>,
     /// Reads (searches, listings, metrics, docs) need the key too.
@@ -34,9 +42,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(catalogue: Arc<AppCatalogue>, api_key: Option<&str>, protect_reads: bool) -> Self {
+    pub fn new(
+        catalogue: Arc<AppCatalogue>,
+        photos: Arc<FsPhotoStore>,
+        backup_dir: PathBuf,
+        api_key: Option<&str>,
+        protect_reads: bool,
+    ) -> Self {
         Self {
             catalogue,
+            photos,
+            backup_dir,
             api_key_hash: api_key.map(|k| Sha256::digest(k.as_bytes()).into()),
             protect_reads,
         }
@@ -57,8 +73,11 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
         )
         .route("/classes/{id}/exemplars", post(routes::add_exemplars))
         .route("/exemplars/{id}", delete(routes::delete_exemplar))
+        .route("/exemplars/{id}/photo", get(photos::photo))
+        .route("/exemplars/{id}/thumbnail", get(photos::thumbnail))
         .route("/search", post(routes::search))
         .route("/admin/refit", post(routes::refit))
+        .route("/admin/backup", post(backup::backup))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))

@@ -415,8 +415,13 @@ pub async fn healthz() -> Json<Health> {
 /// Ready to answer: the server only starts listening once the model and index are loaded.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> Json<Readiness> {
+    let versions = state.catalogue.versions();
     Json(Readiness {
         status: "ready".into(),
         indexed: state.catalogue.indexed(),
+        model: versions.model,
+        projection: versions.projection,
+        vocabulary: versions.vocabulary,
+        keeps_photos: versions.keeps_photos,
     })
 }

@@ -1,6 +1,6 @@
 //! kill -9 at arbitrary moments of concurrent writes, several rounds on one data dir:
-//! every write the server acknowledged is there after each restart, and found again by
-//! its own photo. (`scripts/crash-loop.py` runs the long form against a release build.)
+//! every write the server acknowledged is there after each restart, with its kept photo,
+//! and found again by that photo; no photo is left that no exemplar refers to. (`scripts/crash-loop.py` runs the long form against a release build.)
 
 use crate::harness::{Part, Server};
 use image::{DynamicImage, ImageFormat, RgbImage};
@@ -91,6 +91,11 @@ fn acknowledged_writes_survive_a_crash_loop() {
         let (status, class) = server.request("GET", &format!("/classes/{id}"), &[], b"");
         assert_eq!(status, 200, "class {id} ({label}) was lost: {class}");
         assert_eq!(class["label"], label.as_str());
+        let exemplar = class["exemplars"][0]["id"].as_i64().unwrap();
+        let (status, _, kept) =
+            server.exchange_bytes("GET", &format!("/exemplars/{exemplar}/photo"), &[], b"");
+        assert_eq!(status, 200, "{label}'s photo");
+        assert_eq!(kept, distinct_photo(*n), "{label}'s photo");
         let (status, answer) = server.multipart(
             "/search",
             &[Part::File("image", "q.png".into(), distinct_photo(*n))],
@@ -103,5 +108,25 @@ fn acknowledged_writes_survive_a_crash_loop() {
             "{label} is found by its own photo: {answer}"
         );
     }
+    // Photos of writes cut short were collected on start: one photo and one thumbnail per
+    // exemplar, nothing else.
+    let (_, classes) = server.request("GET", "/classes?limit=500", &[], b"");
+    let exemplars: i64 = classes["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["exemplar_count"].as_i64().unwrap())
+        .sum();
+    let files: usize = std::fs::read_dir(dir.path().join("photos"))
+        .unwrap()
+        .flatten()
+        .filter(|f| f.path().is_dir())
+        .map(|f| std::fs::read_dir(f.path()).unwrap().count())
+        .sum();
+    assert_eq!(
+        files as i64,
+        2 * exemplars,
+        "photo files of {exemplars} exemplars"
+    );
     server.stop();
 }

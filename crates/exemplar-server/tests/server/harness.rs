@@ -74,6 +74,18 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String, String) {
+        let (status, head, body) = self.exchange_bytes(method, path, headers, body);
+        (status, head, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Status, header lines (lower-cased) and body bytes of one request.
+    pub fn exchange_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -88,15 +100,19 @@ impl Server {
         let _ = stream.write_all(body);
         let mut response = Vec::new();
         let _ = stream.read_to_end(&mut response);
-        let text = String::from_utf8_lossy(&response);
-        let status: u16 = text
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(response.len());
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let body = response.get(split + 4..).unwrap_or_default().to_vec();
+        let status: u16 = head
             .split(' ')
             .nth(1)
             .expect("status line")
             .parse()
             .unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        (status, head.to_ascii_lowercase(), body.to_string())
+        (status, head.to_ascii_lowercase(), body)
     }
 
     /// A multipart body of `parts`, with its content type.

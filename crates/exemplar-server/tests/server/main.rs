@@ -8,4 +8,5 @@ mod crash;
 mod harness;
 mod hostile;
 mod http;
+mod photos;
 mod words;

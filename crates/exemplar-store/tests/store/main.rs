@@ -16,6 +16,7 @@ fn exemplar(sha: &str, x: f32) -> NewExemplar {
         model: "m".into(),
         projection: "p".into(),
         local_features: None,
+        photo_kept: false,
     }
 }
 
@@ -217,4 +218,61 @@ async fn concurrent_writes_to_existing_classes_all_succeed() {
         done.unwrap().unwrap();
     }
     assert_eq!(store.exemplar_hashes().await.unwrap().len(), 4 + 4 * 25);
+}
+
+#[tokio::test]
+async fn kept_photos_are_recorded_gained_by_duplicates_and_counted_in_a_consistent_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    let kept = |sha: &str| NewExemplar {
+        photo_kept: true,
+        ..exemplar(sha, 0.5)
+    };
+    let (a, stored) = store
+        .create_class("A", &Metadata::new(), &[kept("x"), exemplar("y", 0.2)])
+        .await
+        .unwrap();
+    let (Stored::Added(x), Stored::Added(y)) = (stored[0], stored[1]) else {
+        panic!("{stored:?}")
+    };
+    assert!(store.exemplar(x).await.unwrap().unwrap().photo_kept);
+    assert!(!store.exemplar(y).await.unwrap().unwrap().photo_kept);
+    let hashes = ["x".to_string(), "y".to_string(), "z".to_string()];
+    let in_use = store.photos_in_use(&hashes).await.unwrap();
+    assert_eq!(in_use, ["x".to_string()].into());
+    // The same bytes sent again with the photo kept: the exemplar gains it.
+    let again = store.add_exemplars(a.id, &[kept("y")]).await.unwrap();
+    assert_eq!(again, vec![Stored::Duplicate(y)]);
+    assert!(store.exemplar(y).await.unwrap().unwrap().photo_kept);
+    assert_eq!(store.photos_in_use(&hashes).await.unwrap().len(), 2);
+
+    let copy_path = dir.path().join("copy.sqlite");
+    store.snapshot_into(&copy_path).await.unwrap();
+    store.delete_exemplar(x).await.unwrap();
+    assert!(store.exemplar(x).await.unwrap().is_none());
+    assert_eq!(
+        store.photos_in_use(&hashes).await.unwrap(),
+        ["y".to_string()].into()
+    );
+    // The copy is the catalogue as it was, whole.
+    let copy = SqliteStore::open(&copy_path).await.unwrap();
+    copy.integrity_check().await.unwrap();
+    let tally = copy.tally().await.unwrap();
+    assert_eq!(
+        (
+            tally.classes,
+            tally.exemplars,
+            tally.photos,
+            tally.features_only
+        ),
+        (1, 2, 2, 0)
+    );
+    assert_eq!(copy.kept_photos().await.unwrap(), ["x", "y"]);
+    assert_eq!(copy.models().await.unwrap(), vec![("m".to_string(), 2)]);
+    assert!(
+        store.snapshot_into(&copy_path).await.is_err(),
+        "never over a file"
+    );
 }
