@@ -276,16 +276,15 @@ impl Drop for Reservation<'_> {
 /// The longest side of a kept photo's thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 256;
 
-/// Decoding for thumbnails has its own memory budget, half the extractor's default: a
-/// thumbnail is made after the model has seen the photo, outside the extractor's budget.
-static THUMBNAIL_BUDGET: std::sync::LazyLock<DecodeBudget> =
-    std::sync::LazyLock::new(|| DecodeBudget::new((DEFAULT_DECODE_MEMORY_MIB << 20) / 2));
-
 /// A JPEG of the upright photo, its longest side at most [`THUMBNAIL_SIDE`] (smaller
-/// photos keep their size).
-pub fn thumbnail_jpeg(bytes: &[u8], max_pixels: u64) -> Result<Vec<u8>, ExtractError> {
+/// photos keep their size), decoded within `budget` like the model's input.
+pub fn thumbnail_jpeg(
+    bytes: &[u8],
+    max_pixels: u64,
+    budget: &DecodeBudget,
+) -> Result<Vec<u8>, ExtractError> {
     let probed = probe(bytes, max_pixels)?;
-    let _share = THUMBNAIL_BUDGET.reserve(&probed, None)?;
+    let _share = budget.reserve(&probed, None)?;
     let rgb = probed.decode()?;
     let (w, h) = rgb.dimensions();
     let scale = (THUMBNAIL_SIDE as f64 / w.max(h) as f64).min(1.0);
@@ -496,7 +495,8 @@ mod tests {
         image::DynamicImage::ImageRgb8(wide)
             .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
-        let jpeg = thumbnail_jpeg(&png, DEFAULT_MAX_PIXELS).unwrap();
+        let budget = DecodeBudget::new(DEFAULT_DECODE_MEMORY_MIB << 20);
+        let jpeg = thumbnail_jpeg(&png, DEFAULT_MAX_PIXELS, &budget).unwrap();
         let back = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
             .unwrap()
             .to_rgb8();
@@ -506,9 +506,9 @@ mod tests {
         image::DynamicImage::ImageRgb8(tiny)
             .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
-        let back =
-            image::load_from_memory(&thumbnail_jpeg(&png, DEFAULT_MAX_PIXELS).unwrap()).unwrap();
+        let small = thumbnail_jpeg(&png, DEFAULT_MAX_PIXELS, &budget).unwrap();
+        let back = image::load_from_memory(&small).unwrap();
         assert_eq!((back.width(), back.height()), (20, 10));
-        assert!(thumbnail_jpeg(b"not an image", DEFAULT_MAX_PIXELS).is_err());
+        assert!(thumbnail_jpeg(b"not an image", DEFAULT_MAX_PIXELS, &budget).is_err());
     }
 }

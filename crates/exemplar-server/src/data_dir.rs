@@ -10,7 +10,8 @@ use exemplar_core::embed_queue::EmbedQueue;
 use exemplar_core::service::{Catalogue, Limits};
 use exemplar_core::shortlist::WordIndex;
 use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
-use exemplar_embed::CnnEmbedder;
+use exemplar_embed::image_input::DecodeBudget;
+use exemplar_embed::{CnnEmbedder, EmbedderConfig};
 use exemplar_index::{AnnIndex, IndexParams};
 use exemplar_store::{FsPhotoStore, SqliteStore};
 use exemplar_verify::{ExtractParams, HomographyVerifier, VisualWords};
@@ -104,7 +105,7 @@ pub async fn open_catalogue(
         warn_of_other_local_features(&store, params.kind).await?;
     }
     let max_batch = embedder.config().max_batch;
-    let embedder_max_pixels = embedder.config().max_pixels;
+    let photos = photo_store(dir, embedder.config())?;
     let queue = EmbedQueue::start(
         Arc::new(TimedExtractor::new(embedder)),
         args.queue_capacity,
@@ -123,7 +124,7 @@ pub async fn open_catalogue(
         min_exemplars: args.refit_min_exemplars,
         ..RefitPolicy::default()
     });
-    let catalogue = catalogue.with_photos(photo_store(dir, embedder_max_pixels)?, args.keep_photos);
+    let catalogue = catalogue.with_photos(photos, args.keep_photos);
     let catalogue = if verifies {
         catalogue.with_verifier(Arc::new(HomographyVerifier::default()), args.two_stage())
     } else {
@@ -161,12 +162,25 @@ pub async fn collect_orphan_photos(
     Ok(())
 }
 
-/// The data directory's photo store; thumbnails decode photos of up to `max_pixels`.
-pub fn photo_store(dir: &Path, max_pixels: u64) -> anyhow::Result<Arc<FsPhotoStore>> {
+/// The data directory's photo store, making thumbnails within the model's limits on a
+/// photo (`--max-pixels`) and on decoding memory (a budget of its own, as large as the
+/// model's: a photo the model could read gets its thumbnail).
+pub fn photo_store(dir: &Path, model: &EmbedderConfig) -> anyhow::Result<Arc<FsPhotoStore>> {
+    let max_pixels = model.max_pixels;
+    let budget = DecodeBudget::new(model.decode_memory_bytes);
     let thumbnailer = Box::new(move |bytes: &[u8]| {
-        exemplar_embed::image_input::thumbnail_jpeg(bytes, max_pixels).map_err(|e| e.to_string())
+        exemplar_embed::image_input::thumbnail_jpeg(bytes, max_pixels, &budget)
+            .map_err(|e| e.to_string())
     });
     FsPhotoStore::open(dir, thumbnailer)
+        .map(Arc::new)
+        .with_context(|| format!("opening the photo store in {}", dir.display()))
+}
+
+/// The data directory's photos, to read (it makes no thumbnails).
+pub fn photo_reader(dir: &Path) -> anyhow::Result<Arc<FsPhotoStore>> {
+    let refuse = Box::new(|_: &[u8]| Err("this photo store only reads".to_string()));
+    FsPhotoStore::open(dir, refuse)
         .map(Arc::new)
         .with_context(|| format!("opening the photo store in {}", dir.display()))
 }

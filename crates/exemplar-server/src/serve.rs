@@ -4,7 +4,7 @@
 use crate::cli::ServeArgs;
 use crate::data_dir::AppCatalogue;
 use crate::data_dir::{
-    collect_orphan_photos, open_catalogue, photo_store, save_index, DataDirLock,
+    collect_orphan_photos, open_catalogue, photo_reader, save_index, DataDirLock,
 };
 use crate::http::{self, AppState};
 use anyhow::Context;
@@ -27,10 +27,9 @@ pub fn run(
     runtime.block_on(async move {
         http::metrics::prometheus();
         let _lock = DataDirLock::acquire(&args.catalogue.dir.data_dir)?;
-        let max_pixels = embedder.config().max_pixels;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
         collect_orphan_photos(&catalogue, &_lock).await?;
-        let photos = photo_store(&args.catalogue.dir.data_dir, max_pixels)?;
+        let photos = photo_reader(&args.catalogue.dir.data_dir)?;
         let state = AppState::new(
             catalogue.clone(),
             photos,

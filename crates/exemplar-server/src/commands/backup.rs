@@ -3,7 +3,7 @@
 
 use crate::backup::{restore, write_backup, Manifest};
 use crate::cli::CatalogueArgs;
-use crate::data_dir::{existing_database, open_catalogue, photo_store, save_index, DataDirLock};
+use crate::data_dir::{existing_database, open_catalogue, photo_reader, save_index, DataDirLock};
 use anyhow::ensure;
 use exemplar_core::catalogue::{CatalogueStore, ClassId, Metadata};
 use exemplar_core::service::{Upload, Verdict};
@@ -28,14 +28,14 @@ fn print_manifest(what: &str, path: &Path, m: &Manifest) {
     );
 }
 
-pub fn backup(data_dir: &Path, out: &Path, max_pixels: u64) -> anyhow::Result<()> {
+pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
     let database = existing_database(data_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let store = SqliteStore::open(&database).await?;
-        let manifest = write_backup(&store, photo_store(data_dir, max_pixels)?, out).await?;
+        let manifest = write_backup(&store, photo_reader(data_dir)?, out).await?;
         print_manifest("backed up to", out, &manifest);
         println!("{}", json!({ "backup": out, "manifest": manifest }));
         Ok(())
@@ -61,7 +61,6 @@ pub fn run_restore(
     let dir = &args.dir.data_dir;
     std::fs::create_dir_all(dir)?;
     let lock = DataDirLock::acquire(dir)?;
-    let max_pixels = embedder.config().max_pixels;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -69,7 +68,7 @@ pub fn run_restore(
         let manifest = restore(backup, dir).await?;
         print_manifest("restored", dir, &manifest);
         let catalogue = open_catalogue(args, Arc::new(embedder), local.as_ref()).await?;
-        let photos = photo_store(dir, max_pixels)?;
+        let photos = photo_reader(dir)?;
         let kept: Vec<_> = catalogue
             .store()
             .exemplar_hashes()

@@ -34,7 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             &catalogue,
         ),
         Command::Classes { dir } => classes::run(&dir.data_dir),
-        Command::Backup { out, dir } => backup::backup(&dir.data_dir, &out, cli.model.max_pixels),
+        Command::Backup { out, dir } => backup::backup(&dir.data_dir, &out),
         Command::Restore {
             backup,
             searches,
