@@ -93,9 +93,9 @@ def main():
     tmp = tempfile.TemporaryDirectory()
     if not a.dataset:
         a.dataset = os.path.join(tmp.name, "set")
-        spread = ["--spread", str(a.spread)] if a.spread is not None else []
+        spread_args = ["--spread", str(a.spread)] if a.spread is not None else []
         subprocess.run([a.exemplar, "bench-index", "--points", str(a.points), "--queries", str(a.queries),
-                        "--k", str(a.k), "--write-dataset", a.dataset] + spread, check=True)
+                        "--k", str(a.k), "--write-dataset", a.dataset] + spread_args, check=True)
     common = ["--k", str(a.k), "--m", str(a.m), "--ef-construction", str(a.ef_construction),
               "--ef", ",".join(map(str, a.ef)), "--threads", str(a.threads)]
     ours_cmd = [a.exemplar, "bench-index", "--dataset", a.dataset] + common
