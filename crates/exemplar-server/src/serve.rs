@@ -77,7 +77,8 @@ pub fn run(
 }
 
 /// Background upkeep: refit the projection when the catalogue has grown enough, compact
-/// the index when deletions weigh, and dump the index when it changed, so a restart
+/// the index when deletions weigh, collect the photos of failed writes, and dump the
+/// index when it changed, so a restart
 /// (even after a crash) replays little. The heavy parts run off the async workers.
 async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
     let mut dumped: Option<Sequence> = None;
@@ -89,6 +90,8 @@ async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
                 None => catalogue.compact_if_due().await?,
             };
             let words = catalogue.rebuild_words_if_due().await?;
+            // Photos of writes that failed or were abandoned since the last step.
+            catalogue.collect_photos(Vec::new()).await?;
             let rebuilt = rebuilt.map(|_| ()).or(words.map(|_| ()));
             let head = catalogue.store().head().await?;
             if rebuilt.is_some() || dumped != Some(head) {

@@ -655,12 +655,12 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let embedded = self.embed_uploads(uploads).await?;
         let _write = self.gate.read().await;
         let mut exemplars = self.to_new_exemplars(embedded)?;
-        self.keep_photos(uploads, &mut exemplars).await?;
+        let photos = self.keep_photos(uploads, &mut exemplars).await?;
         let (class, stored) = self
             .store
             .create_class(label.trim(), metadata, &exemplars)
-            .await
-            .inspect_err(|_| self.suspect_written(&exemplars))?;
+            .await?;
+        photos.done();
         let outcomes = self.index_added(&exemplars, &stored)?;
         Ok((class, outcomes))
     }
@@ -673,23 +673,10 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let embedded = self.embed_uploads(uploads).await?;
         let _write = self.gate.read().await;
         let mut exemplars = self.to_new_exemplars(embedded)?;
-        self.keep_photos(uploads, &mut exemplars).await?;
-        let stored = self
-            .store
-            .add_exemplars(class, &exemplars)
-            .await
-            .inspect_err(|_| self.suspect_written(&exemplars))?;
+        let photos = self.keep_photos(uploads, &mut exemplars).await?;
+        let stored = self.store.add_exemplars(class, &exemplars).await?;
+        photos.done();
         self.index_added(&exemplars, &stored)
-    }
-
-    /// The photos kept for exemplars whose commit failed.
-    fn suspect_written(&self, exemplars: &[NewExemplar]) {
-        self.suspect_photos(
-            exemplars
-                .iter()
-                .filter(|e| e.photo_kept)
-                .map(|e| e.sha256.clone()),
-        );
     }
 
     /// Renames a class and/or replaces its metadata; the index is untouched (it holds

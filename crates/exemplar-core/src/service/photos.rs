@@ -9,6 +9,31 @@ use crate::photos::PhotoStore;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// Between keeping a write's photos and the end of its commit: if the write fails or its
+/// request is abandoned (the client went away and the future was dropped), its photos
+/// become suspects for the next collection; `done` once the commit has returned.
+pub(super) struct PhotosInFlight<'a> {
+    suspects: &'a std::sync::Mutex<HashSet<String>>,
+    hashes: Vec<String>,
+}
+
+impl PhotosInFlight<'_> {
+    pub(super) fn done(mut self) {
+        self.hashes.clear();
+    }
+}
+
+impl Drop for PhotosInFlight<'_> {
+    fn drop(&mut self) {
+        if !self.hashes.is_empty() {
+            self.suspects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(self.hashes.drain(..));
+        }
+    }
+}
+
 impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     /// Keeps photos in `photos`; with `keep`, every exemplar added from now on keeps its
     /// photo and thumbnail there (without, new exemplars have features only, and the store
@@ -25,14 +50,19 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     }
 
     /// Writes the uploads' photos (call with the write gate shared, before the commit)
-    /// and marks `exemplars` (one per upload, same order) as keeping them.
+    /// and marks `exemplars` (one per upload, same order) as keeping them. Hold the answer
+    /// until the commit has returned (see [`PhotosInFlight`]).
     pub(super) async fn keep_photos(
         &self,
         uploads: &[Upload],
         exemplars: &mut [NewExemplar],
-    ) -> Result<(), ServiceError> {
+    ) -> Result<PhotosInFlight<'_>, ServiceError> {
+        let mut in_flight = PhotosInFlight {
+            suspects: &self.suspects,
+            hashes: Vec::new(),
+        };
         let Some(photos) = self.photos.clone().filter(|_| self.keep_photos) else {
-            return Ok(());
+            return Ok(in_flight);
         };
         let mut seen = HashSet::new();
         let to_write: Vec<(String, Vec<u8>)> = uploads
@@ -41,25 +71,22 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             .filter(|(_, e)| seen.insert(e.sha256.clone()))
             .map(|(u, e)| (e.sha256.clone(), u.bytes.clone()))
             .collect();
-        let hashes: Vec<String> = to_write.iter().map(|(h, _)| h.clone()).collect();
+        // From here on, some may be on disk whatever happens.
+        in_flight.hashes = to_write.iter().map(|(h, _)| h.clone()).collect();
         let written = off_thread("exemplar-photos", move || {
             to_write
                 .iter()
                 .try_for_each(|(hash, bytes)| photos.put(hash, bytes))
         })
         .await?;
-        if let Err(e) = written {
-            // Some may be on disk; the next collection removes what no row refers to.
-            self.suspect_photos(hashes);
-            return Err(ServiceError::Internal(format!("keeping the photos: {e}")));
-        }
+        written.map_err(|e| ServiceError::Internal(format!("keeping the photos: {e}")))?;
         for e in exemplars.iter_mut() {
             e.photo_kept = true;
         }
-        Ok(())
+        Ok(in_flight)
     }
 
-    /// Photos written for a write that then failed: collected next time.
+    /// Photos written for a write that then failed or was abandoned: collected next time.
     pub(super) fn suspect_photos(&self, hashes: impl IntoIterator<Item = String>) {
         self.suspects
             .lock()
@@ -113,6 +140,16 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let Some(photos) = self.photos.clone() else {
             return Ok(0);
         };
+        let no_suspects = || {
+            self.suspects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        };
+        // Nothing to look at: no reason to make writers wait.
+        if candidates.is_empty() && no_suspects() {
+            return Ok(0);
+        }
         let _quiet = self.gate.write().await;
         let mut candidates: HashSet<String> = candidates.into_iter().collect();
         candidates.extend(
