@@ -100,11 +100,18 @@ impl Tables {
 #[derive(Default, Clone)]
 pub struct MemoryStore {
     tables: Arc<Mutex<Tables>>,
+    /// Held by [`MemoryStore::hold_writes`]: adds wait for it (a slow commit).
+    writes: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl MemoryStore {
     fn tables(&self) -> MutexGuard<'_, Tables> {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds wait until the answer is dropped, as a commit that takes its time.
+    pub async fn hold_writes(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.writes.clone().write_owned().await
     }
 }
 
@@ -115,6 +122,7 @@ impl CatalogueStore for MemoryStore {
         metadata: &Metadata,
         exemplars: &[NewExemplar],
     ) -> StoreResult<(ClassRecord, Vec<Stored>)> {
+        drop(self.writes.read().await);
         let mut t = self.tables();
         t.next_class += 1;
         let id = t.next_class;

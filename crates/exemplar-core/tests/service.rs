@@ -472,3 +472,33 @@ async fn photos_of_failed_writes_and_of_crashes_are_collected_and_referenced_one
     assert_eq!(removed, 2);
     assert_eq!(photos.hashes(), vec![sha("item-1")]);
 }
+
+#[tokio::test]
+async fn the_photos_of_a_request_dropped_before_its_commit_are_collected() {
+    let store = MemoryStore::default();
+    let photos = MemoryPhotos::default();
+    let cat = Arc::new(
+        catalogue(&store, fresh_index())
+            .await
+            .with_photos(Arc::new(photos.clone()), true),
+    );
+    let slow_commit = store.hold_writes().await;
+    let adding = {
+        let cat = cat.clone();
+        tokio::spawn(async move {
+            cat.add_class("A", &Metadata::new(), &[text_upload("item-1")])
+                .await
+        })
+    };
+    // The photo is kept, the commit waits: the client goes away.
+    while photos.hashes().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    adding.abort();
+    assert!(adding.await.unwrap_err().is_cancelled());
+    drop(slow_commit);
+    assert_eq!(store.exemplar_count().await.unwrap(), 0);
+    assert_eq!(photos.hashes(), vec![sha("item-1")]);
+    assert_eq!(cat.collect_photos(Vec::new()).await.unwrap(), 1);
+    assert!(photos.hashes().is_empty());
+}
