@@ -7,7 +7,7 @@
 //! backup. While photos are copied none is removed (see `FsPhotoStore::hold_for_backup`).
 //! The index dumps are not copied: a restored catalogue rebuilds its indexes on start.
 
-use crate::data_dir::DATABASE_FILE;
+use crate::data_dir::{photo_reader, DATABASE_FILE};
 use anyhow::{ensure, Context};
 use exemplar_core::catalogue::CatalogueStore;
 use exemplar_store::{FsPhotoStore, SqliteStore, Tally};
@@ -65,19 +65,10 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A photo store that only receives copies (no thumbnails are made in it).
-fn copy_target(dir: &Path) -> anyhow::Result<FsPhotoStore> {
-    FsPhotoStore::open(
-        dir,
-        Box::new(|_: &[u8]| Err("thumbnails are copied, not made, here".to_string())),
-    )
-    .with_context(|| format!("creating {}", dir.join("photos").display()))
-}
-
 /// Copies the photos `hashes` (and their thumbnails) from `from` into the data directory
 /// `to`, checking each photo's bytes against its hash. Returns the bytes copied.
 fn copy_photos(from: &FsPhotoStore, to: &Path, hashes: &[String]) -> anyhow::Result<u64> {
-    let target = copy_target(to)?;
+    let target = photo_reader(to)?;
     let mut bytes = 0u64;
     for hash in hashes {
         let photo = from
@@ -237,7 +228,7 @@ pub async fn restore(backup: &Path, dir: &Path) -> anyhow::Result<Manifest> {
     );
     let hashes = store.kept_photos().await?;
     store.close().await;
-    let from = copy_target(backup)?;
+    let from = photo_reader(backup)?;
     let to = dir.to_path_buf();
     let copied = tokio::task::spawn_blocking(move || copy_photos(&from, &to, &hashes)).await??;
     ensure!(

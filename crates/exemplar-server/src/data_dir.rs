@@ -177,7 +177,8 @@ pub fn photo_store(dir: &Path, model: &EmbedderConfig) -> anyhow::Result<Arc<FsP
         .with_context(|| format!("opening the photo store in {}", dir.display()))
 }
 
-/// The data directory's photos, to read (it makes no thumbnails).
+/// The data directory's photos, to read or to receive copies with their thumbnails (it
+/// makes none).
 pub fn photo_reader(dir: &Path) -> anyhow::Result<Arc<FsPhotoStore>> {
     let refuse = Box::new(|_: &[u8]| Err("this photo store only reads".to_string()));
     FsPhotoStore::open(dir, refuse)

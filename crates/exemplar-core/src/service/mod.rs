@@ -241,7 +241,7 @@ pub struct SearchAnswer {
 }
 
 /// What the search space is made with now (shown by `/readyz` and `/metrics`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versions {
     /// The model (backbone, weights, geometry, pooling) that embeds photos.
     pub model: String,
