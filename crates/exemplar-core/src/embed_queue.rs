@@ -50,6 +50,11 @@ impl EmbedQueue {
         }
     }
 
+    /// Jobs that may wait.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Queues one encoded image; await the returned future for what was extracted.
     /// Fails at once, without waiting, when the queue is full. Jobs that share one
     /// allocation (several views of a photo) can be decoded once when batched together.

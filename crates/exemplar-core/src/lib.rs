@@ -16,6 +16,7 @@ pub mod linalg;
 pub mod photos;
 pub mod projection;
 pub mod refit;
+pub mod reindex;
 pub mod rerank;
 pub mod rng;
 pub mod service;

@@ -32,4 +32,7 @@ pub trait PhotoStore: Send + Sync + 'static {
 
     /// The hashes of every photo kept.
     fn list(&self) -> Result<Vec<String>, PhotoError>;
+
+    /// The photo's bytes as sent; `None` when it is not kept.
+    fn read(&self, sha256: &str) -> Result<Option<Vec<u8>>, PhotoError>;
 }

@@ -407,6 +407,9 @@ impl PhotoStore for MemoryPhotos {
     fn list(&self) -> Result<Vec<String>, PhotoError> {
         Ok(self.hashes())
     }
+    fn read(&self, sha256: &str) -> Result<Option<Vec<u8>>, PhotoError> {
+        Ok(self.kept.lock().unwrap().get(sha256).cloned())
+    }
 }
 
 /// A service over `store` and `index` whose photos are text ([`TextFeatures`]), with an

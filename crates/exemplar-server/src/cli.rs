@@ -142,6 +142,25 @@ impl ModelArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct ReindexArgs {
+    /// The server to re-index.
+    #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The server's API key (re-indexing is a write).
+    #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Show where the re-index stands, start none.
+    #[arg(long, conflicts_with = "cancel")]
+    pub status: bool,
+    /// Stop the re-index being built (the current version stays).
+    #[arg(long)]
+    pub cancel: bool,
+    /// Return once the re-index has started, without waiting for the switch.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "EXEMPLAR_BIND", default_value = "127.0.0.1:8080")]
@@ -174,6 +193,10 @@ pub struct ServeArgs {
     /// Where `POST /admin/backup` writes its backups [default: DATA_DIR/backups].
     #[arg(long, env = "EXEMPLAR_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// The share of the time a re-index may spend embedding photos (it rests the rest,
+    /// leaving the machine to searches); 1: as fast as it can.
+    #[arg(long, env = "EXEMPLAR_REINDEX_SHARE", default_value_t = exemplar_core::service::REINDEX_SHARE, value_parser = share)]
+    pub reindex_share: f32,
 }
 
 /// The data directory, for every command that works on one.
@@ -409,6 +432,11 @@ pub enum Command {
         #[command(flatten)]
         catalogue: CatalogueArgs,
     },
+    /// Re-index a running server's catalogue from its kept photos with the model settings
+    /// given here (--model, --weights, --geometry, --pooling, --local-features,
+    /// --local-keypoints; those not given stay), while it goes on serving; shows the
+    /// progress until the switch. Last line: JSON.
+    Reindex(ReindexArgs),
     /// Back up the data directory's catalogue and photos into a new folder OUT; works
     /// beside a running server (a consistent copy at one instant). Last line: JSON.
     Backup {

@@ -2,11 +2,13 @@
 //! index dumps. `serve`
 //! and `import` own one (a lock file keeps a second owner out); `search` only reads.
 
-use crate::cli::{CatalogueArgs, DESCRIPTOR_DIM};
+use crate::cli::{CatalogueArgs, ModelArgs, DESCRIPTOR_DIM};
 use crate::model::TimedExtractor;
+use crate::reindex::IndexSpec;
 use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_core::embed_queue::EmbedQueue;
+use exemplar_core::reindex::ReindexStore;
 use exemplar_core::service::{Catalogue, Limits};
 use exemplar_core::shortlist::WordIndex;
 use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
@@ -61,6 +63,32 @@ pub fn existing_database(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The model settings for the catalogue in `dir`: those of its last re-index when it
+/// had one (differing flags are ignored, with a warning: models change by re-indexing),
+/// else the flags'.
+pub async fn catalogue_model(dir: &Path, flags: &ModelArgs) -> anyhow::Result<ModelArgs> {
+    let path = dir.join(DATABASE_FILE);
+    if !path.exists() {
+        return Ok(flags.clone());
+    }
+    let store = SqliteStore::open(&path).await?;
+    let recorded = store.index_spec().await;
+    store.close().await;
+    let recorded = recorded?;
+    let Some(recorded) = recorded else {
+        return Ok(flags.clone());
+    };
+    let spec: IndexSpec = serde_json::from_str(&recorded)
+        .with_context(|| format!("the model settings recorded in {}", path.display()))?;
+    if spec != IndexSpec::of(flags) {
+        tracing::warn!(
+            catalogue = %serde_json::to_string(&spec).unwrap_or_default(),
+            "the catalogue was re-indexed with these model settings: they are used, not the flags' (change them with `exemplar reindex`)"
+        );
+    }
+    spec.apply(flags)
+}
+
 /// Everything `serve` needs, built from a loaded embedder; `local` is the local features it
 /// makes (`None`: a global-only service).
 pub async fn open_catalogue(
@@ -99,6 +127,7 @@ pub async fn open_catalogue(
             (fresh(), 0)
         }
     };
+    let projection_version = projection.version().to_string();
     let model = embedder.info().id.clone();
     let verifies = embedder.makes_local_features();
     if let Some(params) = local {
@@ -132,7 +161,8 @@ pub async fn open_catalogue(
     };
     let (catalogue, from) = match (verifies, args.stages.vocabulary_fitter()) {
         (true, Some(fitter)) => {
-            let (words, words_watermark) = load_words(dir);
+            let tag = words_tag(&projection_version, catalogue.store().index_spec().await?);
+            let (words, words_watermark) = load_words(dir, &tag);
             let from = watermark.min(words_watermark.unwrap_or(watermark));
             (catalogue.with_word_index(Arc::new(fitter), words), from)
         }
@@ -243,17 +273,32 @@ async fn projection(
     Ok(p)
 }
 
-/// The word index dump: magic, the change log position it holds (u64), the index.
+/// What a word index dump was made beside: the projection and the model settings of the
+/// last re-index (a re-index may change the local features and keep the projection).
+fn words_tag(projection: &str, index_spec: Option<String>) -> String {
+    use sha2::{Digest, Sha256};
+    let spec = index_spec.map_or_else(String::new, |s| {
+        Sha256::digest(s.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    });
+    format!("{projection}/{spec}")
+}
+
+/// The word index dump: magic, the change log position it holds (u64), its tag (see
+/// [`words_tag`]; u32 length, UTF-8), the index.
 fn words_file(dir: &Path) -> PathBuf {
     dir.join("words.bin")
 }
 
-const WORDS_MAGIC: &[u8; 4] = b"EXWD";
+const WORDS_MAGIC: &[u8; 4] = b"EXW2";
 
-/// The word index dump and the change log position it holds; none when missing or
-/// unreadable (the index is a cache: it is fitted again once the catalogue is large
-/// enough, see `Catalogue::rebuild_words_if_due`).
-fn load_words(dir: &Path) -> (Option<Box<dyn WordIndex>>, Option<Sequence>) {
+/// The word index dump and the change log position it holds; none when missing,
+/// unreadable or made beside another projection or index version (a refit or a re-index
+/// since: its vocabulary may be of other features). The index is a cache: it is fitted again once
+/// the catalogue is large enough, see `Catalogue::rebuild_words_if_due`.
+fn load_words(dir: &Path, tag: &str) -> (Option<Box<dyn WordIndex>>, Option<Sequence>) {
     let path = words_file(dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -263,13 +308,22 @@ fn load_words(dir: &Path) -> (Option<Box<dyn WordIndex>>, Option<Sequence>) {
             return (None, None);
         }
     };
-    let parsed = if bytes.len() >= 12 && &bytes[..4] == WORDS_MAGIC {
+    let header = (bytes.len() >= 16 && &bytes[..4] == WORDS_MAGIC).then(|| {
         let watermark = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
-        VisualWords::load(&bytes[12..]).map(|w| (w, watermark))
-    } else {
-        Err(exemplar_verify::vocabulary::VocabularyError(
+        let len = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
+        let space = bytes.get(16..16 + len).unwrap_or_default();
+        (watermark, space == tag.as_bytes(), 16 + len)
+    });
+    let parsed = match header {
+        Some((watermark, true, start)) => {
+            VisualWords::load(&bytes[start..]).map(|w| (w, watermark))
+        }
+        Some((_, false, _)) => Err(exemplar_verify::vocabulary::VocabularyError(
+            "made beside another projection or index version".into(),
+        )),
+        None => Err(exemplar_verify::vocabulary::VocabularyError(
             "not a word index dump".into(),
-        ))
+        )),
     };
     match parsed {
         Ok((words, watermark)) => {
@@ -284,12 +338,14 @@ fn load_words(dir: &Path) -> (Option<Box<dyn WordIndex>>, Option<Sequence>) {
 }
 
 /// Writes the word index dump next to a temporary name, then renames it over the old.
-fn save_words(dir: &Path, words: &dyn WordIndex, head: Sequence) -> anyhow::Result<()> {
+fn save_words(dir: &Path, words: &dyn WordIndex, head: Sequence, tag: &str) -> anyhow::Result<()> {
     let path = words_file(dir);
     let partial = path.with_extension("bin.partial");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
     out.write_all(WORDS_MAGIC)?;
     out.write_all(&(head as u64).to_le_bytes())?;
+    out.write_all(&(tag.len() as u32).to_le_bytes())?;
+    out.write_all(tag.as_bytes())?;
     words.save(&mut out)?;
     out.into_inner()?.sync_all()?;
     std::fs::rename(&partial, &path)?;
@@ -302,12 +358,16 @@ fn save_words(dir: &Path, words: &dyn WordIndex, head: Sequence) -> anyhow::Resu
 /// Returns the change sequence number the dump holds.
 pub async fn save_index(catalogue: &AppCatalogue, dir: &Path) -> anyhow::Result<Sequence> {
     let dump = exemplar_index::dump_dir(dir);
+    // Read before the checkpoint: a re-index switching in between leaves a dump tagged
+    // with the old settings, which is discarded (never the other way round).
+    let index_spec = catalogue.store().index_spec().await?;
     let head = catalogue
         .checkpoint(|index, head, projection, words| {
             tokio::task::block_in_place(|| {
                 index.save(&dump, head as u64, projection.version())?;
                 if let Some(words) = words {
-                    save_words(dir, words, head)?;
+                    let tag = words_tag(projection.version(), index_spec);
+                    save_words(dir, words, head, &tag)?;
                 }
                 anyhow::Ok(head)
             })

@@ -10,5 +10,6 @@ pub mod dto;
 pub mod http;
 pub mod model;
 pub mod progress;
+pub mod reindex;
 pub mod serve;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! `exemplar serve`: open the data directory, bring the index up to date with the
 //! database, and answer HTTP until told to stop.
 
-use crate::cli::ServeArgs;
+use crate::cli::{ModelArgs, ServeArgs};
 use crate::data_dir::AppCatalogue;
 use crate::data_dir::{
     collect_orphan_photos, open_catalogue, photo_reader, save_index, DataDirLock,
@@ -10,17 +10,14 @@ use crate::http::{self, AppState};
 use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_embed::CnnEmbedder;
-use exemplar_verify::ExtractParams;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn run(
-    args: ServeArgs,
-    embedder: CnnEmbedder,
-    local: Option<ExtractParams>,
-) -> anyhow::Result<()> {
+/// `model`: the settings `embedder` was loaded with (a re-index changes from them).
+pub fn run(args: ServeArgs, embedder: CnnEmbedder, model: ModelArgs) -> anyhow::Result<()> {
+    let local = model.local_features();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -30,7 +27,7 @@ pub fn run(
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
         collect_orphan_photos(&catalogue, &_lock).await?;
         let photos = photo_reader(&args.catalogue.dir.data_dir)?;
-        let state = AppState::new(
+        let mut state = AppState::new(
             catalogue.clone(),
             photos,
             args.backup_dir
@@ -38,7 +35,11 @@ pub fn run(
                 .unwrap_or_else(|| args.catalogue.dir.data_dir.join("backups")),
             args.api_key.as_deref(),
             args.protect_reads,
+            model.clone(),
         );
+        state.reindex_share = args.reindex_share;
+        // A re-index cut short by a stop or a crash goes on from where it was.
+        crate::reindex::resume(catalogue.clone(), &model, args.reindex_share).await?;
         let app = http::router(
             state,
             http::BodyLimits {
@@ -81,7 +82,9 @@ pub fn run(
 /// index when it changed, so a restart
 /// (even after a crash) replays little. The heavy parts run off the async workers.
 async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
-    let mut dumped: Option<Sequence> = None;
+    // The change log position and the projection of the last dump: a re-index switch
+    // changes the projection and not the log.
+    let mut dumped: Option<(Sequence, String)> = None;
     loop {
         tokio::time::sleep(every).await;
         let step = async {
@@ -93,9 +96,13 @@ async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
             // Photos of writes that failed or were abandoned since the last step.
             catalogue.collect_photos(Vec::new()).await?;
             let rebuilt = rebuilt.map(|_| ()).or(words.map(|_| ()));
-            let head = catalogue.store().head().await?;
-            if rebuilt.is_some() || dumped != Some(head) {
-                dumped = Some(save_index(&catalogue, &dir).await?);
+            let now = (
+                catalogue.store().head().await?,
+                catalogue.projection().version().to_string(),
+            );
+            if rebuilt.is_some() || dumped.as_ref() != Some(&now) {
+                let head = save_index(&catalogue, &dir).await?;
+                dumped = Some((head, now.1));
             }
             anyhow::Ok(())
         };

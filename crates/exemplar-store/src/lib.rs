@@ -3,6 +3,7 @@
 //! files beside it (`photos`); consistent copies for backups (`snapshot`).
 
 pub mod photos;
+mod reindex;
 mod snapshot;
 
 pub use photos::FsPhotoStore;

@@ -164,6 +164,10 @@ impl PhotoStore for FsPhotoStore {
         Ok(())
     }
 
+    fn read(&self, sha256: &str) -> Result<Option<Vec<u8>>, PhotoError> {
+        Ok(self.photo(sha256)?)
+    }
+
     /// Every hash with a photo or a thumbnail (a removal cut short leaves one of them).
     /// Partial files of writes cut short are deleted on the way.
     fn list(&self) -> Result<Vec<String>, PhotoError> {

@@ -10,6 +10,10 @@
 //! a compaction (`rebuild.rs`). Writes hold the shared side of a gate from projecting to
 //! indexing; a swap takes the exclusive side for its last step, so no write straddles two
 //! spaces. Searches never wait for the gate.
+//!
+//! A re-index (`reindex.rs`) swaps the model too: the model is part of the space, a write
+//! whose photos were embedded by a model swapped out meanwhile embeds them again, and a
+//! search that overlapped a switch runs again (`switches` works as a sequence lock).
 
 use crate::ann::VectorIndex;
 use crate::catalogue::{
@@ -26,6 +30,7 @@ use crate::shortlist::{WordIndex, WordIndexFitter};
 use crate::verifier::{EarlyStop, Evidence, Verifier};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use thiserror::Error;
 
@@ -33,9 +38,11 @@ pub use crate::verifier::VerdictRule;
 
 mod photos;
 mod rebuild;
+mod reindex;
 mod search;
 mod words;
 pub use rebuild::Rebuilt;
+pub use reindex::{NewVersion, ReindexState, ReindexStatus, Reindexed, REINDEX_SHARE};
 pub use words::WordsRebuilt;
 
 /// One uploaded photo.
@@ -253,10 +260,19 @@ pub struct Versions {
     pub keeps_photos: bool,
 }
 
-/// A descriptor space: the projection and the index of descriptors made with it.
+/// What turns photos into features: a model behind its queue.
+pub struct Extraction {
+    pub queue: EmbedQueue,
+    /// The model's id (backbone, weights, geometry, pooling).
+    pub model: String,
+}
+
+/// A descriptor space: the model, the projection and the index of descriptors made
+/// with them.
 pub struct Space<I> {
     pub projection: Arc<Projection>,
     pub index: I,
+    pub extraction: Arc<Extraction>,
 }
 
 /// A photo through the model, before projection.
@@ -273,8 +289,10 @@ pub struct Catalogue<S, I> {
     gate: tokio::sync::RwLock<()>,
     /// One rebuild (refit or compaction) at a time.
     rebuilding: tokio::sync::Mutex<()>,
-    queue: EmbedQueue,
-    model: String,
+    /// Odd while a re-index switch is under way; searches that saw it change run again.
+    switches: AtomicU64,
+    reindex: Mutex<ReindexStatus>,
+    reindex_cancelled: AtomicBool,
     limits: Limits,
     verdict: VerdictRule,
     refit: RefitPolicy,
@@ -306,11 +324,13 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             space: RwLock::new(Space {
                 projection: Arc::new(projection),
                 index,
+                extraction: Arc::new(Extraction { queue, model }),
             }),
             gate: tokio::sync::RwLock::new(()),
             rebuilding: tokio::sync::Mutex::new(()),
-            queue,
-            model,
+            switches: AtomicU64::new(0),
+            reindex: Mutex::new(ReindexStatus::default()),
+            reindex_cancelled: AtomicBool::new(false),
             limits,
             verdict,
             refit: RefitPolicy::default(),
@@ -381,7 +401,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     /// What searches use now.
     pub fn versions(&self) -> Versions {
         Versions {
-            model: self.model.clone(),
+            model: self.read_space().extraction.model.clone(),
             projection: self.projection().version().to_string(),
             vocabulary: self.read_words().as_ref().map(|w| w.version().to_string()),
             keeps_photos: self.keeps_photos(),
@@ -485,8 +505,36 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         Ok(())
     }
 
+    /// The model in use now.
+    fn extraction(&self) -> Arc<Extraction> {
+        self.read_space().extraction.clone()
+    }
+
+    /// Embeds the uploads and returns with the write gate shared and the model that
+    /// embedded them still in use (a re-index switch in between: embedded again).
+    async fn embed_for_write(
+        &self,
+        uploads: &[Upload],
+    ) -> Result<(Vec<Embedded>, tokio::sync::RwLockReadGuard<'_, ()>), ServiceError> {
+        for _ in 0..3 {
+            let extraction = self.extraction();
+            let embedded = self.embed_uploads(uploads, &extraction).await?;
+            let gate = self.gate.read().await;
+            if Arc::ptr_eq(&extraction, &self.read_space().extraction) {
+                return Ok((embedded, gate));
+            }
+        }
+        Err(ServiceError::Busy(
+            "the index version kept changing during the request".into(),
+        ))
+    }
+
     /// Embeds every upload; the first bad image fails the whole request.
-    async fn embed_uploads(&self, uploads: &[Upload]) -> Result<Vec<Embedded>, ServiceError> {
+    async fn embed_uploads(
+        &self,
+        uploads: &[Upload],
+        extraction: &Extraction,
+    ) -> Result<Vec<Embedded>, ServiceError> {
         if uploads.is_empty() {
             return Err(bad("no_image", "at least one image is required"));
         }
@@ -515,7 +563,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 (u, want)
             })
             .collect();
-        let extracted = self.extract_all(&wants).await?;
+        let extracted = self.extract_all(extraction, &wants).await?;
         Ok(uploads
             .iter()
             .zip(extracted)
@@ -534,7 +582,11 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     }
 
     /// Runs the model on each (upload, what to extract); the first bad image fails all.
-    async fn extract_all(&self, wants: &[(&Upload, Want)]) -> Result<Vec<Extracted>, ServiceError> {
+    async fn extract_all(
+        &self,
+        extraction: &Extraction,
+        wants: &[(&Upload, Want)],
+    ) -> Result<Vec<Extracted>, ServiceError> {
         // Queue everything first so the worker can batch the request's images together;
         // the views of one upload share its bytes, so the extractor can decode them once.
         let mut shared: Vec<(&Upload, Arc<[u8]>)> = Vec::new();
@@ -549,7 +601,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                         bytes
                     }
                 };
-                self.queue.submit(bytes, want).map_err(queue_error)
+                extraction.queue.submit(bytes, want).map_err(queue_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
         drop(shared);
@@ -578,7 +630,10 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
 
     /// Projects embedded photos into the current space (call with the gate held).
     fn to_new_exemplars(&self, embedded: Vec<Embedded>) -> Result<Vec<NewExemplar>, ServiceError> {
-        let projection = self.projection();
+        let (projection, model) = {
+            let space = self.read_space();
+            (space.projection.clone(), space.extraction.model.clone())
+        };
         embedded
             .into_iter()
             .map(|e| {
@@ -590,7 +645,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                     local_features: e.extracted.local,
                     sha256: e.sha256,
                     original_name: e.name,
-                    model: self.model.clone(),
+                    model: model.clone(),
                     projection: projection.version().to_string(),
                     photo_kept: false,
                 })
@@ -652,8 +707,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
     ) -> Result<(ClassRecord, Vec<ExemplarOutcome>), ServiceError> {
         self.check_label(label)?;
         self.check_metadata(metadata)?;
-        let embedded = self.embed_uploads(uploads).await?;
-        let _write = self.gate.read().await;
+        let (embedded, _write) = self.embed_for_write(uploads).await?;
         let mut exemplars = self.to_new_exemplars(embedded)?;
         let photos = self.keep_photos(uploads, &mut exemplars).await?;
         let (class, stored) = self
@@ -670,8 +724,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         class: ClassId,
         uploads: &[Upload],
     ) -> Result<Vec<ExemplarOutcome>, ServiceError> {
-        let embedded = self.embed_uploads(uploads).await?;
-        let _write = self.gate.read().await;
+        let (embedded, _write) = self.embed_for_write(uploads).await?;
         let mut exemplars = self.to_new_exemplars(embedded)?;
         let photos = self.keep_photos(uploads, &mut exemplars).await?;
         let stored = self.store.add_exemplars(class, &exemplars).await?;

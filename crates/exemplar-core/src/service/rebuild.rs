@@ -49,7 +49,7 @@ pub(super) async fn off_thread<T: Send + 'static>(
 }
 
 /// An even spread of at most `max` items (the fit does not need them all).
-fn spread<T>(items: &[T], max: usize) -> Vec<&T> {
+pub(super) fn spread<T>(items: &[T], max: usize) -> Vec<&T> {
     if items.len() <= max {
         return items.iter().collect();
     }
@@ -185,10 +185,18 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         }
         let exemplars = index.len();
         let version = projection.version().to_string();
-        let old = std::mem::replace(
-            &mut *self.space.write().expect("space lock"),
-            Space { projection, index },
-        );
+        let old = {
+            let mut space = self.space.write().expect("space lock");
+            let extraction = space.extraction.clone();
+            std::mem::replace(
+                &mut *space,
+                Space {
+                    projection,
+                    index,
+                    extraction,
+                },
+            )
+        };
         drop(old); // outside the lock: freeing a large graph takes a moment
         let rebuilt = Rebuilt {
             projection: version,

@@ -5,7 +5,7 @@
 //! evidence. A global-only service (no verifier) ranks and decides by similarity.
 
 use super::{bad, Catalogue, ClassScore, Neighbour, SearchAnswer, ServiceError, StageTimings};
-use super::{Upload, Verdict};
+use super::{Extraction, Upload, Verdict};
 use crate::ann::VectorIndex;
 use crate::catalogue::{CatalogueStore, ClassId, ExemplarId, ExemplarOwner, Metadata};
 use crate::embed_queue::Want;
@@ -14,6 +14,7 @@ use crate::rerank::{reorder, verify_shortlist};
 use crate::shortlist::merge_shortlists;
 use crate::verifier::Evidence;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +28,8 @@ struct Candidate {
 
 /// Exemplars with their global similarity, best first.
 type Hits = Vec<(ExemplarId, f32)>;
+/// The nearest exemplars and the query views' descriptors.
+type Nearest = (Hits, Vec<Vec<f32>>);
 
 fn millis(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
@@ -47,6 +50,31 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 format!("k must be between 1 and {}", self.limits.max_k),
             ));
         }
+        // A search runs within one index version: one that overlapped a re-index switch
+        // (the count moved, or was odd: a switch under way) runs again.
+        for _ in 0..3 {
+            let before = self.switches.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                drop(self.gate.read().await); // the switch holds the gate alone
+                continue;
+            }
+            let answer = self.search_once(upload, k, filters).await?;
+            if let (Some(answer), true) = (answer, self.switches.load(Ordering::SeqCst) == before) {
+                return Ok(answer);
+            }
+        }
+        Err(ServiceError::Busy(
+            "the index version kept changing during the search".into(),
+        ))
+    }
+
+    /// `None` when the model was swapped between embedding the photo and searching.
+    async fn search_once(
+        &self,
+        upload: &Upload,
+        k: usize,
+        filters: &Metadata,
+    ) -> Result<Option<SearchAnswer>, ServiceError> {
         let started = Instant::now();
         let mut wants = vec![(
             upload,
@@ -70,7 +98,8 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 },
             ));
         }
-        let mut views = self.extract_all(&wants).await?;
+        let extraction = self.extraction();
+        let mut views = self.extract_all(&extraction, &wants).await?;
         let query_local = views[0].local.take();
         let embed_ms = millis(started);
 
@@ -86,7 +115,9 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         } else {
             (depth * 2).max(k * 8).max(64)
         };
-        let (mut hits, queries) = self.nearest(&views, wanted)?;
+        let Some((mut hits, queries)) = self.nearest(&extraction, &views, wanted)? else {
+            return Ok(None);
+        };
         if let Some(query) = &query_local {
             hits = self.merge_words(hits, &queries, query, wanted).await?;
         }
@@ -126,7 +157,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         } else {
             0.0
         };
-        Ok(self.answer(
+        Ok(Some(self.answer(
             candidates,
             k,
             StageTimings {
@@ -134,18 +165,23 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 shortlist_ms,
                 verify_ms,
             },
-        ))
+        )))
     }
 
     /// The `wanted` nearest exemplars over every view of the query (best score per
     /// exemplar), projected and searched in one space even if a swap is about to happen;
-    /// and the views' descriptors.
+    /// and the views' descriptors. `None` when `extraction`, which embedded the views, is
+    /// no longer the space's model.
     fn nearest(
         &self,
+        extraction: &Arc<Extraction>,
         views: &[crate::Extracted],
         wanted: usize,
-    ) -> Result<(Hits, Vec<Vec<f32>>), ServiceError> {
+    ) -> Result<Option<Nearest>, ServiceError> {
         let space = self.read_space();
+        if !Arc::ptr_eq(&space.extraction, extraction) {
+            return Ok(None);
+        }
         let mut best: HashMap<ExemplarId, f32> = HashMap::new();
         let mut queries = Vec::with_capacity(views.len());
         for view in views {
@@ -166,7 +202,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let mut hits: Vec<(ExemplarId, f32)> = best.into_iter().collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(wanted);
-        Ok((hits, queries))
+        Ok(Some((hits, queries)))
     }
 
     /// The global hits merged with the word index's best (see [`merge_shortlists`]): an

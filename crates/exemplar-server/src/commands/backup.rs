@@ -2,14 +2,15 @@
 //! directory, then checked by searching with the restored photos).
 
 use crate::backup::{restore, write_backup, Manifest};
-use crate::cli::CatalogueArgs;
-use crate::data_dir::{existing_database, open_catalogue, photo_reader, save_index, DataDirLock};
+use crate::cli::{CatalogueArgs, ModelArgs};
+use crate::data_dir::{
+    catalogue_model, existing_database, open_catalogue, photo_reader, save_index, DataDirLock,
+};
+use crate::model::load;
 use anyhow::ensure;
 use exemplar_core::catalogue::{CatalogueStore, ClassId, Metadata};
 use exemplar_core::service::{Upload, Verdict};
-use exemplar_embed::CnnEmbedder;
 use exemplar_store::SqliteStore;
-use exemplar_verify::ExtractParams;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -52,8 +53,7 @@ struct SearchCheck {
 }
 
 pub fn run_restore(
-    embedder: CnnEmbedder,
-    local: Option<ExtractParams>,
+    flags: &ModelArgs,
     backup: &Path,
     searches: usize,
     args: &CatalogueArgs,
@@ -67,6 +67,10 @@ pub fn run_restore(
     runtime.block_on(async move {
         let manifest = restore(backup, dir).await?;
         print_manifest("restored", dir, &manifest);
+        // A re-indexed catalogue names its own model.
+        let model = catalogue_model(dir, flags).await?;
+        let embedder = tokio::task::block_in_place(|| load(&model))?;
+        let local = model.local_features();
         let catalogue = open_catalogue(args, Arc::new(embedder), local.as_ref()).await?;
         let photos = photo_reader(dir)?;
         let kept: Vec<_> = catalogue

@@ -7,39 +7,60 @@ mod classify;
 mod eval;
 mod feature_cache;
 pub mod import;
+mod reindex;
 mod search;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ModelArgs};
+use crate::data_dir::catalogue_model;
 use crate::model::load;
 use exemplar_embed::CnnEmbedder;
+use std::path::Path;
+
+/// The model settings for the catalogue in `dir` (see [`catalogue_model`]).
+fn model_for(dir: &Path, flags: &ModelArgs) -> anyhow::Result<ModelArgs> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(catalogue_model(dir, flags))
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let local = cli.model.local_features();
     match cli.command {
-        Command::Serve(args) => crate::serve::run(args, load(&cli.model)?, local),
-        Command::Import(args) => import::run(load(&cli.model)?, local, &args),
+        Command::Serve(args) => {
+            let model = model_for(&args.catalogue.dir.data_dir, &cli.model)?;
+            crate::serve::run(args, load(&model)?, model)
+        }
+        Command::Import(args) => {
+            let model = model_for(&args.catalogue.dir.data_dir, &cli.model)?;
+            import::run(load(&model)?, model.local_features(), &args)
+        }
         Command::Search {
             images,
             k,
             filter,
             crop,
             catalogue,
-        } => search::run(
-            load(&cli.model)?,
-            local,
-            &images,
-            k,
-            &filter,
-            crop,
-            &catalogue,
-        ),
+        } => {
+            let model = model_for(&catalogue.dir.data_dir, &cli.model)?;
+            search::run(
+                load(&model)?,
+                model.local_features(),
+                &images,
+                k,
+                &filter,
+                crop,
+                &catalogue,
+            )
+        }
+        Command::Reindex(args) => reindex::run(&args, &cli.model, &reindex::explicit_model_flags()),
         Command::Classes { dir } => classes::run(&dir.data_dir),
         Command::Backup { out, dir } => backup::backup(&dir.data_dir, &out),
         Command::Restore {
             backup,
             searches,
             catalogue,
-        } => backup::run_restore(load(&cli.model)?, local, &backup, searches, &catalogue),
+        } => backup::run_restore(&cli.model, &backup, searches, &catalogue),
         Command::Classify {
             mut images,
             manifest,

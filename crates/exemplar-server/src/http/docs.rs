@@ -1,7 +1,7 @@
 //! The OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`), generated from the
 //! handlers' annotations and the types in `crate::dto` and `forms.rs`.
 
-use super::{backup, forms, metrics, photos, routes};
+use super::{backup, forms, metrics, photos, reindex, routes};
 use crate::dto;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -25,6 +25,9 @@ use utoipa::{Modify, OpenApi};
         routes::search,
         routes::refit,
         backup::backup,
+        reindex::start,
+        reindex::status,
+        reindex::cancel,
         routes::healthz,
         routes::readyz,
         metrics::render,
@@ -48,6 +51,9 @@ use utoipa::{Modify, OpenApi};
         backup::BackupRequest,
         backup::BackupMade,
         crate::backup::Manifest,
+        reindex::ReindexProgress,
+        crate::reindex::IndexSpec,
+        crate::reindex::SpecChange,
         forms::NewClassForm,
         forms::ImagesForm,
         forms::SearchForm,

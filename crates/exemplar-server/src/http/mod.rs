@@ -9,6 +9,7 @@ mod forms;
 pub mod listen;
 pub mod metrics;
 mod photos;
+mod reindex;
 mod routes;
 
 pub use body::BodyLimits;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub api_key_hash: Option<[u8; 32]>,
     /// Reads (searches, listings, metrics, docs) need the key too.
     pub protect_reads: bool,
+    /// The model settings the server started with: what a re-index changes from.
+    pub model: crate::cli::ModelArgs,
+    /// The share of the time a re-index build embeds (`--reindex-share`).
+    pub reindex_share: f32,
 }
 
 impl AppState {
@@ -48,6 +53,7 @@ impl AppState {
         backup_dir: PathBuf,
         api_key: Option<&str>,
         protect_reads: bool,
+        model: crate::cli::ModelArgs,
     ) -> Self {
         Self {
             catalogue,
@@ -55,6 +61,8 @@ impl AppState {
             backup_dir,
             api_key_hash: api_key.map(|k| Sha256::digest(k.as_bytes()).into()),
             protect_reads,
+            model,
+            reindex_share: exemplar_core::service::REINDEX_SHARE,
         }
     }
 }
@@ -78,6 +86,12 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
         .route("/search", post(routes::search))
         .route("/admin/refit", post(routes::refit))
         .route("/admin/backup", post(backup::backup))
+        .route(
+            "/admin/reindex",
+            post(reindex::start)
+                .get(reindex::status)
+                .delete(reindex::cancel),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))
@@ -120,8 +134,10 @@ async fn require_key_for_writes(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    // Searching is a read, even though the photo travels in a POST body.
-    let is_read = is_read || request.uri().path() == "/search";
+    // Searching is a read, even though the photo travels in a POST body; the admin
+    // pages (settings, file paths) are not.
+    let path = request.uri().path();
+    let is_read = (is_read && !path.starts_with("/admin/")) || path == "/search";
     // Orchestrators probe health without credentials.
     let is_probe = matches!(request.uri().path(), "/healthz" | "/readyz");
     if is_probe || (is_read && !state.protect_reads) {

@@ -9,4 +9,5 @@ mod harness;
 mod hostile;
 mod http;
 mod photos;
+mod reindex;
 mod words;

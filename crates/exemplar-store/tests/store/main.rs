@@ -276,3 +276,115 @@ async fn kept_photos_are_recorded_gained_by_duplicates_and_counted_in_a_consiste
         "never over a file"
     );
 }
+
+#[tokio::test]
+async fn a_reindex_stages_resumes_and_switches_whole_or_not_at_all() {
+    use exemplar_core::reindex::{ReindexStore, StagedFeatures};
+    use exemplar_core::Projection;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    let kept = |sha: &str, x: f32| NewExemplar {
+        photo_kept: true,
+        ..exemplar(sha, x)
+    };
+    let (class, stored) = store
+        .create_class(
+            "A",
+            &Metadata::new(),
+            &[kept("a", 0.1), kept("b", 0.2), exemplar("c", 0.3)],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = stored
+        .iter()
+        .map(|s| match s {
+            Stored::Added(id) => *id,
+            Stored::Duplicate(_) => panic!("{s:?}"),
+        })
+        .collect();
+    assert_eq!(store.exemplars_without_photo().await.unwrap(), vec![ids[2]]);
+
+    let job = store
+        .begin_reindex("{\"model\":\"m2\"}", "m2")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.begin_reindex("{}", "m3").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store.reindex_in_progress().await.unwrap(),
+        Some(job.clone())
+    );
+    let todo = store.reindex_todo(job.id, 10).await.unwrap();
+    assert_eq!(
+        todo,
+        vec![(ids[0], "a".to_string()), (ids[1], "b".to_string())]
+    );
+    let staged = |id: i64| StagedFeatures {
+        exemplar: id,
+        raw_feature: vec![id as f32; 6],
+        local_features: Some(vec![7; 3]),
+    };
+    store
+        .stage_features(job.id, &[staged(ids[0])])
+        .await
+        .unwrap();
+    // What a restart resumes with: the exemplar not staged yet.
+    assert_eq!(store.reindex_counts(job.id).await.unwrap(), (1, 2));
+    assert_eq!(
+        store.reindex_todo(job.id, 10).await.unwrap(),
+        vec![(ids[1], "b".to_string())]
+    );
+
+    let old = store.projection().await.unwrap();
+    let new = Projection::random_orthogonal(6, 2, 1);
+    let all: Vec<(i64, Vec<f32>)> = ids.iter().map(|id| (*id, vec![1.0, 0.0])).collect();
+    // Two live exemplars have no new features: nothing changes.
+    assert!(store.switch_to_reindexed(job.id, &new, &all).await.is_err());
+    assert_eq!(
+        store
+            .projection()
+            .await
+            .unwrap()
+            .map(|p| p.version().to_string()),
+        old.map(|p| p.version().to_string())
+    );
+    assert_eq!(
+        store.reindex_in_progress().await.unwrap().map(|j| j.id),
+        Some(job.id)
+    );
+    let (_, records) = store.class(class.id).await.unwrap().unwrap();
+    assert!(records.iter().all(|e| e.model == "m"));
+
+    assert!(store.delete_exemplar(ids[2]).await.unwrap());
+    store
+        .stage_features(job.id, &[staged(ids[1])])
+        .await
+        .unwrap();
+    store.switch_to_reindexed(job.id, &new, &all).await.unwrap();
+    let (_, records) = store.class(class.id).await.unwrap().unwrap();
+    assert!(records
+        .iter()
+        .all(|e| e.model == "m2" && e.projection == new.version()));
+    assert_eq!(
+        store.raw_features(Some(&ids[..1])).await.unwrap(),
+        vec![(ids[0], vec![ids[0] as f32; 6])]
+    );
+    assert_eq!(
+        store.local_features(&ids[1..2]).await.unwrap(),
+        vec![(ids[1], vec![7; 3])]
+    );
+    assert_eq!(
+        store.projection().await.unwrap().unwrap().version(),
+        new.version()
+    );
+    assert_eq!(store.reindex_in_progress().await.unwrap(), None);
+    assert_eq!(
+        store.index_spec().await.unwrap().as_deref(),
+        Some("{\"model\":\"m2\"}")
+    );
+    assert_eq!(store.reindex_counts(job.id).await.unwrap(), (0, 2));
+}
