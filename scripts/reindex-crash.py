@@ -131,7 +131,13 @@ def main():
         process, url = start_server(args.binary, args.data_dir)
         client = Client(url, timeout=600)
         ready, missing, mixed = check(client, acknowledged, {old_model, new_model})
-        _, after = client.request("GET", "/admin/reindex")
+        # The resumed build counts what it already has with its first step.
+        deadline = time.time() + 15
+        while True:
+            _, after = client.request("GET", "/admin/reindex")
+            if after["state"] != "building" or after["done"] >= before["done"] or time.time() > deadline:
+                break
+            time.sleep(0.2)
         kill = {
             "at": {"state": before["state"], "done": before["done"], "total": before["total"]},
             "restarted": {"model": "new" if ready["model"] == new_model else "old",

@@ -9,7 +9,7 @@
         --change '{"local_features": "sift"}'
 
 `--build` adds every image under the reference folders as a class of its own to a new
-data directory, then stops. Without it, the server is started on DATA_DIR and, for each
+data directory, waits for the projection and vocabulary fitted on them, then stops. Without it, the server is started on DATA_DIR and, for each
 --change in turn: `--concurrency` clients search the query photos (every `--add-every`th
 request adds one of them as a new class instead) for `--before` seconds, then through a
 re-index with that change until it has switched, then for `--after` seconds. Reported per
@@ -70,6 +70,9 @@ def build(args):
     for t in threads:
         t.join()
     seconds = time.time() - started
+    # The state a catalogue of this size settles in: a fitted projection and vocabulary.
+    wait_for(client, ("/readyz", lambda b: b["projection"].startswith("pca") and b["vocabulary"]))
+    time.sleep(2)
     process.terminate()
     process.wait()
     print(json.dumps({"built": args.data_dir, "classes": len(paths) - len(failures),

@@ -16,6 +16,9 @@ CREATE TABLE reindexed (
     job             INTEGER NOT NULL REFERENCES reindex_jobs (id),
     exemplar_id     INTEGER NOT NULL,
     raw_feature     BLOB    NOT NULL,
+    -- NULL: the job keeps the exemplar's current local features.
     local_features  BLOB,
+    -- In the job's projection, once fitted.
+    descriptor      BLOB,
     PRIMARY KEY (job, exemplar_id)
 );

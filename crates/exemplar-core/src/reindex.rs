@@ -73,11 +73,24 @@ pub trait ReindexStore: Send + Sync + 'static {
     /// Live exemplars whose photo is not kept: they cannot be re-indexed.
     fn exemplars_without_photo(&self) -> impl Future<Output = StoreResult<Vec<ExemplarId>>> + Send;
 
-    /// The switch, in one transaction: every live exemplar takes its staged features
-    /// (keeping its local features when none were staged),
-    /// the given descriptor (in `projection`) and the job's model; `projection` becomes
-    /// current; the job is done and its staged rows dropped. Fails, changing nothing,
-    /// when a live exemplar lacks staged features or a descriptor.
+    /// The new raw features of live exemplars staged without a descriptor yet.
+    fn staged_without_descriptor(
+        &self,
+        job: i64,
+    ) -> impl Future<Output = StoreResult<Vec<(ExemplarId, Vec<f32>)>>> + Send;
+
+    /// Stages descriptors (in the projection about to be switched to).
+    fn stage_descriptors(
+        &self,
+        job: i64,
+        descriptors: &[(ExemplarId, Vec<f32>)],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The switch, in one transaction: `descriptors` are staged too, then every live
+    /// exemplar takes its staged features (keeping its local features when none were
+    /// staged), descriptor and the job's model; `projection` becomes current; the job is
+    /// done and its staged rows dropped. Fails, changing nothing, when a live exemplar
+    /// lacks staged features or a descriptor.
     fn switch_to_reindexed(
         &self,
         job: i64,

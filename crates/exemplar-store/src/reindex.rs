@@ -17,6 +17,23 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> ReindexJob {
     }
 }
 
+async fn write_descriptors(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job: i64,
+    descriptors: &[(ExemplarId, Vec<f32>)],
+) -> StoreResult<()> {
+    for (id, descriptor) in descriptors {
+        sqlx::query("UPDATE reindexed SET descriptor = ? WHERE job = ? AND exemplar_id = ?")
+            .bind(vector_to_bytes(descriptor))
+            .bind(job)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 impl ReindexStore for SqliteStore {
     async fn begin_reindex(&self, spec: &str, model: &str) -> StoreResult<ReindexJob> {
         let mut tx = self.write().await?;
@@ -112,7 +129,8 @@ impl ReindexStore for SqliteStore {
                 "INSERT INTO reindexed (job, exemplar_id, raw_feature, local_features)
                  VALUES (?, ?, ?, ?)
                  ON CONFLICT (job, exemplar_id) DO UPDATE
-                 SET raw_feature = excluded.raw_feature, local_features = excluded.local_features",
+                 SET raw_feature = excluded.raw_feature, local_features = excluded.local_features,
+                     descriptor = NULL",
             )
             .bind(job)
             .bind(f.exemplar)
@@ -162,12 +180,43 @@ impl ReindexStore for SqliteStore {
             .collect()
     }
 
+    async fn staged_without_descriptor(
+        &self,
+        job: i64,
+    ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
+        sqlx::query(
+            "SELECT r.exemplar_id AS id, r.raw_feature FROM reindexed r
+             JOIN exemplars e ON e.id = r.exemplar_id
+             WHERE r.job = ? AND r.descriptor IS NULL ORDER BY r.exemplar_id",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| {
+            let bytes: Vec<u8> = r.get("raw_feature");
+            Ok((r.get("id"), vector_from_bytes(&bytes)?))
+        })
+        .collect()
+    }
+
     async fn exemplars_without_photo(&self) -> StoreResult<Vec<ExemplarId>> {
         let rows = sqlx::query("SELECT id FROM exemplars WHERE photo_kept = 0 ORDER BY id")
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
         Ok(rows.iter().map(|r| r.get("id")).collect())
+    }
+
+    async fn stage_descriptors(
+        &self,
+        job: i64,
+        descriptors: &[(ExemplarId, Vec<f32>)],
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        write_descriptors(&mut tx, job, descriptors).await?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn switch_to_reindexed(
@@ -188,40 +237,38 @@ impl ReindexStore for SqliteStore {
                 })?
                 .get("model");
         Self::make_current(&mut tx, projection).await?;
-        let mut switched = 0usize;
-        for (id, descriptor) in descriptors {
-            switched += sqlx::query(
-                "UPDATE exemplars SET
-                   raw_feature = r.raw_feature,
-                   local_features = COALESCE(r.local_features, exemplars.local_features),
-                   descriptor = ?, model = ?, projection = ?
-                 FROM (SELECT raw_feature, local_features FROM reindexed
-                       WHERE job = ? AND exemplar_id = ?) AS r
-                 WHERE exemplars.id = ?",
-            )
-            .bind(vector_to_bytes(descriptor))
-            .bind(&model)
-            .bind(projection.version())
-            .bind(job)
-            .bind(id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?
-            .rows_affected() as usize;
-        }
-        let live: i64 = sqlx::query("SELECT COUNT(*) AS n FROM exemplars")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?
-            .get("n");
-        if switched != live as usize {
+        write_descriptors(&mut tx, job, descriptors).await?;
+        let lacking: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM exemplars e WHERE NOT EXISTS
+               (SELECT 1 FROM reindexed r
+                 WHERE r.job = ? AND r.exemplar_id = e.id AND r.descriptor IS NOT NULL)",
+        )
+        .bind(job)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?
+        .get("n");
+        if lacking > 0 {
             // Dropping `tx` rolls everything back: the current version stays whole.
             return Err(StoreError::Invalid(format!(
-                "{} of {live} exemplars have no features of the new version",
-                live as usize - switched.min(live as usize)
+                "{lacking} exemplars have no features of the new version"
             )));
         }
+        // One statement for the whole catalogue: SQLite copies the blobs itself.
+        sqlx::query(
+            "UPDATE exemplars SET
+               raw_feature = r.raw_feature,
+               local_features = COALESCE(r.local_features, exemplars.local_features),
+               descriptor = r.descriptor, model = ?, projection = ?
+             FROM reindexed AS r
+             WHERE r.job = ? AND r.exemplar_id = exemplars.id",
+        )
+        .bind(&model)
+        .bind(projection.version())
+        .bind(job)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         sqlx::query("UPDATE reindex_jobs SET state = 'switched', finished_at = ? WHERE id = ?")
             .bind(now_ms())
             .bind(job)

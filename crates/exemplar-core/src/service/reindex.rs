@@ -179,12 +179,15 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
                 },
                 other => other.into(),
             })?;
+        let (done, total) = self.store.reindex_counts(job.id).await?;
         self.update_status(|s| {
             *s = ReindexStatus {
                 state: ReindexState::Building,
                 job: Some(job.id),
                 spec: Some(job.spec.clone()),
                 model: Some(job.model.clone()),
+                done,
+                total,
                 started_at_ms: Some(now_ms()),
                 ..Default::default()
             }
@@ -326,7 +329,7 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
         let policy = self.refit.clone();
         let fallback = version.fallback_projection;
         let same_local = version.same_local_features;
-        let (projection, mut index, mut descriptors) =
+        let (projection, mut index, descriptors) =
             off_thread("exemplar-reindex", move || -> Result<_, ServiceError> {
                 let internal = |e: crate::Error| ServiceError::Internal(e.to_string());
                 let dim = fallback.output_dim();
@@ -354,6 +357,8 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
             })
             .await??;
 
+        self.store.stage_descriptors(job.id, &descriptors).await?;
+        drop(descriptors);
         // Photos added while fitting, before writes are held: the switch then has few
         // left to embed.
         while self.stage_batch(job, &queue, same_local).await? > 0 {}
@@ -362,37 +367,40 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
         let switch_started = Instant::now();
         // Photos added since (writes wait now, so this ends).
         while self.stage_batch(job, &queue, same_local).await? > 0 {}
-        let changes = self.store.changes_since(snapshot).await?;
-        let mut late: Vec<ExemplarId> = Vec::new();
-        let mut removed: HashSet<ExemplarId> = HashSet::new();
-        for change in changes {
-            match change {
-                Change::ExemplarAdded { exemplar, .. } => late.push(exemplar),
-                Change::ExemplarRemoved { exemplar, .. } => {
-                    removed.insert(exemplar);
-                }
-            }
-        }
+        let removed: HashSet<ExemplarId> = self
+            .store
+            .changes_since(snapshot)
+            .await?
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::ExemplarRemoved { exemplar, .. } => Some(exemplar),
+                Change::ExemplarAdded { .. } => None,
+            })
+            .collect();
+        // Staged after the fit read them: a few, projected here.
         let mut fresh = Vec::new();
-        for (id, raw) in self.store.staged_raw_features(job.id, Some(&late)).await? {
-            if !index.contains(id) {
-                let descriptor = projection
-                    .apply(&PooledFeature(raw))
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
-                fresh.push((id, descriptor));
-            }
+        for (id, raw) in self.store.staged_without_descriptor(job.id).await? {
+            let descriptor = projection
+                .apply(&PooledFeature(raw))
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            fresh.push((id, descriptor));
         }
-        index.insert_batch(&fresh).map_err(ServiceError::Internal)?;
+        let unindexed: Vec<(ExemplarId, Vec<f32>)> = fresh
+            .iter()
+            .filter(|(id, _)| !index.contains(*id))
+            .cloned()
+            .collect();
+        index
+            .insert_batch(&unindexed)
+            .map_err(ServiceError::Internal)?;
         for id in &removed {
             index.remove(*id);
         }
-        descriptors.extend(fresh);
-        descriptors.retain(|(id, _)| !removed.contains(id));
 
         self.switches.fetch_add(1, Ordering::SeqCst);
         let committed = self
             .store
-            .switch_to_reindexed(job.id, &projection, &descriptors)
+            .switch_to_reindexed(job.id, &projection, &fresh)
             .await;
         if let Err(e) = committed {
             self.switches.fetch_add(1, Ordering::SeqCst);

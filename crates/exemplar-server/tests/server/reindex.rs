@@ -105,6 +105,7 @@ fn a_reindex_switches_model_and_local_features_while_searches_go_on() {
         );
         assert_eq!(status, 202, "{started}");
         assert_eq!(started["spec"]["model"], "resnet18", "{started}");
+        assert_eq!(started["total"], 2, "{started}");
         // A write while the new version is built reaches it too.
         let added = add_class(&server, "Coffee, again", &[png(&another_shot(&coffee))]);
         let progress = loop {
