@@ -3,6 +3,7 @@ generated photos (PNG written with the standard library), and starting `exemplar
 import http.client
 import ipaddress
 import json
+import os
 import random
 import socket
 import struct
@@ -11,6 +12,16 @@ import sys
 import urllib.parse
 import uuid
 import zlib
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def images_under(folder):
+    """Every image file under `folder`, sorted."""
+    out = []
+    for root, _, files in os.walk(folder):
+        out += [os.path.join(root, f) for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(out)
 
 
 class Client:

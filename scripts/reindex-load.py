@@ -27,17 +27,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loadlib import Client, percentile, start_server  # noqa: E402
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
-def images_under(folder):
-    out = []
-    for root, _, files in os.walk(folder):
-        out += [os.path.join(root, f) for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(out)
-
+from loadlib import Client, images_under, percentile, start_server  # noqa: E402
 
 def read(path):
     with open(path, "rb") as f:

@@ -17,6 +17,29 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> ReindexJob {
     }
 }
 
+/// Ends a job being built (`switched` or `cancelled`) and drops its staged rows.
+async fn finish(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job: i64,
+    state: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE reindex_jobs SET state = ?, finished_at = ? WHERE id = ? AND state = 'building'",
+    )
+    .bind(state)
+    .bind(now_ms())
+    .bind(job)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    sqlx::query("DELETE FROM reindexed WHERE job = ?")
+        .bind(job)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
 async fn write_descriptors(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     job: i64,
@@ -269,36 +292,13 @@ impl ReindexStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        sqlx::query("UPDATE reindex_jobs SET state = 'switched', finished_at = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(job)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM reindexed WHERE job = ?")
-            .bind(job)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        finish(&mut tx, job, "switched").await?;
         tx.commit().await.map_err(backend)
     }
 
     async fn cancel_reindex(&self, job: i64) -> StoreResult<()> {
         let mut tx = self.write().await?;
-        sqlx::query(
-            "UPDATE reindex_jobs SET state = 'cancelled', finished_at = ?
-             WHERE id = ? AND state = 'building'",
-        )
-        .bind(now_ms())
-        .bind(job)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        sqlx::query("DELETE FROM reindexed WHERE job = ?")
-            .bind(job)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        finish(&mut tx, job, "cancelled").await?;
         tx.commit().await.map_err(backend)
     }
 }

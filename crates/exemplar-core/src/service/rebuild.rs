@@ -12,7 +12,7 @@ use super::{Catalogue, ServiceError, Space};
 use crate::ann::VectorIndex;
 use crate::catalogue::{CatalogueStore, Change, ExemplarId};
 use crate::projection::Projection;
-use crate::refit::CATALOGUE_SOURCE;
+use crate::refit::{RefitPolicy, CATALOGUE_SOURCE};
 use crate::PooledFeature;
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,8 +48,45 @@ pub(super) async fn off_thread<T: Send + 'static>(
         .map_err(|_| ServiceError::Internal(format!("{name} panicked")))
 }
 
+/// A PCA projection to `dim` fitted on an even spread of `raw` (at most the policy's
+/// samples), and how many it used.
+pub(super) fn fit_on(
+    raw: &[(ExemplarId, Vec<f32>)],
+    dim: usize,
+    policy: &RefitPolicy,
+) -> Result<(Projection, usize), ServiceError> {
+    let samples: Vec<&[f32]> = spread(raw, policy.max_samples)
+        .into_iter()
+        .map(|(_, f)| f.as_slice())
+        .collect();
+    let fitted = Projection::fit_pca(&samples, dim, policy.whitening, CATALOGUE_SOURCE)
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    Ok((fitted, samples.len()))
+}
+
+/// Exemplars' vectors, by id.
+type Descriptors = Vec<(ExemplarId, Vec<f32>)>;
+
+/// Every raw feature projected, and `empty` filled with the descriptors.
+pub(super) fn index_all<I: VectorIndex>(
+    raw: Vec<(ExemplarId, Vec<f32>)>,
+    projection: &Projection,
+    empty: I,
+) -> Result<(I, Descriptors), ServiceError> {
+    let descriptors = raw
+        .into_iter()
+        .map(|(id, f)| Ok((id, projection.apply(&PooledFeature(f))?)))
+        .collect::<Result<Vec<_>, crate::Error>>()
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let mut index = empty;
+    index
+        .insert_batch(&descriptors)
+        .map_err(ServiceError::Internal)?;
+    Ok((index, descriptors))
+}
+
 /// An even spread of at most `max` items (the fit does not need them all).
-pub(super) fn spread<T>(items: &[T], max: usize) -> Vec<&T> {
+fn spread<T>(items: &[T], max: usize) -> Vec<&T> {
     if items.len() <= max {
         return items.iter().collect();
     }
@@ -125,32 +162,13 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let policy = self.refit.clone();
         let (projection, mut index, mut descriptors, fit_samples) =
             off_thread("exemplar-rebuild", move || -> Result<_, ServiceError> {
-                let internal = |e: crate::Error| ServiceError::Internal(e.to_string());
                 let (projection, fit_samples) = if refit {
-                    let samples: Vec<&[f32]> = spread(&raw, policy.max_samples)
-                        .into_iter()
-                        .map(|(_, f)| f.as_slice())
-                        .collect();
-                    let fitted = Projection::fit_pca(
-                        &samples,
-                        current.output_dim(),
-                        policy.whitening,
-                        CATALOGUE_SOURCE,
-                    )
-                    .map_err(internal)?;
-                    (Arc::new(fitted), samples.len())
+                    let (fitted, samples) = fit_on(&raw, current.output_dim(), &policy)?;
+                    (Arc::new(fitted), samples)
                 } else {
                     (current, 0)
                 };
-                let descriptors = raw
-                    .into_iter()
-                    .map(|(id, f)| Ok((id, projection.apply(&PooledFeature(f))?)))
-                    .collect::<Result<Vec<_>, crate::Error>>()
-                    .map_err(internal)?;
-                let mut index = empty;
-                index
-                    .insert_batch(&descriptors)
-                    .map_err(ServiceError::Internal)?;
+                let (index, descriptors) = index_all(raw, &projection, empty)?;
                 Ok((projection, index, descriptors, fit_samples))
             })
             .await??;

@@ -10,14 +10,13 @@
 //!    switch (one transaction), swap the space, model included. The visual words are
 //!    then fitted again on the new local features.
 
-use super::rebuild::{off_thread, spread};
+use super::rebuild::{fit_on, index_all, off_thread};
 use super::{queue_error, Catalogue, Extraction, ServiceError, Space};
 use crate::ann::VectorIndex;
 use crate::catalogue::{CatalogueStore, Change, ExemplarId};
 use crate::embed_queue::{EmbedQueue, Want};
 use crate::extractor::{FeatureExtractor, LocalFor, View};
 use crate::projection::Projection;
-use crate::refit::CATALOGUE_SOURCE;
 use crate::reindex::{ReindexJob, ReindexStore, StagedFeatures};
 use crate::PooledFeature;
 use std::collections::HashSet;
@@ -163,9 +162,17 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
             });
         }
         if let Some(running) = self.store.reindex_in_progress().await? {
+            let status = self.reindex_status();
+            let message = match (status.job == Some(running.id), status.state, status.error) {
+                (true, ReindexState::Failed, Some(error)) => format!(
+                    "re-index job {} stopped ({error}): cancel it (DELETE /admin/reindex) or restart the server to resume it",
+                    running.id
+                ),
+                _ => format!("re-index job {} is being built", running.id),
+            };
             return Err(ServiceError::Conflict {
                 kind: "reindex_running",
-                message: format!("re-index job {} is being built", running.id),
+                message,
             });
         }
         let job = self
@@ -252,6 +259,8 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
             match &outcome {
                 Ok(done) => {
                     s.state = ReindexState::Switched;
+                    s.done = done.exemplars;
+                    s.total = done.exemplars;
                     s.projection = Some(done.projection.clone());
                     s.switch_ms = Some(done.switch_ms);
                 }
@@ -331,28 +340,14 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
         let same_local = version.same_local_features;
         let (projection, mut index, descriptors) =
             off_thread("exemplar-reindex", move || -> Result<_, ServiceError> {
-                let internal = |e: crate::Error| ServiceError::Internal(e.to_string());
                 let dim = fallback.output_dim();
                 let projection =
                     if raw.len() >= policy.min_exemplars.max(Projection::min_samples_for(dim)) {
-                        let samples: Vec<&[f32]> = spread(&raw, policy.max_samples)
-                            .into_iter()
-                            .map(|(_, f)| f.as_slice())
-                            .collect();
-                        Projection::fit_pca(&samples, dim, policy.whitening, CATALOGUE_SOURCE)
-                            .map_err(internal)?
+                        fit_on(&raw, dim, &policy)?.0
                     } else {
                         fallback
                     };
-                let descriptors = raw
-                    .into_iter()
-                    .map(|(id, f)| Ok((id, projection.apply(&PooledFeature(f))?)))
-                    .collect::<Result<Vec<_>, crate::Error>>()
-                    .map_err(internal)?;
-                let mut index = empty;
-                index
-                    .insert_batch(&descriptors)
-                    .map_err(ServiceError::Internal)?;
+                let (index, descriptors) = index_all(raw, &projection, empty)?;
                 Ok((Arc::new(projection), index, descriptors))
             })
             .await??;

@@ -5,7 +5,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use exemplar_core::service::{StageTimings, Versions};
+use exemplar_core::service::{ReindexState, StageTimings, Versions};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -63,6 +63,14 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
         (status = 401, body = crate::dto::ErrorBody, description = "with --protect-reads")))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("exemplar_index_exemplars").set(state.catalogue.indexed() as f64);
+    let reindex = state.catalogue.reindex_status();
+    let building = matches!(
+        reindex.state,
+        ReindexState::Building | ReindexState::Switching
+    );
+    metrics::gauge!("exemplar_reindex_building").set(if building { 1.0 } else { 0.0 });
+    metrics::gauge!("exemplar_reindex_done").set(reindex.done as f64);
+    metrics::gauge!("exemplar_reindex_total").set(reindex.total as f64);
     show_versions(state.catalogue.versions());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -204,3 +204,14 @@ pub fn create(server: &Server, label: &str, metadata: &str, image: Vec<u8>) -> (
         &[],
     )
 }
+
+/// A class of these photos; it must be created.
+pub fn add_class(server: &Server, label: &str, images: &[Vec<u8>]) -> Value {
+    let mut parts = vec![Part::Text("label", label.into())];
+    for (i, image) in images.iter().enumerate() {
+        parts.push(Part::File("image", format!("{i}.png"), image.clone()));
+    }
+    let (status, class) = server.multipart("/classes", &parts, &[]);
+    assert_eq!(status, 201, "{class}");
+    class
+}

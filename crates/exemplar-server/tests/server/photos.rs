@@ -3,7 +3,7 @@
 //! directory that answers the same searches.
 
 use crate::common::{another_shot, photo, png};
-use crate::harness::{Part, Server};
+use crate::harness::{add_class, Part, Server};
 use exemplar_embed::fetch::{SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -36,16 +36,6 @@ fn photo_files(data_dir: &Path) -> Vec<String> {
     }
     files.sort();
     files
-}
-
-fn add_class(server: &Server, label: &str, images: &[Vec<u8>]) -> Value {
-    let mut parts = vec![Part::Text("label", label.into())];
-    for (i, image) in images.iter().enumerate() {
-        parts.push(Part::File("image", format!("{i}.png"), image.clone()));
-    }
-    let (status, class) = server.multipart("/classes", &parts, &[]);
-    assert_eq!(status, 201, "{class}");
-    class
 }
 
 #[test]

@@ -4,22 +4,12 @@
 //! are missing.
 
 use crate::common::{another_shot, photo, png};
-use crate::harness::{Part, Server};
+use crate::harness::{add_class, Part, Server};
 use exemplar_embed::fetch::{SKIMAGE_CHELSEA, SKIMAGE_COFFEE};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn add_class(server: &Server, label: &str, images: &[Vec<u8>]) -> Value {
-    let mut parts = vec![Part::Text("label", label.into())];
-    for (i, image) in images.iter().enumerate() {
-        parts.push(Part::File("image", format!("{i}.png"), image.clone()));
-    }
-    let (status, class) = server.multipart("/classes", &parts, &[]);
-    assert_eq!(status, 201, "{class}");
-    class
-}
 
 fn search(server: &Server, image: &[u8]) -> (u16, Value) {
     server.multipart(
@@ -133,6 +123,12 @@ fn a_reindex_switches_model_and_local_features_while_searches_go_on() {
         "{ready}"
     );
     assert_eq!(ready["indexed"], 3, "{ready}");
+    let (_, metrics) = server.raw("GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("exemplar_reindex_building 0")
+            && metrics.contains("exemplar_reindex_done 3"),
+        "{metrics}"
+    );
     let (_, class) = server.request("GET", &format!("/classes/{}", added["id"]), &[], b"");
     assert!(
         class["exemplars"][0]["model"]
