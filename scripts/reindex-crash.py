@@ -11,8 +11,9 @@ server with SIGKILL, restarts it and checks that
   the new ones (it had), never a mix: every exemplar's `model` is the one `/readyz` names;
 - the re-index resumed by itself, and from where it was (its progress did not restart at 0);
 - every class acknowledged so far (201) is there with its exemplar.
-Then it lets the re-index finish and checks the same, plus every acknowledged class found
-by its own photo. Only loopback servers are used. Last line: JSON.
+With --kill-at-switch, one more kill comes as soon as the re-index reports `switching`
+(its last steps). Then it lets the re-index finish and checks the same, plus every
+acknowledged class found by its own photo. Only loopback servers are used. Last line: JSON.
 """
 import argparse
 import json
@@ -103,6 +104,7 @@ def main():
     parser.add_argument("--max-wait", type=float, default=20)
     parser.add_argument("--queries", action="append", default=[])
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--kill-at-switch", action="store_true")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     queries = [os.path.join(d, f) for d in args.queries for f in sorted(os.listdir(d))]
@@ -120,9 +122,16 @@ def main():
     assert status == 202, (status, started)
     new_model = started["model"]
     kills = []
-    for i in range(args.kills):
-        time.sleep(rng.uniform(1, args.max_wait))
-        _, before = client.request("GET", "/admin/reindex")
+    for i in range(args.kills + args.kill_at_switch):
+        if i < args.kills:
+            time.sleep(rng.uniform(1, args.max_wait))
+            _, before = client.request("GET", "/admin/reindex")
+        else:
+            while True:
+                _, before = client.request("GET", "/admin/reindex")
+                if before["state"] != "building":
+                    break
+                time.sleep(0.02)
         clients.url = None
         process.kill()
         process.wait()
