@@ -44,6 +44,19 @@ fn exemplar_from_row(r: &sqlx::sqlite::SqliteRow) -> ExemplarRecord {
     }
 }
 
+/// Rows of `id` and a vector column, decoded.
+fn id_vectors(
+    rows: &[sqlx::sqlite::SqliteRow],
+    column: &str,
+) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
+    rows.iter()
+        .map(|r| {
+            let bytes: Vec<u8> = r.get(column);
+            Ok((r.get("id"), vector_from_bytes(&bytes)?))
+        })
+        .collect()
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -541,16 +554,13 @@ impl CatalogueStore for SqliteStore {
     ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
         match ids {
             Some(ids) => self.vectors("raw_feature", ids).await,
-            None => sqlx::query("SELECT id, raw_feature FROM exemplars ORDER BY id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(|r| {
-                    let bytes: Vec<u8> = r.get("raw_feature");
-                    Ok((r.get("id"), vector_from_bytes(&bytes)?))
-                })
-                .collect(),
+            None => id_vectors(
+                &sqlx::query("SELECT id, raw_feature FROM exemplars ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?,
+                "raw_feature",
+            ),
         }
     }
 

@@ -1,9 +1,7 @@
 //! Re-index jobs and their staged features (see `exemplar_core::reindex`).
 
-use crate::{backend, now_ms, SqliteStore};
-use exemplar_core::catalogue::{
-    vector_from_bytes, vector_to_bytes, ExemplarId, StoreError, StoreResult,
-};
+use crate::{backend, id_vectors, now_ms, SqliteStore};
+use exemplar_core::catalogue::{vector_to_bytes, ExemplarId, StoreError, StoreResult};
 use exemplar_core::reindex::{ReindexJob, ReindexStore, StagedFeatures};
 use exemplar_core::Projection;
 use sqlx::Row;
@@ -195,19 +193,14 @@ impl ReindexStore for SqliteStore {
                 rows
             }
         };
-        rows.iter()
-            .map(|r| {
-                let bytes: Vec<u8> = r.get("raw_feature");
-                Ok((r.get("id"), vector_from_bytes(&bytes)?))
-            })
-            .collect()
+        id_vectors(&rows, "raw_feature")
     }
 
     async fn staged_without_descriptor(
         &self,
         job: i64,
     ) -> StoreResult<Vec<(ExemplarId, Vec<f32>)>> {
-        sqlx::query(
+        let rows = sqlx::query(
             "SELECT r.exemplar_id AS id, r.raw_feature FROM reindexed r
              JOIN exemplars e ON e.id = r.exemplar_id
              WHERE r.job = ? AND r.descriptor IS NULL ORDER BY r.exemplar_id",
@@ -215,13 +208,8 @@ impl ReindexStore for SqliteStore {
         .bind(job)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?
-        .iter()
-        .map(|r| {
-            let bytes: Vec<u8> = r.get("raw_feature");
-            Ok((r.get("id"), vector_from_bytes(&bytes)?))
-        })
-        .collect()
+        .map_err(backend)?;
+        id_vectors(&rows, "raw_feature")
     }
 
     async fn exemplars_without_photo(&self) -> StoreResult<Vec<ExemplarId>> {
