@@ -7,7 +7,7 @@ use crate::model::{load, TimedExtractor};
 use anyhow::Context;
 use exemplar_core::reindex::{ReindexJob, ReindexStore};
 use exemplar_core::service::NewVersion;
-use exemplar_embed::{Architecture, Geometry, Pooling, WeightsSource};
+use exemplar_embed::WeightsSource;
 use exemplar_verify::FeatureKind;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -60,30 +60,15 @@ impl IndexSpec {
     /// `base` with these settings; a setting that does not parse is named.
     pub fn apply(&self, base: &ModelArgs) -> anyhow::Result<ModelArgs> {
         let mut args = base.clone();
-        args.model = self
-            .model
-            .parse::<Architecture>()
-            .map_err(|e| anyhow::anyhow!("model `{}`: {e}", self.model))?;
+        args.model = setting("model", &self.model)?;
         args.weights = self
             .weights
             .as_deref()
-            .map(|w| {
-                w.parse::<WeightsSource>()
-                    .map_err(|e| anyhow::anyhow!("weights `{w}`: {e}"))
-            })
+            .map(|w| setting::<WeightsSource>("weights", w))
             .transpose()?;
-        args.geometry = self
-            .geometry
-            .parse::<Geometry>()
-            .map_err(|e| anyhow::anyhow!("geometry `{}`: {e}", self.geometry))?;
-        args.pooling = self
-            .pooling
-            .parse::<Pooling>()
-            .map_err(|e| anyhow::anyhow!("pooling `{}`: {e}", self.pooling))?;
-        args.local_features = self
-            .local_features
-            .parse::<FeatureKind>()
-            .map_err(|e| anyhow::anyhow!("local features `{}`: {e}", self.local_features))?;
+        args.geometry = setting("geometry", &self.geometry)?;
+        args.pooling = setting("pooling", &self.pooling)?;
+        args.local_features = setting::<FeatureKind>("local features", &self.local_features)?;
         args.local_keypoints = self.local_keypoints;
         Ok(args)
     }
@@ -121,6 +106,16 @@ impl IndexSpec {
         }
         Ok(spec)
     }
+}
+
+/// One setting parsed, or an error naming it and its value.
+fn setting<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{name} `{value}`: {e}"))
 }
 
 /// The model `args` name, made into a new index version whose build embeds `share` of

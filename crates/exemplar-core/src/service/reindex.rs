@@ -26,6 +26,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Photos embedded per round (and staged per transaction).
 const BATCH: usize = 16;
+/// Batches between two counts of the progress in the store.
+const COUNT_EVERY: usize = 32;
 /// Exemplars named in the answer when some lack a photo.
 const NAMED: usize = 20;
 
@@ -312,19 +314,27 @@ impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {
             s.total = total;
         });
         let share = version.share.clamp(0.01, 1.0) as f64;
-        loop {
+        for batch in 1.. {
             let batch_started = Instant::now();
-            if self
+            let staged = self
                 .stage_batch(job, &queue, version.same_local_features)
-                .await?
-                == 0
-            {
+                .await?;
+            if staged == 0 {
                 break;
             }
-            let (done, total) = self.store.reindex_counts(job.id).await?;
-            self.update_status(|s| {
-                s.done = done;
-                s.total = total;
+            // Counted in the store now and then (the catalogue grows meanwhile), not
+            // after every batch: two counts over the catalogue per 16 photos add up.
+            let counts = if batch % COUNT_EVERY == 0 {
+                Some(self.store.reindex_counts(job.id).await?)
+            } else {
+                None
+            };
+            self.update_status(|s| match counts {
+                Some((done, total)) => (s.done, s.total) = (done, total),
+                None => {
+                    s.done += staged;
+                    s.total = s.total.max(s.done);
+                }
             });
             let rest = batch_started.elapsed().as_secs_f64() * (1.0 / share - 1.0);
             if rest > 0.0 {
