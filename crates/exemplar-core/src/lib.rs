@@ -23,6 +23,7 @@ pub mod service;
 pub mod shortlist;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod unknowns;
 pub mod verifier;
 
 pub use descriptor::{cosine, l2_normalize, Descriptor, PooledFeature};

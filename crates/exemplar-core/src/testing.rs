@@ -6,8 +6,9 @@
 
 use crate::ann::VectorIndex;
 use crate::catalogue::{
-    CatalogueStore, Change, ClassId, ClassRecord, ExemplarHash, ExemplarId, ExemplarOwner,
-    ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError, StoreResult, Stored,
+    CatalogueStore, Change, ClassFilter, ClassId, ClassRecord, ExemplarHash, ExemplarId,
+    ExemplarOwner, ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError, StoreResult,
+    Stored,
 };
 use crate::embed_queue::EmbedQueue;
 use crate::extractor::{ExtractError, Extracted, FeatureExtractor, ImageInput, ModelInfo};
@@ -156,12 +157,18 @@ impl CatalogueStore for MemoryStore {
         }))
     }
 
-    async fn list_classes(&self, after: ClassId, limit: u32) -> StoreResult<Vec<ClassRecord>> {
+    async fn list_classes(
+        &self,
+        after: ClassId,
+        limit: u32,
+        filter: &ClassFilter,
+    ) -> StoreResult<Vec<ClassRecord>> {
         let t = self.tables();
         Ok(t.classes
             .range(after + 1..)
-            .take(limit as usize)
             .filter_map(|(&id, _)| t.record(id))
+            .filter(|c| filter.admits(&c.label, &c.metadata))
+            .take(limit as usize)
             .collect())
     }
 

@@ -121,7 +121,12 @@ async fn bad_requests_are_refused_whole() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("image 2 (garbage.jpg)"), "{err}");
-    assert!(cat.store().list_classes(0, 10).await.unwrap().is_empty());
+    assert!(cat
+        .store()
+        .list_classes(0, 10, &Default::default())
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(cat.indexed(), 0);
     assert_eq!(
         kind(cat.search(&text_upload("item-1"), 0, &none).await),

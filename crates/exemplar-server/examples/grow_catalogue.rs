@@ -143,7 +143,7 @@ async fn all_classes(store: &SqliteStore) -> anyhow::Result<Vec<ClassRecord>> {
     let mut out: Vec<ClassRecord> = Vec::new();
     loop {
         let page = store
-            .list_classes(out.last().map_or(0, |c| c.id), 1000)
+            .list_classes(out.last().map_or(0, |c| c.id), 1000, &Default::default())
             .await?;
         if page.is_empty() {
             return Ok(out);

@@ -197,6 +197,24 @@ pub struct ServeArgs {
     /// leaving the machine to searches); 1: as fast as it can.
     #[arg(long, env = "EXEMPLAR_REINDEX_SHARE", default_value_t = exemplar_core::service::REINDEX_SHARE, value_parser = share)]
     pub reindex_share: f32,
+    /// Keep the photos of the last N searches answered `unknown`, for the console's
+    /// inbox (customers' photos: see the README's privacy note); 0: keep none.
+    #[arg(long, env = "EXEMPLAR_KEEP_UNKNOWN", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub keep_unknown: u32,
+    /// Hours an unknown photo is kept at most.
+    #[arg(long, env = "EXEMPLAR_KEEP_UNKNOWN_HOURS", default_value_t = 72,
+          value_parser = clap::value_parser!(u32).range(1..=8_760))]
+    pub keep_unknown_hours: u32,
+}
+
+impl ServeArgs {
+    pub fn unknown_inbox(&self) -> exemplar_core::unknowns::InboxPolicy {
+        exemplar_core::unknowns::InboxPolicy {
+            max_count: self.keep_unknown as usize,
+            max_age_ms: i64::from(self.keep_unknown_hours) * 3_600_000,
+        }
+    }
 }
 
 /// The data directory, for every command that works on one.

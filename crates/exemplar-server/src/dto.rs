@@ -212,6 +212,10 @@ pub struct SearchResult {
     pub classes: Vec<ClassHit>,
     pub verdict: SearchVerdict,
     pub timings: SearchTimings,
+    /// Where the photo is kept in the unknowns inbox (`unknown` answers, with
+    /// `--keep-unknown`): promote it from there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_id: Option<i64>,
 }
 
 impl From<&SearchAnswer> for SearchResult {
@@ -271,6 +275,7 @@ impl From<&SearchAnswer> for SearchResult {
                 shortlist_ms: a.timings.shortlist_ms,
                 verify_ms: a.timings.verify_ms,
             },
+            unknown_id: None,
         }
     }
 }

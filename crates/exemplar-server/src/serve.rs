@@ -26,6 +26,8 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder, model: ModelArgs) -> anyhow::
         let _lock = DataDirLock::acquire(&args.catalogue.dir.data_dir)?;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
         collect_orphan_photos(&catalogue, &_lock).await?;
+        catalogue.set_unknown_inbox(args.unknown_inbox());
+        catalogue.expire_unknowns().await?;
         let photos = photo_reader(&args.catalogue.dir.data_dir)?;
         let mut state = AppState::new(
             catalogue.clone(),
@@ -78,9 +80,9 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder, model: ModelArgs) -> anyhow::
 }
 
 /// Background upkeep: refit the projection when the catalogue has grown enough, compact
-/// the index when deletions weigh, collect the photos of failed writes, and dump the
-/// index when it changed, so a restart
-/// (even after a crash) replays little. The heavy parts run off the async workers.
+/// the index when deletions weigh, collect the photos of failed writes, expire unknown
+/// photos, and dump the index when it changed, so a restart (even after a crash)
+/// replays little. The heavy parts run off the async workers.
 async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
     // The change log position and the projection of the last dump: a re-index switch
     // changes the projection and not the log.
@@ -95,6 +97,8 @@ async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
             let words = catalogue.rebuild_words_if_due().await?;
             // Photos of writes that failed or were abandoned since the last step.
             catalogue.collect_photos(Vec::new()).await?;
+            // The inbox's age bound holds even when no new unknown photo comes.
+            catalogue.expire_unknowns().await?;
             let rebuilt = rebuilt.map(|_| ()).or(words.map(|_| ()));
             let now = (
                 catalogue.store().head().await?,

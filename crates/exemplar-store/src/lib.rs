@@ -5,14 +5,15 @@
 pub mod photos;
 mod reindex;
 mod snapshot;
+mod unknowns;
 
 pub use photos::FsPhotoStore;
 pub use snapshot::Tally;
 
 use exemplar_core::catalogue::{
-    vector_from_bytes, vector_to_bytes, CatalogueStore, Change, ClassId, ClassRecord, ExemplarHash,
-    ExemplarId, ExemplarOwner, ExemplarRecord, Metadata, NewExemplar, Sequence, StoreError,
-    StoreResult, Stored,
+    vector_from_bytes, vector_to_bytes, CatalogueStore, Change, ClassFilter, ClassId, ClassRecord,
+    ExemplarHash, ExemplarId, ExemplarOwner, ExemplarRecord, Metadata, NewExemplar, Sequence,
+    StoreError, StoreResult, Stored,
 };
 use exemplar_core::Projection;
 use sqlx::sqlite::{
@@ -335,17 +336,38 @@ impl CatalogueStore for SqliteStore {
         Ok(Some((record, exemplars)))
     }
 
-    async fn list_classes(&self, after: ClassId, limit: u32) -> StoreResult<Vec<ClassRecord>> {
-        let rows = sqlx::query(
+    async fn list_classes(
+        &self,
+        after: ClassId,
+        limit: u32,
+        filter: &ClassFilter,
+    ) -> StoreResult<Vec<ClassRecord>> {
+        let mut sql = String::from(
             "SELECT c.id, c.label, c.metadata, c.created_at, c.updated_at,
                     (SELECT count(*) FROM exemplars e WHERE e.class_id = c.id) AS n
-             FROM classes c WHERE c.id > ? ORDER BY c.id LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+             FROM classes c WHERE c.id > ?",
+        );
+        if filter.label_contains.is_some() {
+            sql.push_str(" AND instr(lower(c.label), lower(?)) > 0");
+        }
+        for _ in &filter.metadata {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM json_each(c.metadata) m WHERE m.key = ? AND m.value = ?)",
+            );
+        }
+        sql.push_str(" ORDER BY c.id LIMIT ?");
+        let mut query = sqlx::query(&sql).bind(after);
+        if let Some(text) = &filter.label_contains {
+            query = query.bind(text);
+        }
+        for (key, value) in &filter.metadata {
+            query = query.bind(key).bind(value);
+        }
+        let rows = query
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.iter().map(class_from_row).collect()
     }
 

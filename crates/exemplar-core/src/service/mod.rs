@@ -27,6 +27,7 @@ use crate::photos::PhotoStore;
 use crate::projection::Projection;
 use crate::refit::RefitPolicy;
 use crate::shortlist::{WordIndex, WordIndexFitter};
+use crate::unknowns::InboxPolicy;
 use crate::verifier::{EarlyStop, Evidence, Verifier};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -40,9 +41,11 @@ mod photos;
 mod rebuild;
 mod reindex;
 mod search;
+mod unknowns;
 mod words;
 pub use rebuild::Rebuilt;
 pub use reindex::{NewVersion, ReindexState, ReindexStatus, Reindexed, REINDEX_SHARE};
+pub use unknowns::{Promoted, Promotion};
 pub use words::WordsRebuilt;
 
 /// One uploaded photo.
@@ -307,6 +310,16 @@ pub struct Catalogue<S, I> {
     keep_photos: bool,
     /// Photos written for writes that failed, checked at the next collection.
     suspects: Mutex<HashSet<String>>,
+    /// How many photos of `unknown` searches to keep, and how long (`unknowns.rs`).
+    inbox: Mutex<InboxPolicy>,
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
@@ -341,6 +354,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             photos: None,
             keep_photos: false,
             suspects: Mutex::new(HashSet::new()),
+            inbox: Mutex::new(InboxPolicy::OFF),
         }
     }
 

@@ -10,6 +10,7 @@
 //!    switch (one transaction), swap the space, model included. The visual words are
 //!    then fitted again on the new local features.
 
+use super::now_ms;
 use super::rebuild::{fit_on, index_all, off_thread};
 use super::{queue_error, Catalogue, Extraction, ServiceError, Space};
 use crate::ann::VectorIndex;
@@ -22,7 +23,7 @@ use crate::PooledFeature;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Photos embedded per round (and staged per transaction).
 const BATCH: usize = 16;
@@ -105,13 +106,6 @@ pub struct Reindexed {
     pub exemplars: usize,
     pub seconds: f64,
     pub switch_ms: f64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl<S: CatalogueStore + ReindexStore, I: VectorIndex> Catalogue<S, I> {

@@ -17,7 +17,7 @@ pub fn run(data_dir: &Path) -> anyhow::Result<()> {
         let mut all = Vec::new();
         let mut after = 0;
         loop {
-            let page = store.list_classes(after, 1000).await?;
+            let page = store.list_classes(after, 1000, &Default::default()).await?;
             let Some(last) = page.last() else { break };
             after = last.id;
             all.extend(page.iter().map(Class::from));

@@ -237,7 +237,10 @@ async fn existing_classes(catalogue: &AppCatalogue) -> anyhow::Result<HashMap<St
     let mut out = HashMap::new();
     let mut after = 0;
     loop {
-        let page = catalogue.store().list_classes(after, 1000).await?;
+        let page = catalogue
+            .store()
+            .list_classes(after, 1000, &Default::default())
+            .await?;
         let Some(last) = page.last() else {
             return Ok(out);
         };

@@ -1,7 +1,7 @@
 //! The OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`), generated from the
 //! handlers' annotations and the types in `crate::dto` and `forms.rs`.
 
-use super::{backup, forms, metrics, photos, reindex, routes};
+use super::{backup, forms, metrics, photos, reindex, routes, unknowns};
 use crate::dto;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -23,6 +23,10 @@ use utoipa::{Modify, OpenApi};
         photos::photo,
         photos::thumbnail,
         routes::search,
+        unknowns::list,
+        unknowns::photo,
+        unknowns::promote,
+        unknowns::dismiss,
         routes::refit,
         backup::backup,
         reindex::start,
@@ -58,6 +62,9 @@ use utoipa::{Modify, OpenApi};
         forms::ImagesForm,
         forms::SearchForm,
         forms::ClassUpdate,
+        unknowns::Unknown,
+        unknowns::UnknownPage,
+        unknowns::PromoteRequest,
     )),
     modifiers(&ApiKey, &FormContract)
 )]
@@ -78,7 +85,7 @@ impl Modify for ApiKey {
 /// What the derive cannot say: form parts are the only fields a form takes (unknown
 /// ones are refused), `metadata` travels as a JSON part with the service's bounds, labels
 /// have a visible character and no control characters, and a class update names at least
-/// one field.
+/// one field. A promotion's body follows the same rules.
 struct FormContract;
 
 /// No control characters (C0, DEL, C1) and at least one that is not white space.
@@ -122,7 +129,7 @@ impl Modify for FormContract {
             let RefOr::T(Schema::Object(object)) = schema else {
                 continue;
             };
-            if !(name.ends_with("Form") || name == "ClassUpdate") {
+            if !(name.ends_with("Form") || name == "ClassUpdate" || name == "PromoteRequest") {
                 continue;
             }
             object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));

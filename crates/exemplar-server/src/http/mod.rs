@@ -2,6 +2,7 @@
 
 mod backup;
 mod body;
+mod console;
 mod docs;
 
 mod error;
@@ -11,6 +12,7 @@ pub mod metrics;
 mod photos;
 mod reindex;
 mod routes;
+mod unknowns;
 
 pub use body::BodyLimits;
 pub use error::ApiError;
@@ -92,6 +94,12 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
                 .get(reindex::status)
                 .delete(reindex::cancel),
         )
+        .route("/unknowns", get(unknowns::list))
+        .route("/unknowns/{id}", delete(unknowns::dismiss))
+        .route("/unknowns/{id}/photo", get(unknowns::photo))
+        .route("/unknowns/{id}/promote", post(unknowns::promote))
+        .route("/", get(console::page))
+        .route("/console/{asset}", get(console::asset))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))
@@ -119,8 +127,9 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     }
 }
 
-/// With an API key configured, every write (and with `--protect-reads` every request
-/// but the health probes) needs `Authorization: Bearer <key>`. Keys are
+/// With an API key configured, every write, the admin routes and the unknowns inbox
+/// (and with `--protect-reads` every request but the health probes and the console's
+/// static page) need `Authorization: Bearer <key>`. Keys are
 /// compared as sha256 digests with a constant-time loop, and never logged.
 async fn require_key_for_writes(
     State(state): State<AppState>,
@@ -135,12 +144,16 @@ async fn require_key_for_writes(
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     // Searching is a read, even though the photo travels in a POST body; the admin
-    // pages (settings, file paths) are not.
+    // pages (settings, file paths) and the unknowns inbox (customers' photos) are not.
     let path = request.uri().path();
-    let is_read = (is_read && !path.starts_with("/admin/")) || path == "/search";
-    // Orchestrators probe health without credentials.
-    let is_probe = matches!(request.uri().path(), "/healthz" | "/readyz");
-    if is_probe || (is_read && !state.protect_reads) {
+    let private = path.starts_with("/admin/") || path.starts_with("/unknowns");
+    let is_read = (is_read && !private) || path == "/search";
+    // Orchestrators probe health without credentials; the console's page and assets
+    // hold no data (it asks for the key itself).
+    let is_console = path == "/" || path.starts_with("/console/");
+    let is_open =
+        matches!(path, "/healthz" | "/readyz") || (is_console && request.method() == Method::GET);
+    if is_open || (is_read && !state.protect_reads) {
         return Ok(next.run(request).await);
     }
     let presented = request

@@ -129,7 +129,7 @@ async fn serve(
 }
 
 /// The media type of an image the service accepted, from its first bytes.
-fn image_type(bytes: &[u8]) -> &'static str {
+pub(super) fn image_type(bytes: &[u8]) -> &'static str {
     match bytes {
         [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
         [0x89, b'P', b'N', b'G', ..] => "image/png",

@@ -11,10 +11,9 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use exemplar_core::catalogue::{CatalogueStore, Metadata};
+use exemplar_core::catalogue::{CatalogueStore, ClassFilter, Metadata};
 use exemplar_core::service::{ExemplarOutcome, Upload};
 use exemplar_core::CropBox;
-use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
 
@@ -80,24 +79,29 @@ async fn read_form(mut multipart: Multipart, allowed: &[&str]) -> Result<Form, A
                 );
             }
             "filter" => {
-                let text = text_field(field, "filter").await?;
-                let bad_filter = || {
-                    ApiError::bad_request(
-                        "bad_filter",
-                        format!("filter must be key=value with both non-empty, got `{text}`"),
-                    )
-                };
-                let (key, value) = text.split_once('=').ok_or_else(bad_filter)?;
-                let (key, value) = (key.trim(), value.trim());
-                if key.is_empty() || value.is_empty() {
-                    return Err(bad_filter());
-                }
-                form.filters.insert(key.to_string(), value.to_string());
+                let (key, value) = parse_filter(&text_field(field, "filter").await?)?;
+                form.filters.insert(key, value);
             }
             _ => unreachable!("checked against `allowed`"),
         }
     }
     Ok(form)
+}
+
+/// `key=value`, both non-empty (a search or listing filter on class metadata).
+fn parse_filter(text: &str) -> Result<(String, String), ApiError> {
+    let bad_filter = || {
+        ApiError::bad_request(
+            "bad_filter",
+            format!("filter must be key=value with both non-empty, got `{text}`"),
+        )
+    };
+    let (key, value) = text.split_once('=').ok_or_else(bad_filter)?;
+    let (key, value) = (key.trim(), value.trim());
+    if key.is_empty() || value.is_empty() {
+        return Err(bad_filter());
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// A text part, which must be UTF-8 (it is stored and echoed as given, never repaired).
@@ -114,7 +118,7 @@ async fn text_field(
     })
 }
 
-fn parse_metadata(text: &str) -> Result<Metadata, ApiError> {
+pub(super) fn parse_metadata(text: &str) -> Result<Metadata, ApiError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("bad_metadata", format!("metadata is not JSON: {e}")))?;
     let Value::Object(map) = value else {
@@ -202,38 +206,83 @@ pub async fn add_exemplars(
     ))
 }
 
-#[derive(Deserialize, IntoParams)]
+/// `GET /classes`'s query, described for the OpenAPI document (read by [`class_query`]:
+/// `filter` may repeat).
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct Page {
     /// Classes with an id above this one (the previous page's `next_after`; default 0).
-    #[serde(default)]
     #[param(required = false)]
     after: i64,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500, nullable = false)]
     limit: Option<u32>,
+    /// Only classes whose label contains this text (ASCII letters in either case).
+    #[param(nullable = false, example = "blue")]
+    q: Option<String>,
+    /// Only classes whose metadata has this `key=value`; repeat it to require several.
+    #[param(nullable = false, example = "format=CD")]
+    filter: Option<Vec<String>>,
 }
 
-/// Classes in id order, a page at a time.
-#[utoipa::path(get, path = "/classes", tag = "classes", params(Page),
-    responses((status = 200, body = ClassPage),
-        (status = 400, body = ErrorBody, description = "bad `limit` or `after`")))]
-pub async fn list_classes(
-    State(state): State<AppState>,
-    page: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<ClassPage>, ApiError> {
-    let Query(page) = page?;
-    let limit = page.limit.unwrap_or(50);
+/// `after`, `limit` and the filter of a class listing.
+fn class_query(pairs: Vec<(String, String)>) -> Result<(i64, u32, ClassFilter), ApiError> {
+    let (mut after, mut limit, mut filter) = (0, 50, ClassFilter::default());
+    fn number<T: std::str::FromStr>(
+        key: &str,
+        value: &str,
+        kind: &'static str,
+    ) -> Result<T, ApiError> {
+        value.trim().parse().map_err(|_| {
+            ApiError::bad_request(
+                kind,
+                format!("`{key}` must be a whole number, got `{value}`"),
+            )
+        })
+    }
+    for (key, value) in pairs {
+        match key.as_str() {
+            "after" => after = number(&key, &value, "bad_after")?,
+            "limit" => limit = number(&key, &value, "bad_limit")?,
+            "q" if !value.trim().is_empty() => filter.label_contains = Some(value.trim().into()),
+            "q" => {}
+            "filter" => {
+                let (k, v) = parse_filter(&value)?;
+                filter.metadata.insert(k, v);
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "unknown_parameter",
+                    format!("unknown query parameter `{key}`; expected: after, limit, q, filter"),
+                ))
+            }
+        }
+    }
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request(
             "bad_limit",
             format!("limit must be between 1 and 500, got {limit}"),
         ));
     }
+    Ok((after, limit, filter))
+}
+
+/// Classes in id order, a page at a time, optionally only those matching a label text
+/// and metadata pairs.
+#[utoipa::path(get, path = "/classes", tag = "classes", params(Page),
+    responses((status = 200, body = ClassPage),
+        (status = 400, body = ErrorBody, description = "bad `limit`, `after` or `filter`, or an unknown parameter")))]
+pub async fn list_classes(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<ClassPage>, ApiError> {
+    let Query(pairs) = query?;
+    let (after, limit, filter) = class_query(pairs)?;
     let classes = state
         .catalogue
         .store()
-        .list_classes(page.after, limit)
+        .list_classes(after, limit, &filter)
         .await
         .map_err(exemplar_core::service::ServiceError::from)?;
     let next = (classes.len() == limit as usize)
@@ -382,12 +431,14 @@ pub async fn search(
         )
     })?;
     image.crop = form.crop;
-    let answer = state
+    let (answer, unknown_id) = state
         .catalogue
-        .search(&image, form.k.unwrap_or(10), &form.filters)
+        .search_keeping_unknown(&image, form.k.unwrap_or(10), &form.filters)
         .await?;
     crate::http::metrics::record_search_stages(&answer.timings);
-    Ok(Json(SearchResult::from(&answer)))
+    let mut result = SearchResult::from(&answer);
+    result.unknown_id = unknown_id;
+    Ok(Json(result))
 }
 
 /// Refit the projection on the catalogue now and swap in the re-projected index;

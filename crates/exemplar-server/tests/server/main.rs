@@ -4,10 +4,12 @@
 
 mod cli;
 mod common;
+mod console;
 mod crash;
 mod harness;
 mod hostile;
 mod http;
 mod photos;
 mod reindex;
+mod unknowns;
 mod words;

@@ -3,7 +3,8 @@
 mod service;
 
 use exemplar_core::catalogue::{
-    CatalogueStore, Change, ExemplarHash, Metadata, NewExemplar, StoreError, Stored,
+    CatalogueStore, Change, ClassFilter, ClassRecord, ExemplarHash, Metadata, NewExemplar,
+    StoreError, Stored,
 };
 use exemplar_store::SqliteStore;
 
@@ -108,7 +109,11 @@ async fn bad_writes_leave_nothing_behind() {
         Err(StoreError::ClassNotFound(42))
     ));
     assert!(store.changes_since(0).await.unwrap().is_empty());
-    assert!(store.list_classes(0, 10).await.unwrap().is_empty());
+    assert!(store
+        .list_classes(0, 10, &Default::default())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -123,9 +128,15 @@ async fn classes_page_in_id_order() {
             .await
             .unwrap();
     }
-    let page1 = store.list_classes(0, 2).await.unwrap();
-    let page2 = store.list_classes(page1[1].id, 2).await.unwrap();
-    let page3 = store.list_classes(page2[1].id, 2).await.unwrap();
+    let page1 = store.list_classes(0, 2, &Default::default()).await.unwrap();
+    let page2 = store
+        .list_classes(page1[1].id, 2, &Default::default())
+        .await
+        .unwrap();
+    let page3 = store
+        .list_classes(page2[1].id, 2, &Default::default())
+        .await
+        .unwrap();
     let labels: Vec<String> = [page1, page2, page3]
         .concat()
         .into_iter()
@@ -387,4 +398,105 @@ async fn a_reindex_stages_resumes_and_switches_whole_or_not_at_all() {
         Some("{\"model\":\"m2\"}")
     );
     assert_eq!(store.reindex_counts(job.id).await.unwrap(), (0, 2));
+}
+
+#[tokio::test]
+async fn class_listing_filters_by_label_text_and_metadata_and_pages_within_the_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    let meta = |format: &str| Metadata::from([("format".to_string(), format.to_string())]);
+    for (label, format) in [
+        ("Blue Train", "LP"),
+        ("Kind of Blue", "CD"),
+        ("Blue Note Sampler", "CD"),
+        ("Giant Steps", "CD"),
+        ("Blue Monk", "CD"),
+    ] {
+        store.create_class(label, &meta(format), &[]).await.unwrap();
+    }
+    let labels =
+        |classes: Vec<ClassRecord>| classes.into_iter().map(|c| c.label).collect::<Vec<_>>();
+    let blue_cds = ClassFilter {
+        label_contains: Some("BLUE".into()),
+        metadata: meta("CD"),
+    };
+    let first = store.list_classes(0, 2, &blue_cds).await.unwrap();
+    let after = first[1].id;
+    assert_eq!(labels(first), ["Kind of Blue", "Blue Note Sampler"]);
+    let rest = store.list_classes(after, 2, &blue_cds).await.unwrap();
+    assert_eq!(labels(rest), ["Blue Monk"]);
+    // A key that no class has, or a value with SQL in it, matches nothing.
+    let odd = ClassFilter {
+        label_contains: Some("%".into()),
+        metadata: Metadata::new(),
+    };
+    assert!(store.list_classes(0, 10, &odd).await.unwrap().is_empty());
+    let missing = ClassFilter {
+        label_contains: None,
+        metadata: Metadata::from([("artist".to_string(), "x' OR '1'='1".to_string())]),
+    };
+    assert!(store
+        .list_classes(0, 10, &missing)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo() {
+    use exemplar_core::unknowns::{InboxPolicy, NewUnknown, UnknownStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    let policy = InboxPolicy {
+        max_count: 3,
+        max_age_ms: 60_000,
+    };
+    let photo = |i: u8| NewUnknown {
+        photo: vec![i; 10 + i as usize],
+        name: Some(format!("p{i}.jpg")),
+        crop: (i == 4).then(|| "1,2,3,4".to_string()),
+        nearest_class: Some((7, "Blue Train".into())),
+        best_inliers: Some(u32::from(i)),
+    };
+    let mut ids = Vec::new();
+    for i in 0..5u8 {
+        ids.push(
+            store
+                .keep_unknown(&photo(i), policy, 1_000 + i64::from(i))
+                .await
+                .unwrap(),
+        );
+    }
+    // The count bound: the three newest, newest first.
+    let listed = store.unknowns(0, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|u| u.id).collect::<Vec<_>>(),
+        [ids[4], ids[3], ids[2]]
+    );
+    let (record, bytes) = store.unknown(ids[4]).await.unwrap().unwrap();
+    assert_eq!(bytes, vec![4u8; 14]);
+    assert_eq!(record.bytes, 14);
+    assert_eq!(record.crop.as_deref(), Some("1,2,3,4"));
+    assert_eq!(record.nearest_class, Some((7, "Blue Train".into())));
+    assert_eq!(record.best_inliers, Some(4));
+    // Paging: older than the newest.
+    let older = store.unknowns(ids[4], 10).await.unwrap();
+    assert_eq!(older.len(), 2);
+    // The age bound: a minute later only what is younger than a minute stays.
+    assert_eq!(store.expire_unknowns(policy, 61_004).await.unwrap(), 2);
+    assert_eq!(store.unknowns(0, 10).await.unwrap().len(), 1);
+    assert!(store.remove_unknown(ids[4]).await.unwrap());
+    assert!(!store.remove_unknown(ids[4]).await.unwrap());
+    assert!(store.unknown(ids[4]).await.unwrap().is_none());
+    // Turned off: everything goes.
+    store.keep_unknown(&photo(9), policy, 70_000).await.unwrap();
+    store
+        .expire_unknowns(InboxPolicy::OFF, 70_000)
+        .await
+        .unwrap();
+    assert!(store.unknowns(0, 10).await.unwrap().is_empty());
 }
