@@ -24,6 +24,8 @@ pub struct ClassRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub exemplars: i64,
+    /// The first of its exemplars whose photo is kept (a picture of the class), if any.
+    pub photo_exemplar: Option<ExemplarId>,
 }
 
 /// Which classes a listing shows: all of them by default.

@@ -40,6 +40,11 @@ impl Tables {
             created_at_ms: 0,
             updated_at_ms: 0,
             exemplars: self.exemplars.values().filter(|e| e.0 == id).count() as i64,
+            photo_exemplar: self
+                .exemplars
+                .iter()
+                .find(|(_, (class, e))| *class == id && e.photo_kept)
+                .map(|(&exemplar, _)| exemplar),
         })
     }
 

@@ -18,6 +18,9 @@ pub struct Class {
     pub exemplar_count: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// An exemplar whose thumbnail shows the class (`/exemplars/{id}/thumbnail`); null
+    /// when none of its exemplars keeps its photo.
+    pub photo_exemplar_id: Option<i64>,
 }
 
 impl From<&ClassRecord> for Class {
@@ -29,6 +32,7 @@ impl From<&ClassRecord> for Class {
             exemplar_count: c.exemplars,
             created_at_ms: c.created_at_ms,
             updated_at_ms: c.updated_at_ms,
+            photo_exemplar_id: c.photo_exemplar,
         }
     }
 }

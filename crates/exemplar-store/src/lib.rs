@@ -240,7 +240,9 @@ impl SqliteStore {
     async fn class_record(&self, id: ClassId) -> StoreResult<Option<ClassRecord>> {
         let row = sqlx::query(
             "SELECT c.id, c.label, c.metadata, c.created_at, c.updated_at,
-                    (SELECT count(*) FROM exemplars e WHERE e.class_id = c.id) AS n
+                    (SELECT count(*) FROM exemplars e WHERE e.class_id = c.id) AS n,
+                    (SELECT min(e.id) FROM exemplars e
+                     WHERE e.class_id = c.id AND e.photo_kept = 1) AS photo_exemplar
              FROM classes c WHERE c.id = ?",
         )
         .bind(id)
@@ -261,6 +263,7 @@ fn class_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<ClassRecord> {
         created_at_ms: r.get("created_at"),
         updated_at_ms: r.get("updated_at"),
         exemplars: r.get("n"),
+        photo_exemplar: r.get("photo_exemplar"),
     })
 }
 
@@ -344,7 +347,9 @@ impl CatalogueStore for SqliteStore {
     ) -> StoreResult<Vec<ClassRecord>> {
         let mut sql = String::from(
             "SELECT c.id, c.label, c.metadata, c.created_at, c.updated_at,
-                    (SELECT count(*) FROM exemplars e WHERE e.class_id = c.id) AS n
+                    (SELECT count(*) FROM exemplars e WHERE e.class_id = c.id) AS n,
+                    (SELECT min(e.id) FROM exemplars e
+                     WHERE e.class_id = c.id AND e.photo_kept = 1) AS photo_exemplar
              FROM classes c WHERE c.id > ?",
         );
         if filter.label_contains.is_some() {

@@ -136,6 +136,7 @@ try {
   await page.getByRole('button', { name: 'Find' }).click();
   await page.locator('#classes .tile').first().waitFor();
   assert.equal(await page.locator('#classes .tile').count(), 1);
+  await page.locator('#classes .tile img[src^="blob:"]').waitFor();
   await page.getByRole('link', { name: label }).click();
   await page.getByRole('button', { name: 'Delete this class' }).click();
   await page.getByRole('heading', { name: 'Catalogue' }).waitFor();

@@ -231,6 +231,29 @@ fn classes_are_listed_by_label_text_and_metadata_and_the_console_is_served_openl
     assert_eq!(labels("q=blue&filter=format%3DCD"), ["Kind of Blue"]);
     assert_eq!(labels("filter=format%3DCD&limit=1"), ["Kind of Blue"]);
     assert_eq!(labels("q=%25"), Vec::<String>::new());
+    // Each listed class names an exemplar whose thumbnail shows it.
+    let (_, page) = server.request("GET", "/classes?q=giant", &[AUTH], b"");
+    let shown = page["classes"][0]["photo_exemplar_id"]
+        .as_i64()
+        .expect("a kept photo");
+    let (_, class) = server.request(
+        "GET",
+        &format!("/classes/{}", page["classes"][0]["id"]),
+        &[AUTH],
+        b"",
+    );
+    assert_eq!(class["exemplars"][0]["id"], shown, "{class}");
+    assert_eq!(
+        server
+            .raw(
+                "GET",
+                &format!("/exemplars/{shown}/thumbnail"),
+                &[AUTH],
+                b""
+            )
+            .0,
+        200
+    );
     for (query, kind) in [
         ("filter=format", "bad_filter"),
         ("colour=red", "unknown_parameter"),
