@@ -1,15 +1,18 @@
 //! The unknowns inbox: photos of recent searches answered `unknown`, kept (only when the
 //! operator turns it on) so that a person can make a new class of one, add it to a class,
-//! or dismiss it. It holds customers' photos, so it is bounded twice: by count and by age.
+//! or dismiss it. It holds customers' photos, and anyone who may search can fill it, so it
+//! is bounded three ways: by count, by bytes and by age.
 
 use crate::catalogue::{ClassId, StoreResult};
 use std::future::Future;
 
-/// How many unknown photos are kept, and for how long.
+/// How many unknown photos are kept, how many bytes of them, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxPolicy {
     /// At most this many (the oldest go first); 0: the inbox is off.
     pub max_count: usize,
+    /// Their photos take at most this many bytes together (the oldest go first).
+    pub max_bytes: u64,
     /// None older than this, in milliseconds.
     pub max_age_ms: i64,
 }
@@ -17,11 +20,12 @@ pub struct InboxPolicy {
 impl InboxPolicy {
     pub const OFF: InboxPolicy = InboxPolicy {
         max_count: 0,
+        max_bytes: 0,
         max_age_ms: 0,
     };
 
     pub fn is_on(&self) -> bool {
-        self.max_count > 0 && self.max_age_ms > 0
+        self.max_count > 0 && self.max_bytes > 0 && self.max_age_ms > 0
     }
 }
 
@@ -54,13 +58,14 @@ pub struct NewUnknown {
 /// Storage of the inbox. Every call is one transaction.
 pub trait UnknownStore: Send + Sync + 'static {
     /// Keeps the photo, then drops what the policy no longer allows (the oldest past
-    /// `max_count`, anything older than `max_age_ms` before `now_ms`). Returns its id.
+    /// `max_count` or `max_bytes`, anything older than `max_age_ms` before `now_ms`).
+    /// Returns its id; `None` when the photo alone is more than the policy allows.
     fn keep_unknown(
         &self,
         unknown: &NewUnknown,
         policy: InboxPolicy,
         now_ms: i64,
-    ) -> impl Future<Output = StoreResult<i64>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<i64>>> + Send;
 
     /// Drops what the policy no longer allows; returns how many went.
     fn expire_unknowns(

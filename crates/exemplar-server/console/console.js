@@ -491,7 +491,7 @@ function unknownsView(main) {
   act(null, async () => {
     const page = await api('GET', '/unknowns?limit=60');
     note.textContent = page.keeping
-      ? `Photos of searches answered “unknown”: the last ${page.max_count}, for ${page.max_hours} hours at most.`
+      ? `Photos of searches answered “unknown”: the last ${page.max_count} (${page.max_mib} MiB at most), for ${page.max_hours} hours at most.`
       : 'The inbox is off: start the server with --keep-unknown N to keep the photos of unknown searches here.';
     if (!page.unknowns.length) list.append(h('p', { class: 'muted' }, 'Nothing waiting.'));
     for (const u of page.unknowns) list.append(unknownCard(u));

@@ -202,6 +202,10 @@ pub struct ServeArgs {
     #[arg(long, env = "EXEMPLAR_KEEP_UNKNOWN", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub keep_unknown: u32,
+    /// MiB the kept unknown photos may take together (the oldest go first).
+    #[arg(long, env = "EXEMPLAR_KEEP_UNKNOWN_MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub keep_unknown_mib: u32,
     /// Hours an unknown photo is kept at most.
     #[arg(long, env = "EXEMPLAR_KEEP_UNKNOWN_HOURS", default_value_t = 72,
           value_parser = clap::value_parser!(u32).range(1..=8_760))]
@@ -212,6 +216,7 @@ impl ServeArgs {
     pub fn unknown_inbox(&self) -> exemplar_core::unknowns::InboxPolicy {
         exemplar_core::unknowns::InboxPolicy {
             max_count: self.keep_unknown as usize,
+            max_bytes: u64::from(self.keep_unknown_mib) << 20,
             max_age_ms: i64::from(self.keep_unknown_hours) * 3_600_000,
         }
     }

@@ -36,10 +36,19 @@ async fn expire(
         .await
         .map_err(backend)?
         .rows_affected();
+    // Newest first: a row goes once the rows newer than it, itself included, are more
+    // than `max_count` or take more than `max_bytes`.
     let over = sqlx::query(
-        "DELETE FROM unknowns WHERE id NOT IN (SELECT id FROM unknowns ORDER BY id DESC LIMIT ?)",
+        "DELETE FROM unknowns WHERE id IN (
+             SELECT id FROM (
+                 SELECT id,
+                        row_number() OVER newest AS n,
+                        sum(length(photo)) OVER newest AS bytes
+                 FROM unknowns WINDOW newest AS (ORDER BY id DESC))
+             WHERE n > ? OR bytes > ?)",
     )
     .bind(policy.max_count.min(i64::MAX as usize) as i64)
+    .bind(policy.max_bytes.min(i64::MAX as u64) as i64)
     .execute(&mut *conn)
     .await
     .map_err(backend)?
@@ -53,7 +62,7 @@ impl UnknownStore for SqliteStore {
         unknown: &NewUnknown,
         policy: InboxPolicy,
         now_ms: i64,
-    ) -> StoreResult<i64> {
+    ) -> StoreResult<Option<i64>> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let id: i64 = sqlx::query(
             "INSERT INTO unknowns (created_at, photo, name, crop, nearest_class_id, nearest_label, best_inliers)
@@ -71,8 +80,14 @@ impl UnknownStore for SqliteStore {
         .map_err(backend)?
         .get("id");
         expire(&mut tx, policy, now_ms).await?;
+        let kept = sqlx::query("SELECT 1 FROM unknowns WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .is_some();
         tx.commit().await.map_err(backend)?;
-        Ok(id)
+        Ok(kept.then_some(id))
     }
 
     async fn expire_unknowns(&self, policy: InboxPolicy, now_ms: i64) -> StoreResult<usize> {

@@ -63,7 +63,7 @@ impl<S: CatalogueStore + UnknownStore, I: VectorIndex> Catalogue<S, I> {
             best_inliers: *best_inliers,
         };
         let id = self.store.keep_unknown(&unknown, policy, now_ms()).await?;
-        Ok((answer, Some(id)))
+        Ok((answer, id))
     }
 
     /// Drops the unknowns the policy no longer allows (the maintenance loop calls it, so
@@ -103,8 +103,8 @@ impl<S: CatalogueStore + UnknownStore, I: VectorIndex> Catalogue<S, I> {
 
     /// Makes the unknown photo an exemplar (of a new class or of an existing one), then
     /// removes it from the inbox. The exemplar is committed first: a crash between the two
-    /// steps leaves the photo in the inbox too, and promoting it again to the same class is
-    /// answered as a duplicate, not stored twice.
+    /// steps leaves the photo in the inbox too (promoting it again to the same class is
+    /// then answered as a duplicate; as a new class, it makes a second one).
     pub async fn promote_unknown(&self, id: i64, to: &Promotion) -> Result<Promoted, ServiceError> {
         let (record, photo) = self.unknown(id).await?;
         let mut upload = Upload::new(photo, record.name.clone());

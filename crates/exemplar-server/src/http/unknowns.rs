@@ -58,8 +58,9 @@ pub struct UnknownPage {
     pub next_before: Option<i64>,
     /// Whether searches answered `unknown` are being kept now (`--keep-unknown`).
     pub keeping: bool,
-    /// How many are kept at most, and for how many hours.
+    /// How many are kept at most, how many MiB of photos, and for how many hours.
     pub max_count: usize,
+    pub max_mib: f64,
     pub max_hours: f64,
 }
 
@@ -103,6 +104,7 @@ pub async fn list(
         next_before,
         keeping: policy.is_on(),
         max_count: policy.max_count,
+        max_mib: policy.max_bytes as f64 / (1 << 20) as f64,
         max_hours: policy.max_age_ms as f64 / 3_600_000.0,
     }))
 }

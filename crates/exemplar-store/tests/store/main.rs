@@ -453,6 +453,7 @@ async fn unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo() {
         .unwrap();
     let policy = InboxPolicy {
         max_count: 3,
+        max_bytes: 1_000,
         max_age_ms: 60_000,
     };
     let photo = |i: u8| NewUnknown {
@@ -468,7 +469,8 @@ async fn unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo() {
             store
                 .keep_unknown(&photo(i), policy, 1_000 + i64::from(i))
                 .await
-                .unwrap(),
+                .unwrap()
+                .expect("kept"),
         );
     }
     // The count bound: the three newest, newest first.
@@ -492,6 +494,35 @@ async fn unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo() {
     assert!(store.remove_unknown(ids[4]).await.unwrap());
     assert!(!store.remove_unknown(ids[4]).await.unwrap());
     assert!(store.unknown(ids[4]).await.unwrap().is_none());
+    // The byte bound: photos of 10 bytes each with room for 25 keep the newest two.
+    let small = InboxPolicy {
+        max_bytes: 25,
+        ..policy
+    };
+    for i in 0..3 {
+        let unknown = NewUnknown {
+            photo: vec![0; 10],
+            ..photo(i)
+        };
+        store.keep_unknown(&unknown, small, 62_000).await.unwrap();
+    }
+    let sizes: Vec<usize> = store
+        .unknowns(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.bytes)
+        .collect();
+    assert_eq!(sizes, [10, 10]);
+    // A photo larger than the whole budget is not kept at all.
+    let large = NewUnknown {
+        photo: vec![0; 26],
+        ..photo(5)
+    };
+    assert_eq!(
+        store.keep_unknown(&large, small, 62_000).await.unwrap(),
+        None
+    );
     // Turned off: everything goes.
     store.keep_unknown(&photo(9), policy, 70_000).await.unwrap();
     store
