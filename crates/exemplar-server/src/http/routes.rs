@@ -265,6 +265,14 @@ fn class_query(pairs: Vec<(String, String)>) -> Result<(i64, u32, ClassFilter), 
             format!("limit must be between 1 and 500, got {limit}"),
         ));
     }
+    // No class has more metadata entries than this, so more filters could match nothing.
+    let most = exemplar_core::service::Limits::default().max_metadata_entries;
+    if filter.metadata.len() > most {
+        return Err(ApiError::bad_request(
+            "bad_filter",
+            format!("at most {most} filters, got {}", filter.metadata.len()),
+        ));
+    }
     Ok((after, limit, filter))
 }
 

@@ -259,6 +259,13 @@ fn classes_are_listed_by_label_text_and_metadata_and_the_console_is_served_openl
         ("colour=red", "unknown_parameter"),
         ("limit=0", "bad_limit"),
         ("after=x", "bad_after"),
+        (
+            &(0..33)
+                .map(|i| format!("filter=k{i}%3Dv"))
+                .collect::<Vec<_>>()
+                .join("&"),
+            "bad_filter",
+        ),
     ] {
         let (status, error) = server.request("GET", &format!("/classes?{query}"), &[AUTH], b"");
         assert_eq!(
