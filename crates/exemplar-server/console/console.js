@@ -293,19 +293,24 @@ function searchView(main) {
     result.replaceChildren(h('p', { class: 'muted' }, 'Searching…'));
     const form = new FormData();
     form.append('image', file, file.name || 'photo.jpg');
-    if (crop) form.append('crop', [crop.x, crop.y, crop.w, crop.h].map(Math.round).join(','));
+    const part = crop && [crop.x, crop.y, crop.w, crop.h].map(Math.round);
+    if (part) form.append('crop', part.join(','));
     const started = performance.now();
     performance.mark('exemplar-search');
     const answer = await act(againButton, () => api('POST', '/search', form));
     if (!answer) { result.replaceChildren(); return; }
-    showAnswer(answer, performance.now() - started);
+    showAnswer(answer, performance.now() - started, part);
     // From the photo chosen to its answer on screen (devtools and tests read it).
     requestAnimationFrame(() => performance.measure('exemplar-search-to-result', 'exemplar-search'));
   }
 
-  function showAnswer(answer, roundTrip) {
+  function showAnswer(answer, roundTrip, part) {
     const v = answer.verdict;
     const parts = [];
+    if (part) {
+      parts.push(h('p', { class: 'small muted', id: 'searched-part' },
+        `Searched the part at ${part[0]}, ${part[1]}, ${part[2]} × ${part[3]} px`));
+    }
     if (v.status === 'match') {
       const e = v.evidence;
       parts.push(h('div', { class: 'verdict match', id: 'verdict' }, `Match: ${v.label}`));

@@ -112,6 +112,25 @@ try {
   if (phone) await noSideways();
   if (shots) await page.screenshot({ path: path.join(shots, `search-match-${scenario}.png`), fullPage: true });
 
+  step('draw the part to search by hand: that part is searched');
+  const size = await page.locator('#search-image').evaluate((img) => [img.naturalWidth, img.naturalHeight]);
+  await page.getByRole('button', { name: 'Draw the part to search' }).click();
+  const photoBox = await page.locator('#search-image').boundingBox();
+  const at = (fx, fy) => [photoBox.x + fx * photoBox.width, photoBox.y + fy * photoBox.height];
+  await page.mouse.move(...at(0.1, 0.05));
+  await page.mouse.down();
+  await page.mouse.move(...at(0.5, 0.5), { steps: 4 });
+  await page.mouse.move(...at(0.92, 0.92), { steps: 4 });
+  await page.mouse.up();
+  await page.locator('.crop').waitFor();
+  const searched = await page.locator('#searched-part').textContent({ timeout: 60_000 });
+  const crop = searched.match(/\d+/g).map(Number);
+  assert.equal(crop.length, 4, searched);
+  assert.ok(crop[0] < 0.15 * size[0] && crop[2] > 0.75 * size[0] && crop[3] > 0.8 * size[1],
+    `the drawn part ${crop} of the ${size} photo`);
+  await page.locator('#outline').waitFor();
+  assert.equal((await page.locator('#verdict').textContent()).trim(), `Match: ${label}`);
+
   step('search a photo of something not in the catalogue: unknown, kept in the inbox');
   assert.equal(await searchFor('other.png'), 'Unknown: not recognised');
 
