@@ -103,7 +103,7 @@ fn every_malformed_request_gets_a_json_error_with_its_kind() {
             "/classes?limit=abc",
             vec![],
             vec![],
-            (400, "bad_query"),
+            (400, "bad_limit"),
         ),
         (
             "GET",
@@ -124,7 +124,7 @@ fn every_malformed_request_gets_a_json_error_with_its_kind() {
             "/classes?after=x",
             vec![],
             vec![],
-            (400, "bad_query"),
+            (400, "bad_after"),
         ),
         (
             "POST",
