@@ -73,7 +73,7 @@ try {
   assert.equal(await page.locator('#exemplars img[src^="blob:"]').count(), 2, 'both thumbnails shown');
   if (scenario === 'protected') {
     const kept = await page.evaluate(() => sessionStorage.getItem('exemplar-api-key'));
-    assert.equal(kept, process.env.API_KEY, 'the key is kept in the tab session only');
+    assert.equal(kept, process.env.API_KEY, 'the key is kept by this tab alone');
     const stored = await page.evaluate(() => localStorage.length);
     assert.equal(stored, 0, 'nothing in local storage');
   }
