@@ -1,7 +1,7 @@
 //! The few dense linear-algebra routines projections need, on nalgebra.
 
 use crate::rng::SplitMix64;
-use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use nalgebra::{DMatrix, DVector, SMatrix, SVector, SymmetricEigen};
 
 /// `rows x cols` matrix of independent standard normal entries, reproducible from `seed`.
 pub fn gaussian_matrix(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
@@ -57,6 +57,28 @@ pub fn top_eigenpairs(
         vectors.set_column(col, &(&q * eig.eigenvectors.column(i)));
     }
     (values, vectors)
+}
+
+/// The homography (row-major, h33 = 1) taking each of `src` to the matching point of
+/// `dst`, if the four pairs are not degenerate.
+pub fn homography_from_four(src: &[(f64, f64); 4], dst: &[(f64, f64); 4]) -> Option<[f64; 9]> {
+    let mut a = SMatrix::<f64, 8, 8>::zeros();
+    let mut b = SVector::<f64, 8>::zeros();
+    for i in 0..4 {
+        let ((x, y), (u, v)) = (src[i], dst[i]);
+        let r = 2 * i;
+        a.row_mut(r)
+            .copy_from_slice(&[x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y]);
+        a.row_mut(r + 1)
+            .copy_from_slice(&[0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y]);
+        b[r] = u;
+        b[r + 1] = v;
+    }
+    let h = a.lu().solve(&b)?;
+    if h.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    Some([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], 1.0])
 }
 
 #[cfg(test)]

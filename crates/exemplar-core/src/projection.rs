@@ -34,6 +34,16 @@ pub enum ProjectionKind {
         samples: usize,
         whitening: f32,
     },
+    /// A linear head learned with a metric-learning loss so that synthetic phone-photo
+    /// views of an exemplar land near its photo (`exemplar-train`), started from the PCA
+    /// `base` and trained on `exemplars` photos with `views` views each.
+    Learned {
+        base: String,
+        exemplars: usize,
+        views: usize,
+        loss: String,
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +71,19 @@ impl Projection {
             matrix,
             version,
         }
+    }
+
+    /// A linear projection made elsewhere (a learned head): `matrix` is row-major
+    /// `output_dim x mean.len()`.
+    pub fn linear(kind: ProjectionKind, mean: Vec<f32>, matrix: Vec<f32>) -> Result<Self> {
+        if mean.is_empty() || matrix.is_empty() || !matrix.len().is_multiple_of(mean.len()) {
+            return Err(Error::Dimension {
+                expected: mean.len(),
+                got: matrix.len(),
+            });
+        }
+        let output_dim = matrix.len() / mean.len();
+        Ok(Self::new(kind, mean, matrix, output_dim))
     }
 
     /// Data-free projection: works on first start, before any catalogue exists.
@@ -141,6 +164,14 @@ impl Projection {
 
     pub fn kind(&self) -> &ProjectionKind {
         &self.kind
+    }
+    /// Subtracted from a raw feature before the matrix is applied.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+    /// Row-major `output_dim x input_dim`.
+    pub fn matrix(&self) -> &[f32] {
+        &self.matrix
     }
     pub fn input_dim(&self) -> usize {
         self.input_dim
@@ -284,6 +315,9 @@ fn version_of(kind: &ProjectionKind, mean: &[f32], matrix: &[f32]) -> String {
         ProjectionKind::Pca {
             samples, whitening, ..
         } => format!("pca-w{whitening}-n{samples}"),
+        ProjectionKind::Learned {
+            exemplars, views, ..
+        } => format!("learned-n{exemplars}x{views}"),
     };
     format!("{tag}-{hex}")
 }
@@ -373,6 +407,29 @@ mod tests {
                 got: 7
             })
         ));
+    }
+
+    #[test]
+    fn a_learned_head_is_stored_and_read_back_as_it_was() {
+        let base = Projection::random_orthogonal(12, 4, 1);
+        let kind = ProjectionKind::Learned {
+            base: base.version().into(),
+            exemplars: 10,
+            views: 2,
+            loss: "triplet".into(),
+            seed: 3,
+        };
+        let head = Projection::linear(kind.clone(), vec![0.5; 12], base.matrix().to_vec()).unwrap();
+        assert!(
+            head.version().starts_with("learned-n10x2-"),
+            "{}",
+            head.version()
+        );
+        assert_eq!((head.input_dim(), head.output_dim()), (12, 4));
+        let back = Projection::from_bytes(&head.to_bytes().unwrap(), "test").unwrap();
+        assert_eq!(back, head);
+        assert_eq!(back.kind(), &kind);
+        assert!(Projection::linear(kind, vec![0.0; 12], vec![0.0; 13]).is_err());
     }
 
     #[test]

@@ -51,6 +51,13 @@ impl RefitPolicy {
                 *samples < self.max_samples
                     && exemplars as f64 >= *samples as f64 * self.growth_factor
             }
+            // A learned head stays until the catalogue has outgrown what it was trained
+            // on by the same factor; then a PCA refit replaces it (train again to learn
+            // one on the grown catalogue).
+            ProjectionKind::Learned {
+                exemplars: trained_on,
+                ..
+            } => exemplars as f64 >= *trained_on as f64 * self.growth_factor,
             _ => true,
         }
     }
@@ -91,5 +98,21 @@ mod tests {
         // as the catalogue is big enough.
         let prior = Projection::fit_pca(&refs, 4, 0.5, "classifier-weights").unwrap();
         assert!(policy.should_refit(&prior, 20));
+
+        // A learned head stays until the catalogue doubles past what it was trained on.
+        let learned = Projection::linear(
+            ProjectionKind::Learned {
+                base: capped.version().into(),
+                exemplars: 30,
+                views: 8,
+                loss: "info-nce".into(),
+                seed: 0,
+            },
+            capped.mean().to_vec(),
+            capped.matrix().to_vec(),
+        )
+        .unwrap();
+        assert!(!policy.should_refit(&learned, 59));
+        assert!(policy.should_refit(&learned, 60));
     }
 }

@@ -17,7 +17,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in (0, 1].
-    fn next_unit(&mut self) -> f64 {
+    pub fn next_unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
     }
 

@@ -160,6 +160,34 @@ pub struct ReindexArgs {
     pub detach: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Learn from the images under this folder instead of a server's catalogue.
+    #[arg(requires = "out")]
+    pub folder: Option<PathBuf>,
+    /// With a folder: where to write the learned head.
+    #[arg(long, requires = "folder")]
+    pub out: Option<PathBuf>,
+    /// The server whose catalogue to learn from.
+    #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The server's API key (training is an admin call).
+    #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// When the server switches to the head: if-better (on held-out exemplars than the
+    /// PCA), always, never (train and report only).
+    #[arg(long, default_value = "if-better")]
+    pub install: crate::train_job::Install,
+    /// Show where the server's training stands, start none.
+    #[arg(long)]
+    pub status: bool,
+    /// Return once training has started.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub settings: crate::training::TrainSettings,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -430,6 +458,10 @@ pub enum Command {
     /// Time the visual-word index: vocabulary fit, indexing, memory and search, at
     /// catalogue sizes made by repeating real features. Last line: JSON.
     BenchWords(BenchWordsArgs),
+    /// Time training the learned head at catalogue sizes made by repeating the raw
+    /// features of real photos and their views (from `eval --feature-cache` files, with
+    /// a little noise): seconds, epochs, peak memory. Last line: JSON.
+    BenchTrain(BenchTrainArgs),
     /// Run the HTTP service.
     Serve(ServeArgs),
     /// Add classes from a folder or a CSV manifest to the data directory (stop the server
@@ -460,6 +492,12 @@ pub enum Command {
     /// --local-keypoints; those not given stay), while it goes on serving; shows the
     /// progress until the switch. Last line: JSON.
     Reindex(ReindexArgs),
+    /// Learn the 256-d descriptor head from photos: synthetic phone photos of each one,
+    /// embedded by the model, train a linear head from the catalogue's PCA (reproducible
+    /// with --train-seed). On a running server's catalogue (`POST /admin/train`, switched
+    /// to when better on held-out exemplars), or on a folder of images (--out: the head
+    /// as a projection file for `eval --projection FILE`). Last line: JSON.
+    Train(TrainArgs),
     /// Back up the data directory's catalogue and photos into a new folder OUT; works
     /// beside a running server (a consistent copy at one instant). Last line: JSON.
     Backup {
@@ -594,6 +632,21 @@ pub struct BenchWordsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Raw features of the photos: the model's file in an `eval --feature-cache` folder.
+    #[arg(long)]
+    pub features: PathBuf,
+    /// Raw features of their views: the `…-views{N}-s{SEED}.jsonl` file beside it.
+    #[arg(long)]
+    pub view_features: PathBuf,
+    /// Catalogue sizes to train on.
+    #[arg(long, value_delimiter = ',', default_value = "1126,10000")]
+    pub exemplars: Vec<usize>,
+    #[command(flatten)]
+    pub train: crate::training::TrainSettings,
+}
+
+#[derive(Debug, Args)]
 pub struct CalibrateArgs {
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -611,18 +664,34 @@ pub struct CalibrateArgs {
     pub shortlists: Vec<usize>,
 }
 
+/// What `eval` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalMethod {
+    /// Search the catalogue as the service does.
+    Retrieval,
+    /// Classify each query with a softmax layer trained over the classes on the frozen
+    /// backbone's features (a set of groups, e.g. INRIA Holidays), beside retrieval.
+    LinearProbe,
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Folder with groundtruth.tsv (or the TSV itself).
     pub dataset: PathBuf,
+    #[arg(long, value_enum, default_value_t = EvalMethod::Retrieval)]
+    pub method: EvalMethod,
     /// Comma-separated descriptors to evaluate from the same features: raw (no
     /// projection), default (what a fresh service uses), random, classifier, catalogue
-    /// (PCA fitted on the evaluated catalogue), or a projection file.
+    /// (PCA fitted on the evaluated catalogue), learned (the head `exemplar train` learns
+    /// on the evaluated catalogue), or a projection file.
     #[arg(long, default_value = "raw,default,catalogue", value_delimiter = ',')]
     pub projection: Vec<String>,
     /// Output dimension of fitted and random projections.
     #[arg(long, env = "EXEMPLAR_DESCRIPTOR_DIM", default_value_t = DESCRIPTOR_DIM)]
     pub dim: usize,
+    /// How `learned` is trained (on the catalogue's images and their views only).
+    #[command(flatten)]
+    pub train: crate::training::TrainSettings,
     /// Power whitening of PCA projections (0 = plain PCA, 1 = full whitening).
     #[arg(long, env = "EXEMPLAR_WHITENING", default_value_t = RefitPolicy::default().whitening)]
     pub whitening: f32,

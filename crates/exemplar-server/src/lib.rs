@@ -13,3 +13,5 @@ pub mod progress;
 pub mod reindex;
 pub mod serve;
 pub mod telemetry;
+pub mod train_job;
+pub mod training;

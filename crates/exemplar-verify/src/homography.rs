@@ -3,7 +3,6 @@
 
 use crate::matching::Match;
 use crate::LocalFeatures;
-use nalgebra::{SMatrix, SVector};
 
 /// Row-major 3x3, mapping reference pixels to query pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,25 +56,7 @@ impl Default for RansacParams {
 
 /// The homography through four point pairs (h33 = 1), if they are not degenerate.
 fn from_four(src: &[(f64, f64); 4], dst: &[(f64, f64); 4]) -> Option<Homography> {
-    let mut a = SMatrix::<f64, 8, 8>::zeros();
-    let mut b = SVector::<f64, 8>::zeros();
-    for i in 0..4 {
-        let ((x, y), (u, v)) = (src[i], dst[i]);
-        let r = 2 * i;
-        a.row_mut(r)
-            .copy_from_slice(&[x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y]);
-        a.row_mut(r + 1)
-            .copy_from_slice(&[0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y]);
-        b[r] = u;
-        b[r + 1] = v;
-    }
-    let h = a.lu().solve(&b)?;
-    if h.iter().any(|v| !v.is_finite()) {
-        return None;
-    }
-    Some(Homography([
-        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], 1.0,
-    ]))
+    exemplar_core::linalg::homography_from_four(src, dst).map(Homography)
 }
 
 /// A physically possible view of a flat reference: its outline stays a convex,

@@ -41,10 +41,12 @@ mod photos;
 mod rebuild;
 mod reindex;
 mod search;
+mod train;
 mod unknowns;
 mod words;
 pub use rebuild::Rebuilt;
 pub use reindex::{NewVersion, ReindexState, ReindexStatus, Reindexed, REINDEX_SHARE};
+pub use train::TrainingExemplar;
 pub use unknowns::{Promoted, Promotion};
 pub use words::WordsRebuilt;
 

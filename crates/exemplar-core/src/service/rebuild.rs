@@ -31,6 +31,17 @@ pub struct Rebuilt {
     pub seconds: f64,
 }
 
+/// What a rebuild does to the projection.
+#[derive(Clone)]
+enum Fit {
+    /// Keeps it (a compaction).
+    Keep,
+    /// Fits a PCA on the stored raw features.
+    Pca,
+    /// Takes this one (a learned head), made for raw features of this model.
+    Given(Arc<Projection>, String),
+}
+
 /// Runs CPU-heavy work on its own thread and awaits it without blocking the executor.
 pub(super) async fn off_thread<T: Send + 'static>(
     name: &str,
@@ -101,7 +112,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         if !self.refit.should_refit(&self.projection(), exemplars) {
             return Ok(None);
         }
-        match self.rebuild(true).await {
+        match self.rebuild(Fit::Pca).await {
             Err(ServiceError::Busy(_)) => Ok(None),
             Ok(rebuilt) => {
                 self.refit_words().await?;
@@ -131,7 +142,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 ),
             });
         }
-        let rebuilt = self.rebuild(true).await?;
+        let rebuilt = self.rebuild(Fit::Pca).await?;
         self.refit_words().await?;
         Ok(rebuilt)
     }
@@ -141,17 +152,57 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         if !self.read_space().index.needs_compaction() {
             return Ok(None);
         }
-        match self.rebuild(false).await {
+        match self.rebuild(Fit::Keep).await {
             Err(ServiceError::Busy(_)) => Ok(None),
             other => other.map(Some),
         }
     }
 
-    async fn rebuild(&self, refit: bool) -> Result<Rebuilt, ServiceError> {
-        let _one = self
-            .rebuilding
-            .try_lock()
-            .map_err(|_| ServiceError::Busy("a refit or compaction is already running".into()))?;
+    /// Serves `projection` (made elsewhere: a learned head) from now on: every stored raw
+    /// feature is projected again and the index rebuilt, as a refit does, while searches
+    /// go on with the current space. Refused when the raw features are no longer those of
+    /// `model` (a re-index switched models meanwhile) or do not fit its input.
+    pub async fn install_projection(
+        &self,
+        projection: Projection,
+        model: &str,
+    ) -> Result<Rebuilt, ServiceError> {
+        let input = self.projection().input_dim();
+        if projection.input_dim() != input {
+            return Err(ServiceError::Conflict {
+                kind: "bad_projection",
+                message: format!(
+                    "the projection takes {}-d features; the model makes {input}-d",
+                    projection.input_dim()
+                ),
+            });
+        }
+        self.rebuild(Fit::Given(Arc::new(projection), model.to_string()))
+            .await
+    }
+
+    async fn rebuild(&self, fit: Fit) -> Result<Rebuilt, ServiceError> {
+        let refit = !matches!(fit, Fit::Keep);
+        // A given projection waits its turn (a training run should not fail because a
+        // compaction happened to run); refits and compactions are simply tried later.
+        let _one = match &fit {
+            Fit::Given(..) => self.rebuilding.lock().await,
+            _ => self.rebuilding.try_lock().map_err(|_| {
+                ServiceError::Busy("a refit or compaction is already running".into())
+            })?,
+        };
+        if let Fit::Given(_, model) = &fit {
+            // Checked under the rebuild lock, which a re-index's switch takes too.
+            let current = self.versions().model;
+            if &current != model {
+                return Err(ServiceError::Conflict {
+                    kind: "model_changed",
+                    message: format!(
+                        "the projection was made for model {model}; the catalogue now uses {current}"
+                    ),
+                });
+            }
+        }
         let started = Instant::now();
         let snapshot = self.store.head().await?;
         let raw = self.store.raw_features(None).await?;
@@ -162,11 +213,13 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         let policy = self.refit.clone();
         let (projection, mut index, mut descriptors, fit_samples) =
             off_thread("exemplar-rebuild", move || -> Result<_, ServiceError> {
-                let (projection, fit_samples) = if refit {
-                    let (fitted, samples) = fit_on(&raw, current.output_dim(), &policy)?;
-                    (Arc::new(fitted), samples)
-                } else {
-                    (current, 0)
+                let (projection, fit_samples) = match fit {
+                    Fit::Keep => (current, 0),
+                    Fit::Pca => {
+                        let (fitted, samples) = fit_on(&raw, current.output_dim(), &policy)?;
+                        (Arc::new(fitted), samples)
+                    }
+                    Fit::Given(given, _) => (given, 0),
                 };
                 let (index, descriptors) = index_all(raw, &projection, empty)?;
                 Ok((projection, index, descriptors, fit_samples))

@@ -18,19 +18,7 @@ pub fn cached_features(
     dir: &Path,
 ) -> anyhow::Result<Vec<PooledFeature>> {
     std::fs::create_dir_all(dir)?;
-    let name: String = embedder
-        .info()
-        .id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let file = dir.join(format!("{name}.jsonl"));
+    let file = dir.join(format!("{}.jsonl", file_name(&embedder.info().id)));
     let mut known: HashMap<PathBuf, PooledFeature> = HashMap::new();
     if let Ok(text) = std::fs::read_to_string(&file) {
         for line in text.lines() {
@@ -50,6 +38,55 @@ pub fn cached_features(
             Ok(())
         },
     )
+}
+
+/// Raw features of the synthetic views `exemplar train` makes of each image, from `dir`'s
+/// cache file for this model, view count and seed; the missing ones are made, embedded
+/// and appended.
+pub fn cached_view_features(
+    embedder: &CnnEmbedder,
+    paths: &[PathBuf],
+    dir: &Path,
+    settings: &crate::training::TrainSettings,
+) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join(format!(
+        "{}-views{}-s{}.jsonl",
+        file_name(&embedder.info().id),
+        settings.views,
+        settings.seed
+    ));
+    let mut known: HashMap<PathBuf, Vec<Vec<f32>>> = HashMap::new();
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        for line in text.lines() {
+            if let Ok((path, views)) = serde_json::from_str::<(PathBuf, Vec<Vec<f32>>)>(line) {
+                known.insert(path, views);
+            }
+        }
+    }
+    fill_missing(
+        paths,
+        known,
+        &file,
+        |missing| super::eval::embed_views_of_files(embedder, missing, settings),
+        |out, path, views: &Vec<Vec<f32>>| {
+            writeln!(out, "{}", serde_json::to_string(&(path, views))?)?;
+            Ok(())
+        },
+    )
+}
+
+/// A model id made safe for a file name.
+fn file_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// What `known` lacks of `paths` is computed (`compute`) and appended to `file`

@@ -1,6 +1,7 @@
 mod backup;
 mod bench;
 mod bench_index;
+mod bench_train;
 mod bench_words;
 mod classes;
 mod classify;
@@ -9,6 +10,7 @@ mod feature_cache;
 pub mod import;
 mod reindex;
 mod search;
+mod train;
 
 use crate::cli::{Cli, Command, ModelArgs};
 use crate::data_dir::catalogue_model;
@@ -54,6 +56,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Reindex(args) => reindex::run(&args, &cli.model, &reindex::explicit_model_flags()),
+        Command::Train(args) => match &args.folder {
+            Some(folder) => train::from_folder(&load(&cli.model)?, folder, &args),
+            None => train::on_server(&args),
+        },
         Command::Classes { dir } => classes::run(&dir.data_dir),
         Command::Backup { out, dir } => backup::backup(&dir.data_dir, &out),
         Command::Restore {
@@ -82,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BenchIndex(args) => bench_index::run(&args),
         Command::BenchWords(args) => bench_words::run(&args),
+        Command::BenchTrain(args) => bench_train::run(&args),
         Command::Eval(args) => eval::run(&load(&cli.model)?, local.as_ref(), &args),
         Command::Calibrate(args) => eval::calibrate(&load(&cli.model)?, local.as_ref(), &args),
         Command::FetchWeights => {

@@ -70,15 +70,28 @@ fn change_json(change: &SpecChange) -> Value {
     Value::Object(body)
 }
 
-struct Client {
-    agent: ureq::Agent,
-    base: String,
-    key: Option<String>,
+/// A running server's admin route (`/admin/reindex`, `/admin/train`).
+pub(super) struct Client {
+    pub agent: ureq::Agent,
+    pub base: String,
+    pub key: Option<String>,
+    pub path: &'static str,
 }
 
 impl Client {
-    fn call(&self, method: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let url = format!("{}/admin/reindex", self.base.trim_end_matches('/'));
+    pub fn new(base: &str, key: Option<&str>, path: &'static str) -> Self {
+        Self {
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(600))
+                .build(),
+            base: base.to_string(),
+            key: key.map(str::to_string),
+            path,
+        }
+    }
+
+    pub fn call(&self, method: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base.trim_end_matches('/'), self.path);
         let mut request = self.agent.request(method, &url);
         if let Some(key) = &self.key {
             request = request.set("Authorization", &format!("Bearer {key}"));
@@ -107,13 +120,7 @@ fn finished(status: &Value) -> bool {
 }
 
 pub fn run(args: &ReindexArgs, flags: &ModelArgs, explicit: &[&str]) -> anyhow::Result<()> {
-    let client = Client {
-        agent: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(600))
-            .build(),
-        base: args.server.clone(),
-        key: args.api_key.clone(),
-    };
+    let client = Client::new(&args.server, args.api_key.as_deref(), "/admin/reindex");
     if args.status {
         println!("{}", client.call("GET", None)?);
         return Ok(());

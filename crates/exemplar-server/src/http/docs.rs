@@ -1,7 +1,7 @@
 //! The OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`), generated from the
 //! handlers' annotations and the types in `crate::dto` and `forms.rs`.
 
-use super::{backup, forms, metrics, photos, reindex, routes, unknowns};
+use super::{backup, forms, metrics, photos, reindex, routes, train, unknowns};
 use crate::dto;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -32,6 +32,8 @@ use utoipa::{Modify, OpenApi};
         reindex::start,
         reindex::status,
         reindex::cancel,
+        train::start,
+        train::status,
         routes::healthz,
         routes::readyz,
         metrics::render,
@@ -58,6 +60,9 @@ use utoipa::{Modify, OpenApi};
         reindex::ReindexProgress,
         crate::reindex::IndexSpec,
         crate::reindex::SpecChange,
+        crate::train_job::TrainRequest,
+        crate::train_job::TrainStatus,
+        crate::train_job::Install,
         forms::NewClassForm,
         forms::ImagesForm,
         forms::SearchForm,
@@ -110,7 +115,8 @@ fn metadata_schema() -> utoipa::openapi::schema::Object {
                 .schema_type(Type::String)
                 .min_length(Some(1))
                 .max_length(Some(limits.max_metadata_key_chars))
-                .pattern(Some("\\S")),
+                // A character the server does not trim: ECMA-262's `\s` lacks U+0085.
+                .pattern(Some("[^\\s\\u0085]")),
         ))
         .additional_properties(Some(
             ObjectBuilder::new()

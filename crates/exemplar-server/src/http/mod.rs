@@ -12,6 +12,7 @@ pub mod metrics;
 mod photos;
 mod reindex;
 mod routes;
+mod train;
 mod unknowns;
 
 pub use body::BodyLimits;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub model: crate::cli::ModelArgs,
     /// The share of the time a re-index build embeds (`--reindex-share`).
     pub reindex_share: f32,
+    /// The training slot of `/admin/train`.
+    pub training: Arc<crate::train_job::TrainJobs>,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             protect_reads,
             model,
             reindex_share: exemplar_core::service::REINDEX_SHARE,
+            training: Arc::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
                 .get(reindex::status)
                 .delete(reindex::cancel),
         )
+        .route("/admin/train", post(train::start).get(train::status))
         .route("/unknowns", get(unknowns::list))
         .route("/unknowns/{id}", delete(unknowns::dismiss))
         .route("/unknowns/{id}/photo", get(unknowns::photo))

@@ -58,8 +58,8 @@ fn classify_rejects_a_non_image_with_a_clear_message() {
     );
 }
 
-#[test]
-fn eval_map_protocol_finds_other_shots_of_the_same_object() {
+/// A Holidays-style set: two groups (the cat, the coffee), a query and another shot each.
+fn two_groups() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let (cat, coffee) = (photo(&SKIMAGE_CHELSEA), photo(&SKIMAGE_COFFEE));
     save(&cat, &dir.path().join("img/1.png"));
@@ -71,6 +71,12 @@ fn eval_map_protocol_finds_other_shots_of_the_same_object() {
         "path\tgroup\tis_query\nimg/1.png\tcat\t1\nimg/2.jpg\tcat\t0\nimg/3.png\tcoffee\t1\nimg/4.jpg\tcoffee\t0\n",
     )
     .unwrap();
+    dir
+}
+
+#[test]
+fn eval_map_protocol_finds_other_shots_of_the_same_object() {
+    let dir = two_groups();
     let json = last_json(&exemplar(&[
         "eval",
         dir.path().to_str().unwrap(),
@@ -92,6 +98,88 @@ fn eval_map_protocol_finds_other_shots_of_the_same_object() {
             .contains("need at least 257"),
         "{json}"
     );
+}
+
+#[test]
+fn eval_linear_probe_classifies_each_group_query_and_times_adding_a_class() {
+    let dir = two_groups();
+    let json = last_json(&exemplar(&[
+        "eval",
+        dir.path().to_str().unwrap(),
+        "--method",
+        "linear-probe",
+    ]));
+    assert_eq!(
+        (json["classes"].as_u64(), json["queries"].as_u64()),
+        (Some(2), Some(2)),
+        "{json}"
+    );
+    assert_eq!(json["accuracy"]["linear_probe"], 1.0, "{json}");
+    assert_eq!(json["accuracy"]["retrieval_raw"], 1.0, "{json}");
+    assert!(
+        json["add_one_class_ms"]["linear_probe_retrain"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        json["add_one_class_ms"]["retrieval_index_one"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn train_learns_a_head_from_a_folder_and_refuses_too_few_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("head.safetensors");
+    for seed in 0..257u64 {
+        save(
+            &crate::common::cover(seed),
+            &dir.path().join(format!("img/{seed}.png")),
+        );
+    }
+    let json = last_json(&exemplar(&[
+        "train",
+        dir.path().join("img").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--train-views",
+        "1",
+        "--train-epochs",
+        "2",
+    ]));
+    assert_eq!(json["images"], 257, "{json}");
+    assert!(
+        json["projection"]
+            .as_str()
+            .unwrap()
+            .starts_with("learned-n257x1-"),
+        "{json}"
+    );
+    let head = exemplar_core::Projection::load(&out).unwrap();
+    assert_eq!((head.input_dim(), head.output_dim()), (1280, 256));
+    assert_eq!(head.version(), json["projection"]);
+
+    let few = tempfile::tempdir().unwrap();
+    for seed in 0..5u64 {
+        save(
+            &crate::common::cover(seed),
+            &few.path().join(format!("{seed}.png")),
+        );
+    }
+    let failed = exemplar(&[
+        "train",
+        few.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--train-views",
+        "1",
+    ]);
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("at least 257 photos"), "{stderr}");
 }
 
 #[test]

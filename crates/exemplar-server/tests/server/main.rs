@@ -11,5 +11,6 @@ mod hostile;
 mod http;
 mod photos;
 mod reindex;
+mod train;
 mod unknowns;
 mod words;

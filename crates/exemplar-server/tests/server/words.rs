@@ -3,6 +3,7 @@
 //! stand-in the test controls, so a photo's cover can be put where the CNN would rank it
 //! worst: beyond the global shortlist.
 
+use crate::common::{cover, Lcg};
 use exemplar_core::catalogue::{ClassId, Metadata};
 use exemplar_core::embed_queue::EmbedQueue;
 use exemplar_core::service::{Catalogue, Limits, TwoStage, Upload, Verdict, VerdictRule};
@@ -58,49 +59,6 @@ impl FeatureExtractor for StandInGlobal {
             })
             .collect()
     }
-}
-
-/// A seeded stream of numbers.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u32) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % below as u64) as u32
-    }
-}
-
-/// A "cover": rectangles and discs of many greys, different for every seed.
-fn cover(seed: u64) -> RgbImage {
-    let mut rng = Lcg(seed * 7919 + 1);
-    let mut img = RgbImage::from_pixel(320, 400, Rgb([128, 128, 128]));
-    for _ in 0..70 {
-        let (x0, y0) = (rng.next(320), rng.next(400));
-        let (w, h) = (8 + rng.next(60), 8 + rng.next(60));
-        let colour = Rgb([
-            rng.next(256) as u8,
-            rng.next(256) as u8,
-            rng.next(256) as u8,
-        ]);
-        let disc = rng.next(2) == 0;
-        for y in y0..(y0 + h).min(400) {
-            for x in x0..(x0 + w).min(320) {
-                let (dx, dy) = (
-                    x as f32 - (x0 + w / 2) as f32,
-                    y as f32 - (y0 + h / 2) as f32,
-                );
-                let inside = !disc
-                    || (dx / (w as f32 / 2.0)).powi(2) + (dy / (h as f32 / 2.0)).powi(2) <= 1.0;
-                if inside {
-                    img.put_pixel(x, y, colour);
-                }
-            }
-        }
-    }
-    img
 }
 
 /// A "phone photo" of a cover: scaled down onto a larger plain background, centred.

@@ -11,10 +11,12 @@
 
 mod inputs;
 mod output;
+mod probe;
 
 pub(crate) use inputs::{embed_all, local_features};
 
 use crate::cli::{share, CalibrateArgs, EvalArgs};
+use crate::progress::Progress;
 use anyhow::{bail, Context};
 use exemplar_core::refit::CATALOGUE_SOURCE;
 use exemplar_core::rerank::verify_shortlist;
@@ -30,7 +32,7 @@ use inputs::{Dataset, Inputs, Verifications};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub fn run(
@@ -38,6 +40,9 @@ pub fn run(
     local: Option<&ExtractParams>,
     args: &EvalArgs,
 ) -> anyhow::Result<()> {
+    if args.method == crate::cli::EvalMethod::LinearProbe {
+        return probe::run(embedder, args);
+    }
     let rules = [args.stages.verdict_rule()];
     score_rules(embedder, local, args, &rules, &[], false)
 }
@@ -49,6 +54,9 @@ pub fn calibrate(
     local: Option<&ExtractParams>,
     args: &CalibrateArgs,
 ) -> anyhow::Result<()> {
+    if args.eval.method != crate::cli::EvalMethod::Retrieval {
+        bail!("calibrate scores retrieval settings (drop --method)");
+    }
     if args.eval.global_only {
         bail!("calibrate scores verdict rules: it needs the second stage (drop --global-only)");
     }
@@ -213,7 +221,21 @@ fn descriptors(
             .map(|f| f.0.as_slice())
             .collect(),
     };
-    let projection = match resolve_projection(embedder, name, args, &catalogue_features) {
+    let learned = if name == "learned" {
+        Some(learned_projection(embedder, args, dataset, inputs)?)
+    } else {
+        None
+    };
+    let training = learned.as_ref().map(|(_, report)| {
+        let mut report = serde_json::to_value(report).expect("serialisable");
+        report.as_object_mut().expect("object").remove("history");
+        report
+    });
+    let resolved = match learned {
+        Some((head, _)) => Ok(Some(head)),
+        None => resolve_projection(embedder, name, args, &catalogue_features),
+    };
+    let projection = match resolved {
         Ok(p) => p,
         Err(e) => {
             eprintln!("projection {name}: {e:#}");
@@ -243,7 +265,96 @@ fn descriptors(
         "version": projection.as_ref().map(|p| p.version().to_string()).unwrap_or_else(|| "raw".into()),
         "dim": vectors.first().map(Vec::len).unwrap_or(0),
     });
+    let mut head = head;
+    if let Some(training) = training {
+        head["training"] = training;
+    }
     Ok(Ok((head, vectors, view_vectors)))
+}
+
+/// The head `exemplar train` would learn on this catalogue (its images and their
+/// synthetic views; never the queries), and its training report.
+fn learned_projection(
+    embedder: &CnnEmbedder,
+    args: &EvalArgs,
+    dataset: &Dataset,
+    inputs: &Inputs,
+) -> anyhow::Result<(Projection, exemplar_train::TrainReport)> {
+    let catalogue = match &dataset.truth {
+        GroundTruth::Groups { .. } => dataset.paths.len(),
+        GroundTruth::QueryReference { catalogue, .. } => catalogue.len(),
+    };
+    let paths = &dataset.paths[..catalogue];
+    let started = Instant::now();
+    let views = match &args.feature_cache {
+        Some(dir) => super::feature_cache::cached_view_features(embedder, paths, dir, &args.train)?,
+        None => embed_views_of_files(embedder, paths, &args.train)?,
+    };
+    let view_seconds = started.elapsed().as_secs_f64();
+    let photos: Vec<Vec<f32>> = inputs.features[..catalogue]
+        .iter()
+        .map(|f| f.0.clone())
+        .collect();
+    let (head, report) = crate::training::learn(photos, views, args.dim, &args.train, |e| {
+        eprintln!(
+            "epoch {}: loss {:.4}, held-out recall@1 {:.3} @10 {:.3}",
+            e.epoch, e.loss, e.held_out.at_1, e.held_out.at_10
+        )
+    })?;
+    eprintln!(
+        "learned head {}: views {view_seconds:.0} s, training {:.1} s; held-out recall@1 {:.3} -> {:.3}, @10 {:.3} -> {:.3} (epoch {})",
+        head.version(),
+        report.seconds,
+        report.base.at_1,
+        report.learned.at_1,
+        report.base.at_10,
+        report.learned.at_10,
+        report.best_epoch
+    );
+    Ok((head, report))
+}
+
+/// Synthetic views of image files, embedded (what the cache fills itself with).
+pub(crate) fn embed_views_of_files(
+    embedder: &CnnEmbedder,
+    paths: &[PathBuf],
+    settings: &crate::training::TrainSettings,
+) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+    let keys: Vec<u64> = paths.iter().map(|p| path_key(p)).collect();
+    let mut progress = Progress::new("embedding views", paths.len() * settings.views);
+    let views = crate::training::embed_views(
+        &keys,
+        settings,
+        |chunk| {
+            chunk
+                .iter()
+                .map(|&i| {
+                    std::fs::read(&paths[i])
+                        .with_context(|| format!("reading {}", paths[i].display()))
+                })
+                .collect()
+        },
+        |views| {
+            let refs: Vec<&[u8]> = views.iter().map(Vec::as_slice).collect();
+            embedder
+                .extract_batch(&refs)
+                .into_iter()
+                .map(|r| r.map(|f| f.0).context("embedding a view"))
+                .collect()
+        },
+        |n| progress.advance(n),
+    )?;
+    progress.finish();
+    Ok(views)
+}
+
+/// A stable key of a file for seeding its views: FNV-1a of its path.
+fn path_key(path: &Path) -> u64 {
+    path.to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// One setting (shortlist depth, verdict rule): every query ranked exactly, its shortlist
