@@ -179,8 +179,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = "if-better")]
     pub install: crate::train_job::Install,
     /// Show where the server's training stands, start none.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cancel")]
     pub status: bool,
+    /// Stop the server's training run (the projection in use stays).
+    #[arg(long)]
+    pub cancel: bool,
     /// Return once training has started.
     #[arg(long)]
     pub detach: bool,

@@ -8,6 +8,7 @@ use exemplar_core::service::ServiceError;
 use exemplar_core::Projection;
 use exemplar_train::{Epoch, Loss, Recall};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -80,7 +81,7 @@ impl TrainRequest {
 pub struct TrainStatus {
     /// `idle` (none since the server started), `embedding` (making and embedding views),
     /// `training`, `switching`, `switched` (the learned head is served), `kept` (trained,
-    /// not switched to: not better, or `install: never`) or `failed`.
+    /// not switched to: not better, or `install: never`), `cancelled` or `failed`.
     #[schema(example = "training")]
     pub state: &'static str,
     pub install: Option<Install>,
@@ -107,6 +108,8 @@ pub struct TrainStatus {
 #[derive(Default)]
 pub struct TrainJobs {
     status: Mutex<TrainStatus>,
+    /// Set by `DELETE /admin/train`; the run stops at its next group of views or epoch.
+    cancelled: AtomicBool,
 }
 
 impl TrainJobs {
@@ -122,6 +125,20 @@ impl TrainJobs {
         change(&mut self.status.lock().expect("train status"));
     }
 
+    /// Asks the run under way to stop; `false` when none is.
+    pub fn cancel(&self) -> bool {
+        let status = self.status.lock().expect("train status");
+        let running = matches!(status.state, "embedding" | "training");
+        if running {
+            self.cancelled.store(true, Ordering::SeqCst);
+        }
+        running
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
     /// Takes the slot for a run on `exemplars` with `settings`; `false` while a run is
     /// under way.
     fn claim(&self, install: Install, exemplars: usize, settings: &TrainSettings) -> bool {
@@ -133,6 +150,7 @@ impl TrainJobs {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .ok();
+        self.cancelled.store(false, Ordering::SeqCst);
         *status = TrainStatus {
             state: "embedding",
             install: Some(install),
@@ -190,6 +208,7 @@ pub async fn start(
             s.seconds = started.elapsed().as_secs_f64();
             match outcome {
                 Ok(state) => s.state = state,
+                Err(_) if jobs.is_cancelled() => s.state = "cancelled",
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "training a head failed");
                     s.state = "failed";
@@ -240,6 +259,9 @@ async fn run(
                 let mut out = Vec::with_capacity(views.len());
                 let mut views = views.into_iter().peekable();
                 while views.peek().is_some() {
+                    if j.is_cancelled() {
+                        anyhow::bail!("cancelled");
+                    }
                     let group: Vec<Vec<u8>> = views.by_ref().take(EMBED_GROUP).collect();
                     let (used, features) = handle.block_on(embed_waiting(&c, group))?;
                     if used != m {
@@ -260,11 +282,17 @@ async fn run(
         learn(photos, views, dim, &settings, |e: &Epoch| {
             j.update(|s| {
                 s.epoch = e.epoch;
+                s.base_recall = Some(e.base);
                 let best = s.learned_recall.map_or(0.0, |r| r.score());
                 if e.held_out.score() > best {
                     s.learned_recall = Some(e.held_out);
                 }
-            })
+            });
+            if j.is_cancelled() {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
         })
     })
     .await??;
@@ -288,6 +316,9 @@ async fn run(
     };
     if !switch {
         return Ok("kept");
+    }
+    if jobs.is_cancelled() {
+        return Ok("cancelled");
     }
     jobs.update(|s| s.state = "switching");
     catalogue.install_projection(head, &model).await?;

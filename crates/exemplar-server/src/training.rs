@@ -132,7 +132,7 @@ pub fn learn(
     views: Vec<Vec<Vec<f32>>>,
     dim: usize,
     settings: &TrainSettings,
-    on_epoch: impl FnMut(&Epoch),
+    on_epoch: impl FnMut(&Epoch) -> std::ops::ControlFlow<()>,
 ) -> anyhow::Result<(Projection, TrainReport)> {
     let base = base_projection(&photos, dim)?;
     let set = TrainSet { photos, views };

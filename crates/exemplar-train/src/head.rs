@@ -14,6 +14,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use exemplar_core::rng::SplitMix64;
 use exemplar_core::{Projection, ProjectionKind};
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// The metric-learning loss.
@@ -110,6 +111,8 @@ pub struct Epoch {
     pub epoch: usize,
     pub loss: f64,
     pub held_out: Recall,
+    /// The starting projection's held-out recall, to compare with.
+    pub base: Recall,
 }
 
 /// A trained head and how it compares with the projection it started from.
@@ -136,12 +139,13 @@ impl TrainReport {
     }
 }
 
-/// Trains a head starting from `init` (the catalogue's PCA); `on_epoch` hears each epoch.
+/// Trains a head starting from `init` (the catalogue's PCA); `on_epoch` hears each epoch
+/// and may stop the run ([`TrainError::Cancelled`]).
 pub fn train_head(
     set: &TrainSet,
     init: &Projection,
     config: &HeadConfig,
-    mut on_epoch: impl FnMut(&Epoch),
+    mut on_epoch: impl FnMut(&Epoch) -> ControlFlow<()>,
 ) -> Result<(Projection, TrainReport), TrainError> {
     let started = Instant::now();
     let n = set.photos.len();
@@ -234,8 +238,11 @@ pub fn train_head(
             epoch,
             loss: total / steps.max(1) as f64,
             held_out,
+            base,
         };
-        on_epoch(&report);
+        if on_epoch(&report).is_break() {
+            return Err(TrainError::Cancelled);
+        }
         history.push(report);
         if held_out.score() > best.0.score() {
             best = (held_out, epoch, weights.as_tensor().copy()?);
@@ -400,7 +407,8 @@ mod tests {
                 learning_rate: 0.05,
                 ..HeadConfig::default()
             };
-            let (head, report) = train_head(&set, &init, &config, |_| {}).unwrap();
+            let (head, report) =
+                train_head(&set, &init, &config, |_| ControlFlow::Continue(())).unwrap();
             let first = report.history.first().unwrap().loss;
             let last = report.history.last().unwrap().loss;
             assert!(last < first * 0.7, "{loss}: loss {first} -> {last}");
@@ -425,8 +433,8 @@ mod tests {
             batch: 16,
             ..HeadConfig::default()
         };
-        let (a, _) = train_head(&set, &init, &config, |_| {}).unwrap();
-        let (b, _) = train_head(&set, &init, &config, |_| {}).unwrap();
+        let (a, _) = train_head(&set, &init, &config, |_| ControlFlow::Continue(())).unwrap();
+        let (b, _) = train_head(&set, &init, &config, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(a.version(), b.version());
     }
 
@@ -444,7 +452,9 @@ mod tests {
         let refs: Vec<&[f32]> = set.photos.iter().map(Vec::as_slice).collect();
         let init = Projection::random_orthogonal(refs[0].len(), 4, 0);
         assert!(matches!(
-            train_head(&set, &init, &HeadConfig::default(), |_| {}),
+            train_head(&set, &init, &HeadConfig::default(), |_| {
+                ControlFlow::Continue(())
+            }),
             Err(TrainError::TooLittle(_))
         ));
     }

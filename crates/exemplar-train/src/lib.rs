@@ -19,6 +19,8 @@ pub enum TrainError {
     Dimension { expected: usize, got: usize },
     #[error("too little to train on: {0}")]
     TooLittle(String),
+    #[error("training was cancelled")]
+    Cancelled,
 }
 
 /// Synthetic views made of each exemplar's photo unless told otherwise.

@@ -73,7 +73,9 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         }
         let started = Instant::now();
         let (head, report) =
-            crate::training::learn(set_photos, set_views, DESCRIPTOR_DIM, &args.train, |_| {})?;
+            crate::training::learn(set_photos, set_views, DESCRIPTOR_DIM, &args.train, |_| {
+                std::ops::ControlFlow::Continue(())
+            })?;
         let seconds = started.elapsed().as_secs_f64();
         let row = json!({
             "exemplars": n,

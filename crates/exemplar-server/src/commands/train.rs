@@ -36,7 +36,10 @@ pub fn from_folder(embedder: &CnnEmbedder, folder: &Path, args: &TrainArgs) -> a
         views,
         crate::cli::DESCRIPTOR_DIM,
         &args.settings,
-        |_| progress.advance(1),
+        |_| {
+            progress.advance(1);
+            std::ops::ControlFlow::Continue(())
+        },
     )?;
     progress.finish();
     head.save(out)?;
@@ -60,7 +63,7 @@ pub fn from_folder(embedder: &CnnEmbedder, folder: &Path, args: &TrainArgs) -> a
 fn finished(status: &Value) -> bool {
     matches!(
         status["state"].as_str(),
-        Some("switched" | "kept" | "failed" | "idle")
+        Some("switched" | "kept" | "cancelled" | "failed" | "idle")
     )
 }
 
@@ -68,6 +71,10 @@ pub fn on_server(args: &TrainArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server, args.api_key.as_deref(), "/admin/train");
     if args.status {
         println!("{}", client.call("GET", None)?);
+        return Ok(());
+    }
+    if args.cancel {
+        println!("{}", client.call("DELETE", None)?);
         return Ok(());
     }
     let s = &args.settings;

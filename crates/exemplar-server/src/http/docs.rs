@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         reindex::cancel,
         train::start,
         train::status,
+        train::cancel,
         routes::healthz,
         routes::readyz,
         metrics::render,

@@ -98,7 +98,10 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
                 .get(reindex::status)
                 .delete(reindex::cancel),
         )
-        .route("/admin/train", post(train::start).get(train::status))
+        .route(
+            "/admin/train",
+            post(train::start).get(train::status).delete(train::cancel),
+        )
         .route("/unknowns", get(unknowns::list))
         .route("/unknowns/{id}", delete(unknowns::dismiss))
         .route("/unknowns/{id}/photo", get(unknowns::photo))

@@ -66,6 +66,24 @@ pub async fn start(
     }
 }
 
+/// Stop the training run under way (at its next group of views or epoch); the projection
+/// in use stays.
+#[utoipa::path(delete, path = "/admin/train", tag = "operations",
+    responses((status = 200, body = TrainStatus),
+        (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "no head is being trained")),
+    security((), ("api_key" = [])))]
+pub async fn cancel(State(state): State<AppState>) -> Result<Json<TrainStatus>, ApiError> {
+    if !state.training.cancel() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            kind: "not_running",
+            message: "no head is being trained".into(),
+        });
+    }
+    Ok(Json(state.training.status()))
+}
+
 /// Where the latest training run stands: views embedded, epochs, held-out recall of the
 /// PCA and of the head, and whether it was switched to.
 #[utoipa::path(get, path = "/admin/train", tag = "operations",

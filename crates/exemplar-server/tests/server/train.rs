@@ -68,6 +68,12 @@ fn a_learned_head_is_trained_switched_to_under_searches_and_kept_across_a_restar
     }
     let (_, idle) = server.request("GET", "/admin/train", &[], b"");
     assert_eq!(idle["state"], "idle", "{idle}");
+    let (status, refused) = server.request("DELETE", "/admin/train", &[], b"");
+    assert_eq!(
+        (status, refused["kind"].as_str()),
+        (409, Some("not_running")),
+        "{refused}"
+    );
 
     for (c, chunk) in photos[PER_CLASS..].chunks(PER_CLASS).enumerate() {
         add_class(&server, &format!("class-{c}"), chunk);

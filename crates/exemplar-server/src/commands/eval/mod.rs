@@ -299,7 +299,8 @@ fn learned_projection(
         eprintln!(
             "epoch {}: loss {:.4}, held-out recall@1 {:.3} @10 {:.3}",
             e.epoch, e.loss, e.held_out.at_1, e.held_out.at_10
-        )
+        );
+        std::ops::ControlFlow::Continue(())
     })?;
     eprintln!(
         "learned head {}: views {view_seconds:.0} s, training {:.1} s; held-out recall@1 {:.3} -> {:.3}, @10 {:.3} -> {:.3} (epoch {})",
