@@ -224,8 +224,8 @@ pub struct ServeArgs {
     /// Where `POST /admin/backup` writes its backups [default: DATA_DIR/backups].
     #[arg(long, env = "EXEMPLAR_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
-    /// The share of the time a re-index may spend embedding photos (it rests the rest,
-    /// leaving the machine to searches); 1: as fast as it can.
+    /// The share of the time a re-index or a training run may spend embedding photos (it
+    /// rests the rest, leaving the machine to searches); 1: as fast as it can.
     #[arg(long, env = "EXEMPLAR_REINDEX_SHARE", default_value_t = exemplar_core::service::REINDEX_SHARE, value_parser = share)]
     pub reindex_share: f32,
     /// Keep the photos of the last N searches answered `unknown`, for the console's

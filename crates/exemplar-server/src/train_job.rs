@@ -177,6 +177,7 @@ pub async fn start(
     jobs: Arc<TrainJobs>,
     settings: TrainSettings,
     install: Install,
+    share: f32,
 ) -> Result<(), StartError> {
     let (model, exemplars) = catalogue
         .training_exemplars(settings.max_exemplars)
@@ -200,8 +201,7 @@ pub async fn start(
             &jobs,
             (model, dim),
             exemplars,
-            settings,
-            install,
+            (settings, install, share),
         )
         .await;
         jobs.update(|s| {
@@ -225,9 +225,11 @@ async fn run(
     jobs: &Arc<TrainJobs>,
     (model, dim): (String, usize),
     exemplars: Vec<exemplar_core::service::TrainingExemplar>,
-    settings: TrainSettings,
-    install: Install,
+    (settings, install, share): (TrainSettings, Install, f32),
 ) -> anyhow::Result<&'static str> {
+    // After each group of views the run rests so that it embeds `share` of the time,
+    // leaving the rest of the model to searches (as a re-index does).
+    let rest_factor = 1.0 / share.clamp(0.01, 1.0) as f64 - 1.0;
     let keys: Vec<u64> = exemplars.iter().map(|e| e.id as u64).collect();
     let hashes: Vec<String> = exemplars.iter().map(|e| e.photo.clone()).collect();
     let photos: Vec<Vec<f32>> = exemplars.into_iter().map(|e| e.raw).collect();
@@ -263,7 +265,9 @@ async fn run(
                         anyhow::bail!("cancelled");
                     }
                     let group: Vec<Vec<u8>> = views.by_ref().take(EMBED_GROUP).collect();
+                    let group_started = Instant::now();
                     let (used, features) = handle.block_on(embed_waiting(&c, group))?;
+                    std::thread::sleep(group_started.elapsed().mul_f64(rest_factor));
                     if used != m {
                         anyhow::bail!("the model changed to {used} while training");
                     }

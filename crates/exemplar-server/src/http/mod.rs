@@ -45,7 +45,8 @@ pub struct AppState {
     pub protect_reads: bool,
     /// The model settings the server started with: what a re-index changes from.
     pub model: crate::cli::ModelArgs,
-    /// The share of the time a re-index build embeds (`--reindex-share`).
+    /// The share of the time a re-index build or a training run embeds
+    /// (`--reindex-share`).
     pub reindex_share: f32,
     /// The training slot of `/admin/train`.
     pub training: Arc<crate::train_job::TrainJobs>,

@@ -50,6 +50,7 @@ pub async fn start(
         state.training.clone(),
         settings,
         install,
+        state.reindex_share,
     )
     .await
     {
