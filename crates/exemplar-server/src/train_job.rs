@@ -246,16 +246,7 @@ async fn run(
             &s,
             |chunk| {
                 let wanted: Vec<String> = chunk.iter().map(|&i| hashes[i].clone()).collect();
-                handle
-                    .block_on(c.read_kept_photos(wanted))?
-                    .into_iter()
-                    .zip(chunk)
-                    .map(|(bytes, &i)| {
-                        bytes.ok_or_else(|| {
-                            anyhow::anyhow!("the kept photo of exemplar {} is gone", keys[i])
-                        })
-                    })
-                    .collect()
+                Ok(handle.block_on(c.read_kept_photos(wanted))?)
             },
             |views| {
                 let mut out = Vec::with_capacity(views.len());

@@ -83,12 +83,12 @@ impl TrainSettings {
 }
 
 /// Raw features of `settings.views` views of each of `keys.len()` photos: `load` reads
-/// some photos' bytes, `embed` runs the model on encoded views; `progress` hears how many
-/// views are done.
+/// some photos' bytes (`None`: gone, no views), `embed` runs the model on encoded views;
+/// `progress` hears how many views are done.
 pub fn embed_views(
     keys: &[u64],
     settings: &TrainSettings,
-    mut load: impl FnMut(&[usize]) -> anyhow::Result<Vec<Vec<u8>>>,
+    mut load: impl FnMut(&[usize]) -> anyhow::Result<Vec<Option<Vec<u8>>>>,
     mut embed: impl FnMut(Vec<Vec<u8>>) -> anyhow::Result<Vec<Vec<f32>>>,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
@@ -97,18 +97,27 @@ pub fn embed_views(
     let indices: Vec<usize> = (0..keys.len()).collect();
     for chunk in indices.chunks(CHUNK) {
         let bytes = load(chunk)?;
-        let covers = chunk
+        // A photo gone meanwhile (its exemplar deleted) gets no views.
+        let present: Vec<(usize, &Vec<u8>)> = chunk
             .iter()
             .zip(&bytes)
-            .map(|(&i, b)| decode_cover(b).with_context(|| format!("decoding photo {}", keys[i])))
+            .filter_map(|(&i, b)| Some((i, b.as_ref()?)))
+            .collect();
+        let covers = present
+            .iter()
+            .map(|&(i, b)| decode_cover(b).with_context(|| format!("decoding photo {}", keys[i])))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let chunk_keys: Vec<u64> = chunk.iter().map(|&i| keys[i]).collect();
+        let chunk_keys: Vec<u64> = present.iter().map(|&(i, _)| keys[i]).collect();
         let views = views_of(&covers, &chunk_keys, settings.views, &recipe, settings.seed);
         let flat: Vec<Vec<u8>> = views.into_iter().flatten().collect();
         let made = flat.len();
         let mut features = embed(flat)?.into_iter();
-        for _ in chunk {
-            out.push(features.by_ref().take(settings.views).collect());
+        for i in chunk {
+            if present.iter().any(|&(p, _)| p == *i) {
+                out.push(features.by_ref().take(settings.views).collect());
+            } else {
+                out.push(Vec::new());
+            }
         }
         progress(made);
     }
@@ -134,7 +143,55 @@ pub fn learn(
     settings: &TrainSettings,
     on_epoch: impl FnMut(&Epoch) -> std::ops::ControlFlow<()>,
 ) -> anyhow::Result<(Projection, TrainReport)> {
+    // Photos without views (gone while their views were made) are left out.
+    let (photos, views): (Vec<_>, Vec<_>) = photos
+        .into_iter()
+        .zip(views)
+        .filter(|(_, v)| !v.is_empty())
+        .unzip();
     let base = base_projection(&photos, dim)?;
     let set = TrainSet { photos, views };
     Ok(train_head(&set, &base, &settings.head_config(), on_epoch)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_photo_gone_while_views_are_made_gets_none_and_is_left_out() {
+        let png = {
+            let img =
+                image::RgbImage::from_fn(64, 80, |x, y| image::Rgb([x as u8 * 3, y as u8 * 3, 90]));
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+            out.into_inner()
+        };
+        let settings = TrainSettings {
+            views: 2,
+            ..TrainSettings::default()
+        };
+        let mut embedded = 0;
+        let views = embed_views(
+            &[10, 11, 12],
+            &settings,
+            |chunk| {
+                Ok(chunk
+                    .iter()
+                    .map(|&i| (i != 1).then(|| png.clone()))
+                    .collect())
+            },
+            |views| {
+                embedded += views.len();
+                Ok(views.iter().map(|v| vec![v.len() as f32; 4]).collect())
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(embedded, 4);
+        assert_eq!(
+            views.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![2, 0, 2]
+        );
+    }
 }

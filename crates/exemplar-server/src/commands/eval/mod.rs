@@ -331,6 +331,7 @@ pub(crate) fn embed_views_of_files(
                 .iter()
                 .map(|&i| {
                     std::fs::read(&paths[i])
+                        .map(Some)
                         .with_context(|| format!("reading {}", paths[i].display()))
                 })
                 .collect()
