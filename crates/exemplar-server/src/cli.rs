@@ -143,19 +143,27 @@ impl ModelArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReindexArgs {
-    /// The server to re-index.
+    #[command(flatten)]
+    pub job: AdminJobArgs,
+}
+
+/// A background job on a running server (`reindex`, `train`): where it is, and what to
+/// do with it.
+#[derive(Debug, Clone, Args)]
+pub struct AdminJobArgs {
+    /// The server to run it on.
     #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// The server's API key (re-indexing is a write).
+    /// The server's API key (admin calls need it).
     #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Show where the re-index stands, start none.
+    /// Show where the job stands, start none.
     #[arg(long, conflicts_with = "cancel")]
     pub status: bool,
-    /// Stop the re-index being built (the current version stays).
+    /// Stop the job under way (what the server serves stays).
     #[arg(long)]
     pub cancel: bool,
-    /// Return once the re-index has started, without waiting for the switch.
+    /// Return once the job has started, without following it.
     #[arg(long)]
     pub detach: bool,
 }
@@ -168,25 +176,12 @@ pub struct TrainArgs {
     /// With a folder: where to write the learned head.
     #[arg(long, requires = "folder")]
     pub out: Option<PathBuf>,
-    /// The server whose catalogue to learn from.
-    #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// The server's API key (training is an admin call).
-    #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
     /// When the server switches to the head: if-better (on held-out exemplars than the
     /// PCA), always, never (train and report only).
     #[arg(long, default_value = "if-better")]
     pub install: crate::train_job::Install,
-    /// Show where the server's training stands, start none.
-    #[arg(long, conflicts_with = "cancel")]
-    pub status: bool,
-    /// Stop the server's training run (the projection in use stays).
-    #[arg(long)]
-    pub cancel: bool,
-    /// Return once training has started.
-    #[arg(long)]
-    pub detach: bool,
+    #[command(flatten)]
+    pub job: AdminJobArgs,
     #[command(flatten)]
     pub settings: crate::training::TrainSettings,
 }

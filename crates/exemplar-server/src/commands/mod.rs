@@ -1,3 +1,4 @@
+mod admin;
 mod backup;
 mod bench;
 mod bench_index;

@@ -1,12 +1,11 @@
 //! `exemplar reindex`: starts a re-index on a running server (`POST /admin/reindex`) and
 //! follows it (`GET /admin/reindex`) with a progress bar until the switch.
 
+use super::admin::Client;
 use crate::cli::{ModelArgs, ReindexArgs};
-use crate::progress::Progress;
 use crate::reindex::{IndexSpec, SpecChange};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::Value;
-use std::time::Duration;
 
 /// The model flags given on the command line or in the environment (the others keep
 /// the server's settings).
@@ -70,48 +69,6 @@ fn change_json(change: &SpecChange) -> Value {
     Value::Object(body)
 }
 
-/// A running server's admin route (`/admin/reindex`, `/admin/train`).
-pub(super) struct Client {
-    pub agent: ureq::Agent,
-    pub base: String,
-    pub key: Option<String>,
-    pub path: &'static str,
-}
-
-impl Client {
-    pub fn new(base: &str, key: Option<&str>, path: &'static str) -> Self {
-        Self {
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(600))
-                .build(),
-            base: base.to_string(),
-            key: key.map(str::to_string),
-            path,
-        }
-    }
-
-    pub fn call(&self, method: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{}", self.base.trim_end_matches('/'), self.path);
-        let mut request = self.agent.request(method, &url);
-        if let Some(key) = &self.key {
-            request = request.set("Authorization", &format!("Bearer {key}"));
-        }
-        let response = match body {
-            Some(body) => request.send_json(body.clone()),
-            None => request.call(),
-        };
-        match response {
-            Ok(r) => r.into_json().context("reading the server's answer"),
-            Err(ureq::Error::Status(code, r)) => {
-                let answer: Value = r.into_json().unwrap_or(Value::Null);
-                let message = answer["error"].as_str().unwrap_or("no error text");
-                bail!("{method} {url}: {code}: {message}")
-            }
-            Err(e) => Err(e).with_context(|| format!("{method} {url}")),
-        }
-    }
-}
-
 fn finished(status: &Value) -> bool {
     matches!(
         status["state"].as_str(),
@@ -120,39 +77,23 @@ fn finished(status: &Value) -> bool {
 }
 
 pub fn run(args: &ReindexArgs, flags: &ModelArgs, explicit: &[&str]) -> anyhow::Result<()> {
-    let client = Client::new(&args.server, args.api_key.as_deref(), "/admin/reindex");
-    if args.status {
-        println!("{}", client.call("GET", None)?);
-        return Ok(());
-    }
-    if args.cancel {
-        println!("{}", client.call("DELETE", None)?);
+    let job = &args.job;
+    let client = Client::new(&job.server, job.api_key.as_deref(), "/admin/reindex");
+    if client.status_or_cancel(job)?.is_some() {
         return Ok(());
     }
     let change = requested_change(flags, explicit);
-    let mut status = client.call("POST", Some(&change_json(&change)))?;
+    let status = client.call("POST", Some(&change_json(&change)))?;
     eprintln!(
         "re-index job {} started: {}",
         status["job"],
         status["spec"].as_str().unwrap_or_default()
     );
-    if args.detach {
+    if job.detach {
         println!("{status}");
         return Ok(());
     }
-    let total = status["total"].as_u64().unwrap_or(0) as usize;
-    let mut progress = Progress::new("re-indexing", total);
-    let mut shown = 0u64;
-    while !finished(&status) {
-        std::thread::sleep(Duration::from_millis(500));
-        status = client.call("GET", None)?;
-        let done = status["done"].as_u64().unwrap_or(0);
-        if done > shown {
-            progress.advance((done - shown) as usize);
-            shown = done;
-        }
-    }
-    progress.finish();
+    let status = client.follow(status, "re-indexing", ("done", "total"), finished)?;
     println!("{status}");
     match status["state"].as_str() {
         Some("switched") => Ok(()),

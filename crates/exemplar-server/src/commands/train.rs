@@ -1,8 +1,8 @@
 //! `exemplar train`: learn the descriptor head on a running server's catalogue (through
 //! `/admin/train`, following its progress) or on a folder of images (written to a file).
 
+use super::admin::Client;
 use super::eval::embed_views_of_files;
-use super::reindex::Client;
 use crate::cli::TrainArgs;
 use crate::progress::Progress;
 use anyhow::{bail, Context};
@@ -10,7 +10,7 @@ use exemplar_core::FeatureExtractor;
 use exemplar_embed::CnnEmbedder;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub fn from_folder(embedder: &CnnEmbedder, folder: &Path, args: &TrainArgs) -> anyhow::Result<()> {
     let out = args
@@ -68,13 +68,9 @@ fn finished(status: &Value) -> bool {
 }
 
 pub fn on_server(args: &TrainArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.server, args.api_key.as_deref(), "/admin/train");
-    if args.status {
-        println!("{}", client.call("GET", None)?);
-        return Ok(());
-    }
-    if args.cancel {
-        println!("{}", client.call("DELETE", None)?);
+    let job = &args.job;
+    let client = Client::new(&job.server, job.api_key.as_deref(), "/admin/train");
+    if client.status_or_cancel(job)?.is_some() {
         return Ok(());
     }
     let s = &args.settings;
@@ -86,30 +82,21 @@ pub fn on_server(args: &TrainArgs) -> anyhow::Result<()> {
         "max_exemplars": s.max_exemplars,
         "install": args.install,
     });
-    let mut status = client.call("POST", Some(&body))?;
+    let status = client.call("POST", Some(&body))?;
     eprintln!(
         "training on {} exemplars, {} views each",
         status["exemplars"], s.views
     );
-    if args.detach {
+    if job.detach {
         println!("{status}");
         return Ok(());
     }
-    let mut views = Progress::new(
+    let status = client.follow(
+        status,
         "embedding views",
-        status["views_total"].as_u64().unwrap_or(0) as usize,
-    );
-    let mut shown = 0u64;
-    while !finished(&status) {
-        std::thread::sleep(Duration::from_millis(500));
-        status = client.call("GET", None)?;
-        let done = status["views_done"].as_u64().unwrap_or(0);
-        if done > shown {
-            views.advance((done - shown) as usize);
-            shown = done;
-        }
-    }
-    views.finish();
+        ("views_done", "views_total"),
+        finished,
+    )?;
     println!("{status}");
     match status["state"].as_str() {
         Some("switched" | "kept") => Ok(()),
