@@ -155,4 +155,65 @@ fn a_learned_head_is_trained_switched_to_under_searches_and_kept_across_a_restar
         search_label(&server, &photos[100]),
         (200, Some("class-5".to_string()))
     );
+
+    // A cancelled run stops and leaves the head in use as it was.
+    let (status, started) = post_train(&server, json!({"views": 16, "install": "always"}));
+    assert_eq!(status, 202, "{started}");
+    let (status, cancelling) = server.request("DELETE", "/admin/train", &[], b"");
+    assert_eq!(status, 200, "{cancelling}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, progress) = server.request("GET", "/admin/train", &[], b"");
+        match progress["state"].as_str() {
+            Some("cancelled") => {
+                assert!(
+                    progress["views_done"].as_u64() < progress["views_total"].as_u64(),
+                    "{progress}"
+                );
+                break;
+            }
+            Some("embedding" | "training") => {}
+            other => panic!("a cancelled run ended {other:?}: {progress}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not stop: {progress}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(projection(&server), learned);
+
+    // The CLI drives the same routes: a run followed to its end, then its status.
+    let url = format!("http://{}", server.addr);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_exemplar"))
+            .args(["train", "--server", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or("null")).unwrap();
+        (out.status.success(), last)
+    };
+    let (ok, done) = cli(&[
+        "--train-views",
+        "1",
+        "--train-epochs",
+        "1",
+        "--install",
+        "never",
+    ]);
+    assert!(ok, "{done}");
+    assert_eq!(
+        (done["state"].as_str(), done["views_done"].as_u64()),
+        (Some("kept"), Some(EXEMPLARS as u64)),
+        "{done}"
+    );
+    let (ok, status) = cli(&["--status"]);
+    assert!(ok && status["state"] == "kept", "{status}");
+    assert_eq!(
+        projection(&server),
+        learned,
+        "`install: never` switches nothing"
+    );
 }
