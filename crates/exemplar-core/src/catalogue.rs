@@ -122,6 +122,14 @@ pub enum StoreError {
     Invalid(String),
     #[error("storage: {0}")]
     Backend(String),
+    /// The database cannot be reached now (a lost connection, a server restarting): the
+    /// same request may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The catalogue changed under the write in a way it must be made again for (another
+    /// server switched the projection since the photo was embedded).
+    #[error("{0}")]
+    Stale(String),
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;

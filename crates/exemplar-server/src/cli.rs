@@ -216,6 +216,10 @@ pub struct ServeArgs {
     /// How often to check for a due refit or compaction and dump a changed index.
     #[arg(long, env = "EXEMPLAR_MAINTENANCE_INTERVAL_SECS", default_value_t = 30)]
     pub maintenance_interval_secs: u64,
+    /// On a PostgreSQL catalogue: how often, at the latest, to look for other servers'
+    /// writes (a notification from the database wakes the server sooner).
+    #[arg(long, env = "EXEMPLAR_FOLLOW_POLL_MS", default_value_t = 1000)]
+    pub follow_poll_ms: u64,
     /// Where `POST /admin/backup` writes its backups [default: DATA_DIR/backups].
     #[arg(long, env = "EXEMPLAR_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
@@ -262,6 +266,11 @@ pub struct DataDirArgs {
 pub struct CatalogueArgs {
     #[command(flatten)]
     pub dir: DataDirArgs,
+    /// A PostgreSQL catalogue (`postgres://user:password@host/db`) that several servers
+    /// share, instead of the SQLite file in the data directory (which then keeps only
+    /// this server's index dumps and photos).
+    #[arg(long, env = "EXEMPLAR_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
     /// Images that may wait for the model before requests get 503 + Retry-After.
     #[arg(long, env = "EXEMPLAR_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,

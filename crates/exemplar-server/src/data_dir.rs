@@ -15,7 +15,7 @@ use exemplar_core::{FeatureExtractor, Projection, RefitPolicy};
 use exemplar_embed::image_input::DecodeBudget;
 use exemplar_embed::{CnnEmbedder, EmbedderConfig};
 use exemplar_index::{AnnIndex, IndexParams};
-use exemplar_store::{FsPhotoStore, SqliteStore};
+use exemplar_store::{FsPhotoStore, PgStore, SqliteStore, Store};
 use exemplar_verify::{ExtractParams, HomographyVerifier, VisualWords};
 use std::fs::File;
 use std::io::Write;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub const DATABASE_FILE: &str = "catalogue.sqlite";
 
 /// The catalogue service as this binary composes it.
-pub type AppCatalogue = Catalogue<SqliteStore, AnnIndex>;
+pub type AppCatalogue = Catalogue<Store, AnnIndex>;
 
 /// Exclusive ownership of a data directory while it is held: two writers would each
 /// keep their own index and dump over each other's.
@@ -63,17 +63,37 @@ pub fn existing_database(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The model settings for the catalogue in `dir`: those of its last re-index when it
-/// had one (differing flags are ignored, with a warning: models change by re-indexing),
-/// else the flags'.
-pub async fn catalogue_model(dir: &Path, flags: &ModelArgs) -> anyhow::Result<ModelArgs> {
+/// The catalogue: the PostgreSQL database at `database`, else the SQLite file in `dir`.
+pub async fn open_store(dir: &Path, database: Option<&str>) -> anyhow::Result<Store> {
+    Ok(match database {
+        Some(url) => Store::Postgres(
+            PgStore::connect(url)
+                .await
+                .context("connecting to the PostgreSQL catalogue (--database)")?,
+        ),
+        None => Store::Sqlite(SqliteStore::open(&dir.join(DATABASE_FILE)).await?),
+    })
+}
+
+/// The model settings for the catalogue in `dir` (or at `database`): those of its last
+/// re-index when it had one (differing flags are ignored, with a warning: models change
+/// by re-indexing), else the flags'.
+pub async fn catalogue_model(
+    dir: &Path,
+    database: Option<&str>,
+    flags: &ModelArgs,
+) -> anyhow::Result<ModelArgs> {
     let path = dir.join(DATABASE_FILE);
-    if !path.exists() {
-        return Ok(flags.clone());
-    }
-    let store = SqliteStore::open(&path).await?;
-    let recorded = store.index_spec().await;
-    store.close().await;
+    let recorded = match database {
+        Some(url) => PgStore::connect(url).await?.index_spec().await,
+        None if !path.exists() => return Ok(flags.clone()),
+        None => {
+            let store = SqliteStore::open(&path).await?;
+            let recorded = store.index_spec().await;
+            store.close().await;
+            recorded
+        }
+    };
     let recorded = recorded?;
     let Some(recorded) = recorded else {
         return Ok(flags.clone());
@@ -98,7 +118,7 @@ pub async fn open_catalogue(
 ) -> anyhow::Result<Arc<AppCatalogue>> {
     let dir = &args.dir.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-    let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?;
+    let store = open_store(dir, args.database.as_deref()).await?;
     let projection = projection(&store, dir, &embedder).await?;
     let params = IndexParams {
         m: args.hnsw_m,
@@ -219,7 +239,7 @@ pub fn photo_reader(dir: &Path) -> anyhow::Result<Arc<FsPhotoStore>> {
 /// Exemplars whose stored local features are of another kind than this server makes
 /// (ORB ones from before SIFT, say) cannot be verified: say so, and how to fix it.
 async fn warn_of_other_local_features(
-    store: &SqliteStore,
+    store: &Store,
     kind: exemplar_verify::FeatureKind,
 ) -> anyhow::Result<()> {
     let other = store
@@ -244,7 +264,7 @@ async fn warn_of_other_local_features(
 
 /// The catalogue's projection; on first start the data-free default (recorded then).
 async fn projection(
-    store: &SqliteStore,
+    store: &Store,
     dir: &Path,
     embedder: &CnnEmbedder,
 ) -> anyhow::Result<Projection> {

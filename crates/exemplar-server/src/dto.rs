@@ -311,6 +311,10 @@ pub struct Readiness {
     pub vocabulary: Option<String>,
     /// Added exemplars keep their photos (`--keep-photos`).
     pub keeps_photos: bool,
+    /// On a shared PostgreSQL catalogue: how far behind the other servers' writes this
+    /// one is (absent on a SQLite catalogue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<crate::replica::ReplicaLag>,
 }
 
 /// A rebuilt search space.

@@ -11,6 +11,7 @@ pub mod http;
 pub mod model;
 pub mod progress;
 pub mod reindex;
+pub mod replica;
 pub mod serve;
 pub mod telemetry;
 pub mod train_job;

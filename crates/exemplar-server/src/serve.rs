@@ -7,6 +7,7 @@ use crate::data_dir::{
     collect_orphan_photos, open_catalogue, photo_reader, save_index, DataDirLock,
 };
 use crate::http::{self, AppState};
+use crate::replica::{self, Following};
 use anyhow::Context;
 use exemplar_core::catalogue::{CatalogueStore, Sequence};
 use exemplar_embed::CnnEmbedder;
@@ -40,6 +41,16 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder, model: ModelArgs) -> anyhow::
             model.clone(),
         );
         state.reindex_share = args.reindex_share;
+        let follower = catalogue.store().as_postgres().cloned().map(|store| {
+            let following = Arc::new(Following::starting_at(catalogue.caught_up_to()));
+            state.following = Some(following.clone());
+            tokio::spawn(replica::follow(
+                catalogue.clone(),
+                store,
+                following,
+                Duration::from_millis(args.follow_poll_ms.max(10)),
+            ))
+        });
         // A re-index cut short by a stop or a crash goes on from where it was.
         crate::reindex::resume(catalogue.clone(), &model, args.reindex_share).await?;
         let app = http::router(
@@ -73,6 +84,10 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder, model: ModelArgs) -> anyhow::
         http::listen::serve(listener, app, limits, shutdown_signal()).await;
         maintenance.abort();
         let _ = maintenance.await;
+        if let Some(follower) = follower {
+            follower.abort();
+            let _ = follower.await;
+        }
         save_index(&catalogue, &args.catalogue.dir.data_dir).await?;
         tracing::info!("index saved, bye");
         Ok(())
@@ -90,7 +105,13 @@ async fn maintain(catalogue: Arc<AppCatalogue>, dir: PathBuf, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let step = async {
-            let rebuilt = match catalogue.refit_if_due().await? {
+            // On a shared catalogue one server refits; the others follow its projection.
+            let refitted = if catalogue.store().leads_maintenance().await? {
+                catalogue.refit_if_due().await?
+            } else {
+                None
+            };
+            let rebuilt = match refitted {
                 Some(r) => Some(r),
                 None => catalogue.compact_if_due().await?,
             };

@@ -31,7 +31,7 @@ use crate::unknowns::InboxPolicy;
 use crate::verifier::{EarlyStop, Evidence, Verifier};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use thiserror::Error;
 
@@ -155,6 +155,9 @@ pub enum ServiceError {
     /// Too much work queued: retry later.
     #[error("busy: {0}")]
     Busy(String),
+    /// A resource the service needs (its database) cannot be reached now: retry later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -170,6 +173,8 @@ impl From<StoreError> for ServiceError {
                 message: m,
             },
             StoreError::Backend(m) => ServiceError::Internal(m),
+            e @ StoreError::Unavailable(_) => ServiceError::Unavailable(e.to_string()),
+            StoreError::Stale(m) => ServiceError::Busy(format!("{m}: send it again")),
         }
     }
 }
@@ -314,6 +319,8 @@ pub struct Catalogue<S, I> {
     suspects: Mutex<HashSet<String>>,
     /// How many photos of `unknown` searches to keep, and how long (`unknowns.rs`).
     inbox: Mutex<InboxPolicy>,
+    /// The last change of the store's log replayed by [`Catalogue::catch_up`].
+    caught_up: std::sync::atomic::AtomicI64,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -357,6 +364,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             keep_photos: false,
             suspects: Mutex::new(HashSet::new()),
             inbox: Mutex::new(InboxPolicy::OFF),
+            caught_up: 0.into(),
         }
     }
 
@@ -422,6 +430,12 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             vocabulary: self.read_words().as_ref().map(|w| w.version().to_string()),
             keeps_photos: self.keeps_photos(),
         }
+    }
+
+    /// The last change of the store's log the indexes have replayed (see
+    /// [`Catalogue::catch_up`]): where a server following a shared catalogue goes on from.
+    pub fn caught_up_to(&self) -> Sequence {
+        self.caught_up.load(Ordering::Relaxed)
     }
 
     pub fn indexed(&self) -> usize {
@@ -682,16 +696,24 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 Stored::Duplicate(_) => None,
             })
             .collect();
-        self.space
-            .write()
-            .expect("space lock")
-            .index
-            .insert_batch(&added)
-            .map_err(ServiceError::Internal)?;
+        {
+            let mut space = self.space.write().expect("space lock");
+            // On a shared catalogue the change log may have brought them in first.
+            let added: Vec<_> = added
+                .into_iter()
+                .filter(|(id, _)| !space.index.contains(*id))
+                .collect();
+            space
+                .index
+                .insert_batch(&added)
+                .map_err(ServiceError::Internal)?;
+        }
         if let Some(words) = self.write_words().as_mut() {
             for (e, s) in exemplars.iter().zip(stored) {
                 if let (Stored::Added(id), Some(local)) = (s, &e.local_features) {
-                    words.insert(*id, local);
+                    if !words.contains(*id) {
+                        words.insert(*id, local);
+                    }
                 }
             }
         }
@@ -858,6 +880,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
         }
         let fresh: Vec<(ExemplarId, Vec<f32>)> = fresh.into_iter().flatten().collect();
         index.insert_batch(&fresh).map_err(ServiceError::Internal)?;
+        self.caught_up.fetch_max(last, Ordering::Relaxed);
         Ok(last)
     }
 }

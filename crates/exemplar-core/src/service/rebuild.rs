@@ -10,7 +10,7 @@
 
 use super::{Catalogue, ServiceError, Space};
 use crate::ann::VectorIndex;
-use crate::catalogue::{CatalogueStore, Change, ExemplarId};
+use crate::catalogue::{CatalogueStore, Change, ExemplarId, Sequence};
 use crate::projection::Projection;
 use crate::refit::{RefitPolicy, CATALOGUE_SOURCE};
 use crate::PooledFeature;
@@ -40,6 +40,9 @@ enum Fit {
     Pca,
     /// Takes this one (a learned head), made for raw features of this model.
     Given(Arc<Projection>, String),
+    /// Takes the one another server made current in the shared database (written there
+    /// already, with every descriptor).
+    Stored(Arc<Projection>),
 }
 
 /// Runs CPU-heavy work on its own thread and awaits it without blocking the executor.
@@ -181,16 +184,44 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             .await
     }
 
+    /// Follows the shared database: when another server made a new projection current
+    /// (a refit, a learned head, a re-index), rebuilds this server's index in it while
+    /// searches go on; then replays the change log after `applied`. Returns the last
+    /// change applied.
+    pub async fn follow(&self, applied: Sequence) -> Result<Sequence, ServiceError> {
+        if let Some(stored) = self.store.projection().await? {
+            if stored.version() != self.projection().version() {
+                let head = self.store.head().await?;
+                self.rebuild(Fit::Stored(Arc::new(stored))).await?;
+                return self.catch_up(head).await;
+            }
+        }
+        self.catch_up(applied).await
+    }
+
     async fn rebuild(&self, fit: Fit) -> Result<Rebuilt, ServiceError> {
         let refit = !matches!(fit, Fit::Keep);
+        let writes = matches!(fit, Fit::Pca | Fit::Given(..));
         // A given projection waits its turn (a training run should not fail because a
         // compaction happened to run); refits and compactions are simply tried later.
         let _one = match &fit {
-            Fit::Given(..) => self.rebuilding.lock().await,
+            Fit::Given(..) | Fit::Stored(_) => self.rebuilding.lock().await,
             _ => self.rebuilding.try_lock().map_err(|_| {
                 ServiceError::Busy("a refit or compaction is already running".into())
             })?,
         };
+        if let Fit::Stored(stored) = &fit {
+            // This server's own switch (a re-index, a learned head) got there first.
+            if stored.version() == self.projection().version() {
+                return Ok(Rebuilt {
+                    projection: stored.version().to_string(),
+                    refitted: false,
+                    exemplars: self.indexed(),
+                    fit_samples: 0,
+                    seconds: 0.0,
+                });
+            }
+        }
         if let Fit::Given(_, model) = &fit {
             // Checked under the rebuild lock, which a re-index's switch takes too.
             let current = self.versions().model;
@@ -219,7 +250,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                         let (fitted, samples) = fit_on(&raw, current.output_dim(), &policy)?;
                         (Arc::new(fitted), samples)
                     }
-                    Fit::Given(given, _) => (given, 0),
+                    Fit::Given(given, _) | Fit::Stored(given) => (given, 0),
                 };
                 let (index, descriptors) = index_all(raw, &projection, empty)?;
                 Ok((projection, index, descriptors, fit_samples))
@@ -251,7 +282,7 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             index.remove(id);
         }
         descriptors.extend(fresh);
-        if refit {
+        if writes {
             self.store.reproject(&projection, &descriptors).await?;
         }
         let exemplars = index.len();

@@ -17,6 +17,8 @@ use std::time::Instant;
 
 /// Exemplars whose local features are read at once while (re)indexing.
 const BATCH: usize = 256;
+/// Up to this many exemplars a catch-up indexes in place (see `catch_up_words`).
+const FOLLOW_INLINE: usize = 32;
 /// Exemplars the vocabulary is fitted on (spread evenly over the catalogue): about
 /// 500,000 features, more than the fit samples.
 const FIT_EXEMPLARS: usize = 500;
@@ -61,6 +63,31 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
                 })
                 .collect()
         };
+        if missing.len() <= FOLLOW_INLINE {
+            // A server following a shared catalogue, a few changes at a time: indexed in
+            // place, so the index never leaves searches or this server's own writes.
+            let stored = self.store.local_features(&missing).await?;
+            if let Some(words) = self.write_words().as_mut() {
+                for (id, local) in &stored {
+                    if !words.contains(*id) {
+                        words.insert(*id, local);
+                    }
+                }
+            }
+        } else {
+            self.catch_up_words_off_thread(&missing).await?;
+        }
+        if let Some(words) = self.write_words().as_mut() {
+            for id in removed {
+                words.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes many exemplars' words on a thread of its own, the index taken out meanwhile
+    /// (a catch-up at start, before the service answers).
+    async fn catch_up_words_off_thread(&self, missing: &[ExemplarId]) -> Result<(), ServiceError> {
         for batch in missing.chunks(BATCH) {
             let stored = self.store.local_features(batch).await?;
             // Quantising is CPU work: the index goes to a thread of its own and back (the
@@ -74,11 +101,6 @@ impl<S: CatalogueStore, I: VectorIndex> Catalogue<S, I> {
             })
             .await?;
             *self.write_words() = Some(words);
-        }
-        if let Some(words) = self.write_words().as_mut() {
-            for id in removed {
-                words.remove(id);
-            }
         }
         Ok(())
     }

@@ -58,6 +58,10 @@ pub fn run_restore(
     searches: usize,
     args: &CatalogueArgs,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.database.is_none(),
+        "a backup restores into a SQLite data directory; a PostgreSQL catalogue is restored with pg_restore"
+    );
     let dir = &args.dir.data_dir;
     std::fs::create_dir_all(dir)?;
     let lock = DataDirLock::acquire(dir)?;
@@ -68,7 +72,7 @@ pub fn run_restore(
         let manifest = restore(backup, dir).await?;
         print_manifest("restored", dir, &manifest);
         // A re-indexed catalogue names its own model.
-        let model = catalogue_model(dir, flags).await?;
+        let model = catalogue_model(dir, None, flags).await?;
         let embedder = tokio::task::block_in_place(|| load(&model))?;
         let local = model.local_features();
         let catalogue = open_catalogue(args, Arc::new(embedder), local.as_ref()).await?;

@@ -13,29 +13,32 @@ mod reindex;
 mod search;
 mod train;
 
-use crate::cli::{Cli, Command, ModelArgs};
+use crate::cli::{CatalogueArgs, Cli, Command, ModelArgs};
 use crate::data_dir::catalogue_model;
 use crate::model::load;
 use exemplar_embed::CnnEmbedder;
-use std::path::Path;
 
-/// The model settings for the catalogue in `dir` (see [`catalogue_model`]).
-fn model_for(dir: &Path, flags: &ModelArgs) -> anyhow::Result<ModelArgs> {
+/// The model settings for the catalogue (see [`catalogue_model`]).
+fn model_for(catalogue: &CatalogueArgs, flags: &ModelArgs) -> anyhow::Result<ModelArgs> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(catalogue_model(dir, flags))
+        .block_on(catalogue_model(
+            &catalogue.dir.data_dir,
+            catalogue.database.as_deref(),
+            flags,
+        ))
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let local = cli.model.local_features();
     match cli.command {
         Command::Serve(args) => {
-            let model = model_for(&args.catalogue.dir.data_dir, &cli.model)?;
+            let model = model_for(&args.catalogue, &cli.model)?;
             crate::serve::run(args, load(&model)?, model)
         }
         Command::Import(args) => {
-            let model = model_for(&args.catalogue.dir.data_dir, &cli.model)?;
+            let model = model_for(&args.catalogue, &cli.model)?;
             import::run(load(&model)?, model.local_features(), &args)
         }
         Command::Search {
@@ -45,7 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crop,
             catalogue,
         } => {
-            let model = model_for(&catalogue.dir.data_dir, &cli.model)?;
+            let model = model_for(&catalogue, &cli.model)?;
             search::run(
                 load(&model)?,
                 model.local_features(),

@@ -76,7 +76,16 @@ pub async fn backup(
             message: format!("a backup named `{}` exists", request.name),
         });
     }
-    let manifest = write_backup(state.catalogue.store(), state.photos.clone(), &out)
+    let Some(store) = state.catalogue.store().as_sqlite() else {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            kind: "not_sqlite",
+            message: "this server's catalogue is in PostgreSQL: back it up with pg_dump (and \
+                      copy the photos folder)"
+                .into(),
+        });
+    };
+    let manifest = write_backup(store, state.photos.clone(), &out)
         .await
         .map_err(|e| ApiError::internal(format!("writing the backup: {e:#}")))?;
     Ok((

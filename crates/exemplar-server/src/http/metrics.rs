@@ -72,6 +72,13 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("exemplar_reindex_done").set(reindex.done as f64);
     metrics::gauge!("exemplar_reindex_total").set(reindex.total as f64);
     show_versions(state.catalogue.versions());
+    if let Some(following) = &state.following {
+        let lag = following.lag();
+        metrics::gauge!("exemplar_replica_lag_seconds").set(lag.lag_ms as f64 / 1000.0);
+        metrics::gauge!("exemplar_replica_applied_change").set(lag.applied as f64);
+        metrics::gauge!("exemplar_replica_database_lost")
+            .set(f64::from(u8::from(lag.database_lost)));
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         prometheus().render(),

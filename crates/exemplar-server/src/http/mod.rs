@@ -50,6 +50,8 @@ pub struct AppState {
     pub reindex_share: f32,
     /// The training slot of `/admin/train`.
     pub training: Arc<crate::train_job::TrainJobs>,
+    /// How far behind the shared catalogue this server is (PostgreSQL only).
+    pub following: Option<Arc<crate::replica::Following>>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             model,
             reindex_share: exemplar_core::service::REINDEX_SHARE,
             training: Arc::default(),
+            following: None,
         }
     }
 }

@@ -482,5 +482,6 @@ pub async fn readyz(State(state): State<AppState>) -> Json<Readiness> {
         projection: versions.projection,
         vocabulary: versions.vocabulary,
         keeps_photos: versions.keeps_photos,
+        replica: state.following.as_ref().map(|f| f.lag()),
     })
 }

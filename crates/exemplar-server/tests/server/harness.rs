@@ -1,5 +1,7 @@
 //! The real `exemplar serve` process on port 0 with a temp data dir, and the requests
-//! the HTTP tests send it.
+//! the HTTP tests send it. With `EXEMPLAR_TEST_DATABASE=postgres` every server keeps its
+//! catalogue in a throwaway PostgreSQL cluster inside its data directory instead of the
+//! SQLite file (the same suite, on the other store).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,10 +12,31 @@ use std::process::{Child, Command, Stdio};
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The catalogue's PostgreSQL cluster, when the suite runs on PostgreSQL.
+    _postgres: Option<exemplar_store::testing::TempPostgres>,
+}
+
+/// Whether this run of the suite keeps catalogues in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("EXEMPLAR_TEST_DATABASE").is_ok_and(|v| v == "postgres")
 }
 
 impl Server {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        // A test that names its own database keeps it.
+        let postgres = (on_postgres() && !extra.contains(&"--database")).then(|| {
+            if super::common::running_as_root() {
+                // The cluster runs as `postgres`, which must reach its directory.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::create_dir_all(data_dir).unwrap();
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+            }
+            exemplar_store::testing::TempPostgres::in_dir(&data_dir.join("postgres"))
+        });
+        let database: Vec<String> = postgres
+            .iter()
+            .flat_map(|pg| ["--database".to_string(), pg.catalogue_url()])
+            .collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_exemplar"))
             .args([
                 "serve",
@@ -22,6 +45,7 @@ impl Server {
                 "--data-dir",
                 data_dir.to_str().unwrap(),
             ])
+            .args(&database)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -40,7 +64,11 @@ impl Server {
         };
         // Keep draining stdout so the server never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            _postgres: postgres,
+        }
     }
 
     pub fn request(

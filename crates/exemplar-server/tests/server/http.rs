@@ -345,9 +345,9 @@ fn acknowledged_writes_survive_sigkill_and_deletes_survive_restarts() {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
-        // Changes so far: 2 adds, 1 delete, then this add (seq 4): two live points.
-        if meta["watermark"].as_u64() == Some(4) {
-            assert_eq!(meta["points"], 2, "{meta}");
+        // Changes so far: 2 adds, 1 delete, then this add: two live points, at the log's
+        // head (4 in SQLite; PostgreSQL's sequences may skip numbers after a crash).
+        if meta["points"] == 2 && meta["watermark"].as_u64().is_some_and(|w| w >= 4) {
             break;
         }
         assert!(

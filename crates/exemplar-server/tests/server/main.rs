@@ -11,6 +11,7 @@ mod hostile;
 mod http;
 mod photos;
 mod reindex;
+mod replicas;
 mod train;
 mod unknowns;
 mod words;

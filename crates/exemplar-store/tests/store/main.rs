@@ -1,4 +1,5 @@
-//! The SQLite catalogue on a real file, and the catalogue service on top of it.
+//! The store suite: every test runs on a SQLite file and on a throwaway PostgreSQL
+//! server; then the catalogue service on top of SQLite.
 
 mod service;
 
@@ -6,7 +7,76 @@ use exemplar_core::catalogue::{
     CatalogueStore, Change, ClassFilter, ClassRecord, ExemplarHash, Metadata, NewExemplar,
     StoreError, Stored,
 };
-use exemplar_store::SqliteStore;
+use exemplar_core::reindex::ReindexStore;
+use exemplar_core::unknowns::UnknownStore;
+use exemplar_store::testing::TempPostgres;
+use exemplar_store::{PgStore, SqliteStore};
+
+/// Where a test's catalogue lives; `open` may be called again to reopen it.
+trait Backend: Send + Sync + 'static {
+    type Store: CatalogueStore + ReindexStore + UnknownStore;
+    async fn open(&self) -> Self::Store;
+}
+
+struct Sqlite(tempfile::TempDir);
+
+impl Backend for Sqlite {
+    type Store = SqliteStore;
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.0.path().join("c.sqlite"))
+            .await
+            .unwrap()
+    }
+}
+
+struct Postgres {
+    _server: TempPostgres,
+    url: String,
+}
+
+impl Backend for Postgres {
+    type Store = PgStore;
+    async fn open(&self) -> PgStore {
+        PgStore::connect(&self.url).await.unwrap()
+    }
+}
+
+/// Runs each named test body once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Sqlite(tempfile::tempdir().unwrap())).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let server = exemplar_store::testing::TempPostgres::start();
+                    let url = server.database();
+                    super::$name(super::Postgres { _server: server, url }).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    classes_exemplars_and_the_change_log_survive_a_reopen,
+    bad_writes_leave_nothing_behind,
+    classes_page_in_id_order,
+    local_features_are_added_when_missing_and_replaced_when_of_another_format,
+    concurrent_writes_to_existing_classes_all_succeed,
+    kept_photos_are_recorded_and_gained_by_duplicates,
+    a_reindex_stages_resumes_and_switches_whole_or_not_at_all,
+    class_listing_filters_by_label_text_and_metadata_and_pages_within_the_filter,
+    unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo,
+    two_servers_writing_at_once_lose_and_duplicate_nothing,
+);
 
 fn exemplar(sha: &str, x: f32) -> NewExemplar {
     NewExemplar {
@@ -28,11 +98,8 @@ fn metadata(pairs: &[(&str, &str)]) -> Metadata {
         .collect()
 }
 
-#[tokio::test]
-async fn classes_exemplars_and_the_change_log_survive_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("catalogue.sqlite");
-    let store = SqliteStore::open(&path).await.unwrap();
+async fn classes_exemplars_and_the_change_log_survive_a_reopen<B: Backend>(backend: B) {
+    let store = backend.open().await;
 
     let (class, stored) = store
         .create_class(
@@ -65,7 +132,7 @@ async fn classes_exemplars_and_the_change_log_survive_a_reopen() {
     );
     drop(store);
 
-    let store = SqliteStore::open(&path).await.unwrap();
+    let store = backend.open().await;
     let (record, exemplars) = store.class(class.id).await.unwrap().unwrap();
     assert_eq!(record.label, "Abbey Road");
     assert_eq!(
@@ -92,12 +159,8 @@ async fn classes_exemplars_and_the_change_log_survive_a_reopen() {
     ));
 }
 
-#[tokio::test]
-async fn bad_writes_leave_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+async fn bad_writes_leave_nothing_behind<B: Backend>(backend: B) {
+    let store = backend.open().await;
     assert!(matches!(
         store
             .create_class("  ", &Metadata::new(), &[exemplar("a", 0.1)])
@@ -116,12 +179,8 @@ async fn bad_writes_leave_nothing_behind() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn classes_page_in_id_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+async fn classes_page_in_id_order<B: Backend>(backend: B) {
+    let store = backend.open().await;
     for i in 0..5 {
         store
             .create_class(&format!("item {i}"), &Metadata::new(), &[])
@@ -148,12 +207,10 @@ async fn classes_page_in_id_order() {
     );
 }
 
-#[tokio::test]
-async fn local_features_are_added_when_missing_and_replaced_when_of_another_format() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+async fn local_features_are_added_when_missing_and_replaced_when_of_another_format<B: Backend>(
+    backend: B,
+) {
+    let store = backend.open().await;
     let with = |sha: &str, local: Option<&[u8]>| NewExemplar {
         local_features: local.map(<[u8]>::to_vec),
         ..exemplar(sha, 0.5)
@@ -194,14 +251,8 @@ async fn local_features_are_added_when_missing_and_replaced_when_of_another_form
 
 /// Several writers at once (an import's parallel jobs, concurrent uploads) each wait for
 /// the write lock: none fails with "database is locked".
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writes_to_existing_classes_all_succeed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(
-        SqliteStore::open(&dir.path().join("c.sqlite"))
-            .await
-            .unwrap(),
-    );
+async fn concurrent_writes_to_existing_classes_all_succeed<B: Backend>(backend: B) {
+    let store = std::sync::Arc::new(backend.open().await);
     let mut classes = Vec::new();
     for c in 0..4 {
         let (class, _) = store
@@ -231,12 +282,9 @@ async fn concurrent_writes_to_existing_classes_all_succeed() {
     assert_eq!(store.exemplar_hashes().await.unwrap().len(), 4 + 4 * 25);
 }
 
-#[tokio::test]
-async fn kept_photos_are_recorded_gained_by_duplicates_and_counted_in_a_consistent_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+/// Records two exemplars, "x" with its photo kept and "y" without, then "y" again with
+/// its photo: it gains it. Returns their ids.
+async fn record_kept_photos<S: CatalogueStore>(store: &S) -> (i64, i64) {
     let kept = |sha: &str| NewExemplar {
         photo_kept: true,
         ..exemplar(sha, 0.5)
@@ -258,7 +306,28 @@ async fn kept_photos_are_recorded_gained_by_duplicates_and_counted_in_a_consiste
     assert_eq!(again, vec![Stored::Duplicate(y)]);
     assert!(store.exemplar(y).await.unwrap().unwrap().photo_kept);
     assert_eq!(store.photos_in_use(&hashes).await.unwrap().len(), 2);
+    (x, y)
+}
 
+async fn kept_photos_are_recorded_and_gained_by_duplicates<B: Backend>(backend: B) {
+    let store = backend.open().await;
+    let (x, _) = record_kept_photos(&store).await;
+    store.delete_exemplar(x).await.unwrap();
+    let hashes = ["x".to_string(), "y".to_string()];
+    assert_eq!(
+        store.photos_in_use(&hashes).await.unwrap(),
+        ["y".to_string()].into()
+    );
+}
+
+#[tokio::test]
+async fn a_consistent_sqlite_copy_counts_kept_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
+        .await
+        .unwrap();
+    let (x, _) = record_kept_photos(&store).await;
+    let hashes = ["x".to_string(), "y".to_string(), "z".to_string()];
     let copy_path = dir.path().join("copy.sqlite");
     store.snapshot_into(&copy_path).await.unwrap();
     store.delete_exemplar(x).await.unwrap();
@@ -288,14 +357,10 @@ async fn kept_photos_are_recorded_gained_by_duplicates_and_counted_in_a_consiste
     );
 }
 
-#[tokio::test]
-async fn a_reindex_stages_resumes_and_switches_whole_or_not_at_all() {
+async fn a_reindex_stages_resumes_and_switches_whole_or_not_at_all<B: Backend>(backend: B) {
     use exemplar_core::reindex::{ReindexStore, StagedFeatures};
     use exemplar_core::Projection;
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+    let store = backend.open().await;
     let kept = |sha: &str, x: f32| NewExemplar {
         photo_kept: true,
         ..exemplar(sha, x)
@@ -400,12 +465,12 @@ async fn a_reindex_stages_resumes_and_switches_whole_or_not_at_all() {
     assert_eq!(store.reindex_counts(job.id).await.unwrap(), (0, 2));
 }
 
-#[tokio::test]
-async fn class_listing_filters_by_label_text_and_metadata_and_pages_within_the_filter() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+async fn class_listing_filters_by_label_text_and_metadata_and_pages_within_the_filter<
+    B: Backend,
+>(
+    backend: B,
+) {
+    let store = backend.open().await;
     let meta = |format: &str| Metadata::from([("format".to_string(), format.to_string())]);
     for (label, format) in [
         ("Blue Train", "LP"),
@@ -444,13 +509,9 @@ async fn class_listing_filters_by_label_text_and_metadata_and_pages_within_the_f
         .is_empty());
 }
 
-#[tokio::test]
-async fn unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo() {
+async fn unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo<B: Backend>(backend: B) {
     use exemplar_core::unknowns::{InboxPolicy, NewUnknown, UnknownStore};
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+    let store = backend.open().await;
     let policy = InboxPolicy {
         max_count: 3,
         max_bytes: 1_000,
@@ -530,4 +591,139 @@ async fn unknowns_inbox_is_bounded_by_count_and_age_and_keeps_the_photo() {
         .await
         .unwrap();
     assert!(store.unknowns(0, 10).await.unwrap().is_empty());
+}
+
+/// Two handles on one catalogue (two servers on one database): the same photo sent to
+/// one class through both is stored once, a class deleted while the other adds to it
+/// leaves no exemplar behind, and the change log lists every write once, in order.
+async fn two_servers_writing_at_once_lose_and_duplicate_nothing<B: Backend>(backend: B) {
+    let a = std::sync::Arc::new(backend.open().await);
+    let b = std::sync::Arc::new(backend.open().await);
+    let (shared, _) = a
+        .create_class("Shared", &Metadata::new(), &[])
+        .await
+        .unwrap();
+    let (doomed, _) = a
+        .create_class("Doomed", &Metadata::new(), &[])
+        .await
+        .unwrap();
+    let mut writers = tokio::task::JoinSet::new();
+    for (w, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        writers.spawn(async move {
+            let mut added = Vec::new();
+            for i in 0..20 {
+                // The same 20 photos from both, and 20 of each writer's own.
+                for sha in [format!("same-{i}"), format!("own-{w}-{i}")] {
+                    for s in store
+                        .add_exemplars(shared.id, &[exemplar(&sha, 0.5)])
+                        .await?
+                    {
+                        if let Stored::Added(id) = s {
+                            added.push(id);
+                        }
+                    }
+                }
+                match store
+                    .add_exemplars(doomed.id, &[exemplar(&format!("d-{w}-{i}"), 0.5)])
+                    .await
+                {
+                    Ok(_) | Err(StoreError::ClassNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, StoreError>(added)
+        });
+    }
+    let deleter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            b.delete_class(doomed.id).await
+        })
+    };
+    let mut added = Vec::new();
+    while let Some(done) = writers.join_next().await {
+        added.extend(done.unwrap().unwrap());
+    }
+    deleter.await.unwrap().unwrap();
+    added.sort_unstable();
+    let (_, exemplars) = b.class(shared.id).await.unwrap().unwrap();
+    assert_eq!(exemplars.len(), 60, "20 shared photos once, 20 own of each");
+    assert_eq!(
+        exemplars.iter().map(|e| e.id).collect::<Vec<_>>(),
+        added,
+        "every acknowledged add is there, once"
+    );
+    assert!(b.class(doomed.id).await.unwrap().is_none());
+    let live: std::collections::HashSet<i64> = a
+        .exemplar_hashes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(live.len(), 60, "nothing of the deleted class is left");
+    // Replaying the log gives the live set: every add once, removals after their add.
+    let mut replayed = std::collections::HashSet::new();
+    let mut last = 0;
+    for change in a.changes_since(0).await.unwrap() {
+        match change {
+            Change::ExemplarAdded { seq, exemplar } => {
+                assert!(seq > last && replayed.insert(exemplar));
+                last = seq;
+            }
+            Change::ExemplarRemoved { seq, exemplar } => {
+                assert!(seq > last && replayed.remove(&exemplar));
+                last = seq;
+            }
+        }
+    }
+    assert_eq!(replayed, live);
+}
+
+/// A server that embedded a photo in a projection another server has since replaced is
+/// told to send it again, and a refit re-projects what an older projection wrote meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_one_projection_across_servers() {
+    use exemplar_core::Projection;
+    let server = TempPostgres::start();
+    let url = server.database();
+    let store = PgStore::connect(&url).await.unwrap();
+    let old = Projection::random_orthogonal(4, 2, 1);
+    store.set_projection(&old).await.unwrap();
+    let in_old = |sha: &str| NewExemplar {
+        projection: old.version().to_string(),
+        ..exemplar(sha, 0.5)
+    };
+    let (class, stored) = store
+        .create_class("A", &Metadata::new(), &[in_old("a"), in_old("b")])
+        .await
+        .unwrap();
+    let Stored::Added(a) = stored[0] else {
+        panic!()
+    };
+    let Stored::Added(b) = stored[1] else {
+        panic!()
+    };
+    let new = Projection::random_orthogonal(4, 2, 2);
+    // A refit that had only seen "a" (the other server added "b" meanwhile).
+    let descriptor_a = vec![1.0, 0.0];
+    store
+        .reproject(&new, &[(a, descriptor_a.clone())])
+        .await
+        .unwrap();
+    let descriptors = store.descriptors(&[a, b]).await.unwrap();
+    assert_eq!(descriptors[0], (a, descriptor_a));
+    let expected_b = new
+        .apply(&exemplar_core::PooledFeature(vec![0.5; 4]))
+        .unwrap();
+    assert_eq!(descriptors[1], (b, expected_b));
+    let (_, records) = store.class(class.id).await.unwrap().unwrap();
+    assert!(records.iter().all(|e| e.projection == new.version()));
+    // A write still in the old projection is refused, and nothing of it is stored.
+    assert!(matches!(
+        store.add_exemplars(class.id, &[in_old("c")]).await,
+        Err(StoreError::Stale(_))
+    ));
+    assert_eq!(store.exemplar_count().await.unwrap(), 2);
 }

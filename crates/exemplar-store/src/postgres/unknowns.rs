@@ -1,14 +1,16 @@
 //! The unknowns inbox (see `exemplar_core::unknowns`).
 
-use crate::{backend, SqliteStore};
+use super::PgStore;
+use crate::backend;
 use exemplar_core::catalogue::StoreResult;
 use exemplar_core::unknowns::{InboxPolicy, NewUnknown, UnknownRecord, UnknownStore};
+use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-const UNKNOWN_COLUMNS: &str =
-    "id, created_at, name, crop, nearest_class_id, nearest_label, best_inliers, length(photo) AS bytes";
+const UNKNOWN_COLUMNS: &str = "id, created_at, name, crop, nearest_class_id, nearest_label,
+    best_inliers, octet_length(photo)::BIGINT AS bytes";
 
-fn unknown_from_row(r: &sqlx::sqlite::SqliteRow) -> UnknownRecord {
+fn unknown_from_row(r: &PgRow) -> UnknownRecord {
     let class: Option<i64> = r.get("nearest_class_id");
     let label: Option<String> = r.get("nearest_label");
     let inliers: Option<i64> = r.get("best_inliers");
@@ -26,11 +28,11 @@ fn unknown_from_row(r: &sqlx::sqlite::SqliteRow) -> UnknownRecord {
 
 /// Deletes what `policy` no longer allows.
 async fn expire(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::PgConnection,
     policy: InboxPolicy,
     now_ms: i64,
 ) -> StoreResult<usize> {
-    let aged = sqlx::query("DELETE FROM unknowns WHERE created_at < ?")
+    let aged = sqlx::query("DELETE FROM unknowns WHERE created_at < $1")
         .bind(now_ms.saturating_sub(policy.max_age_ms))
         .execute(&mut *conn)
         .await
@@ -43,9 +45,9 @@ async fn expire(
              SELECT id FROM (
                  SELECT id,
                         row_number() OVER newest AS n,
-                        sum(length(photo)) OVER newest AS bytes
-                 FROM unknowns WINDOW newest AS (ORDER BY id DESC))
-             WHERE n > ? OR bytes > ?)",
+                        sum(octet_length(photo)) OVER newest AS bytes
+                 FROM unknowns WINDOW newest AS (ORDER BY id DESC)) AS ranked
+             WHERE n > $1 OR bytes > $2)",
     )
     .bind(policy.max_count.min(i64::MAX as usize) as i64)
     .bind(policy.max_bytes.min(i64::MAX as u64) as i64)
@@ -56,7 +58,7 @@ async fn expire(
     Ok((aged + over) as usize)
 }
 
-impl UnknownStore for SqliteStore {
+impl UnknownStore for PgStore {
     async fn keep_unknown(
         &self,
         unknown: &NewUnknown,
@@ -64,9 +66,15 @@ impl UnknownStore for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<Option<i64>> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO unknowns (created_at, photo, name, crop, nearest_class_id, nearest_label, best_inliers)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        // One inbox writer at a time, so two servers' expiries do not race.
+        sqlx::query("LOCK TABLE unknowns IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO unknowns (created_at, photo, name, crop, nearest_class_id, nearest_label,
+               best_inliers)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(now_ms)
         .bind(&unknown.photo)
@@ -77,10 +85,9 @@ impl UnknownStore for SqliteStore {
         .bind(unknown.best_inliers.map(i64::from))
         .fetch_one(&mut *tx)
         .await
-        .map_err(backend)?
-        .get("id");
+        .map_err(backend)?;
         expire(&mut tx, policy, now_ms).await?;
-        let kept = sqlx::query("SELECT 1 FROM unknowns WHERE id = ?")
+        let kept = sqlx::query("SELECT 1 FROM unknowns WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
@@ -98,7 +105,7 @@ impl UnknownStore for SqliteStore {
     async fn unknowns(&self, before: i64, limit: u32) -> StoreResult<Vec<UnknownRecord>> {
         let before = if before <= 0 { i64::MAX } else { before };
         let rows = sqlx::query(&format!(
-            "SELECT {UNKNOWN_COLUMNS} FROM unknowns WHERE id < ? ORDER BY id DESC LIMIT ?"
+            "SELECT {UNKNOWN_COLUMNS} FROM unknowns WHERE id < $1 ORDER BY id DESC LIMIT $2"
         ))
         .bind(before)
         .bind(limit as i64)
@@ -110,7 +117,7 @@ impl UnknownStore for SqliteStore {
 
     async fn unknown(&self, id: i64) -> StoreResult<Option<(UnknownRecord, Vec<u8>)>> {
         let row = sqlx::query(&format!(
-            "SELECT {UNKNOWN_COLUMNS}, photo FROM unknowns WHERE id = ?"
+            "SELECT {UNKNOWN_COLUMNS}, photo FROM unknowns WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -120,7 +127,7 @@ impl UnknownStore for SqliteStore {
     }
 
     async fn remove_unknown(&self, id: i64) -> StoreResult<bool> {
-        let gone = sqlx::query("DELETE FROM unknowns WHERE id = ?")
+        let gone = sqlx::query("DELETE FROM unknowns WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await

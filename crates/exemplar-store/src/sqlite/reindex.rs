@@ -1,6 +1,7 @@
 //! Re-index jobs and their staged features (see `exemplar_core::reindex`).
 
-use crate::{backend, id_vectors, now_ms, SqliteStore};
+use super::{id_vectors, SqliteStore};
+use crate::{backend, now_ms};
 use exemplar_core::catalogue::{vector_to_bytes, ExemplarId, StoreError, StoreResult};
 use exemplar_core::reindex::{ReindexJob, ReindexStore, StagedFeatures};
 use exemplar_core::Projection;

@@ -1,7 +1,8 @@
 //! What a backup needs of the database: a consistent copy taken while writers go on,
 //! and the checks a restore makes of one.
 
-use crate::{backend, SqliteStore};
+use super::SqliteStore;
+use crate::backend;
 use exemplar_core::catalogue::{Sequence, StoreError, StoreResult};
 use std::path::Path;
 
