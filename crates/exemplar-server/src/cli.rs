@@ -295,8 +295,27 @@ pub struct CatalogueArgs {
     /// data directory (`photos/`); `false`: features only.
     #[arg(long, env = "EXEMPLAR_KEEP_PHOTOS", default_value_t = true, action = clap::ArgAction::Set)]
     pub keep_photos: bool,
+    /// Where the kept photos live (in `photos/` inside it) [default: DATA_DIR]. Servers
+    /// sharing a PostgreSQL catalogue name one shared folder (a network or container
+    /// volume), so each reads every kept photo.
+    #[arg(long, env = "EXEMPLAR_PHOTOS_DIR")]
+    pub photos_dir: Option<PathBuf>,
     #[command(flatten)]
     pub stages: StageArgs,
+}
+
+impl CatalogueArgs {
+    /// The folder the kept photos' `photos/` is in.
+    pub fn photos_parent(&self) -> &Path {
+        self.photos_dir.as_deref().unwrap_or(&self.dir.data_dir)
+    }
+
+    /// Other servers may be writing photos into the same folder (between keeping a photo
+    /// and committing its row): photos no exemplar refers to are not this server's to
+    /// remove at start.
+    pub fn shares_photos(&self) -> bool {
+        self.database.is_some() && self.photos_dir.is_some()
+    }
 }
 
 /// The second search stage and the verdict rule (`serve`, `search`, `eval`, `calibrate`).

@@ -154,7 +154,7 @@ pub async fn open_catalogue(
         warn_of_other_local_features(&store, params.kind).await?;
     }
     let max_batch = embedder.config().max_batch;
-    let photos = photo_store(dir, embedder.config())?;
+    let photos = photo_store(args.photos_parent(), embedder.config())?;
     let queue = EmbedQueue::start(
         Arc::new(TimedExtractor::new(embedder)),
         args.queue_capacity,

@@ -26,10 +26,12 @@ pub fn run(args: ServeArgs, embedder: CnnEmbedder, model: ModelArgs) -> anyhow::
         http::metrics::prometheus();
         let _lock = DataDirLock::acquire(&args.catalogue.dir.data_dir)?;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
-        collect_orphan_photos(&catalogue, &_lock).await?;
+        if !args.catalogue.shares_photos() {
+            collect_orphan_photos(&catalogue, &_lock).await?;
+        }
         catalogue.set_unknown_inbox(args.unknown_inbox());
         catalogue.expire_unknowns().await?;
-        let photos = photo_reader(&args.catalogue.dir.data_dir)?;
+        let photos = photo_reader(args.catalogue.photos_parent())?;
         let mut state = AppState::new(
             catalogue.clone(),
             photos,

@@ -164,7 +164,9 @@ pub fn run(
         let dir = &args.catalogue.dir.data_dir;
         let _lock = DataDirLock::acquire(dir)?;
         let catalogue = open_catalogue(&args.catalogue, Arc::new(embedder), local.as_ref()).await?;
-        collect_orphan_photos(&catalogue, &_lock).await?;
+        if !args.catalogue.shares_photos() {
+            collect_orphan_photos(&catalogue, &_lock).await?;
+        }
         let existing = existing_classes(&catalogue).await?;
         // An exemplar without local features, or with features of another kind, is redone
         // when they are made now; so is one without its photo when photos are kept.

@@ -14,6 +14,21 @@ fn replica(url: &str, dir: &std::path::Path) -> Server {
     Server::start(dir, &["--database", url, "--follow-poll-ms", "200"])
 }
 
+fn replica_sharing_photos(url: &str, dir: &std::path::Path, photos: &std::path::Path) -> Server {
+    let photos = photos.to_str().unwrap();
+    Server::start(
+        dir,
+        &[
+            "--database",
+            url,
+            "--follow-poll-ms",
+            "200",
+            "--photos-dir",
+            photos,
+        ],
+    )
+}
+
 fn top_label(server: &Server, photo: &[u8]) -> Option<String> {
     let (status, answer) = server.multipart(
         "/search",
@@ -51,8 +66,9 @@ fn a_write_on_one_server_is_found_on_the_other_and_a_late_server_catches_up() {
     let postgres = TempPostgres::start();
     let url = postgres.database();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = replica(&url, dir_a.path());
-    let b = replica(&url, dir_b.path());
+    let photos = tempfile::tempdir().unwrap();
+    let a = replica_sharing_photos(&url, dir_a.path(), photos.path());
+    let b = replica_sharing_photos(&url, dir_b.path(), photos.path());
 
     let first = png(&cover(1));
     let (status, class) = create(&a, "First", "{}", first.clone());
@@ -63,6 +79,11 @@ fn a_write_on_one_server_is_found_on_the_other_and_a_late_server_catches_up() {
     within("B finds A's write", || {
         top_label(&b, &first).as_deref() == Some("First")
     });
+    // The photo kept by A is served by B from the shared folder.
+    let exemplar = class["exemplars"][0]["id"].as_i64().unwrap();
+    let (status, _, kept) =
+        b.exchange_bytes("GET", &format!("/exemplars/{exemplar}/photo"), &[], &[]);
+    assert_eq!((status, kept), (200, first.clone()));
     let (_, ready) = b.request("GET", "/readyz", &[], &[]);
     let lag = &ready["replica"];
     assert!(lag["applied"].as_i64().unwrap() >= 1, "{ready}");
@@ -78,7 +99,7 @@ fn a_write_on_one_server_is_found_on_the_other_and_a_late_server_catches_up() {
     a.kill();
     let second = png(&cover(2));
     assert_eq!(create(&b, "Second", "{}", second.clone()).0, 201);
-    let a = replica(&url, dir_a.path());
+    let a = replica_sharing_photos(&url, dir_a.path(), photos.path());
     assert_eq!(top_label(&a, &second).as_deref(), Some("Second"));
     assert_eq!(labels(&a), labels(&b));
     a.stop();
