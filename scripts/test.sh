@@ -26,5 +26,5 @@ cargo test --workspace --locked "$@"
 # The HTTP suite again with every server's catalogue in PostgreSQL (the console's browser
 # tests run once, above).
 if [ $# -eq 0 ]; then
-  EXEMPLAR_TEST_DATABASE=postgres cargo test --locked -p exemplar-server --test server -- --skip console
+  EXEMPLAR_TEST_DATABASE=postgres cargo test --workspace --locked --test server -- --skip console
 fi
