@@ -99,7 +99,7 @@ async fn notify(tx: &mut Transaction<'_, Postgres>) -> StoreResult<()> {
     Ok(())
 }
 
-/// The advisory session lock the server that refits the shared catalogue holds.
+/// The connection-level advisory lock held by the server that refits the shared catalogue.
 const MAINTENANCE_LOCK: i64 = CATALOGUE_WRITE_LOCK + 1;
 
 #[derive(Clone)]
@@ -134,7 +134,7 @@ impl PgStore {
     }
 
     /// Whether this server is the one that refits the shared catalogue: the first to ask
-    /// takes a session lock and keeps it on a connection of its own; when that server
+    /// takes a connection-level lock and keeps that connection open; when that server
     /// stops or loses the database, the lock goes with its connection and the next
     /// server to ask takes it over.
     pub async fn leads_maintenance(&self) -> StoreResult<bool> {
